@@ -1,0 +1,85 @@
+#ifndef POOLSRV_CONFIG_H
+#define POOLSRV_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * The server's configuration: the INI schema of conf/server.ini, loaded with
+ * inih. Every key is range-checked; a bad one is reported as "file:line:
+ * reason" in the caller's buffer.
+ */
+
+typedef enum ps_dispatch_mode {
+    PS_DISPATCH_CONNECTION = 0, /* a worker owns a connection until it closes */
+    PS_DISPATCH_EVENT = 1,      /* epoll parks idle connections; a job is "has input" */
+    PS_DISPATCH_THREAD = 2,     /* a thread per connection */
+} ps_dispatch_mode;
+
+typedef enum ps_log_level {
+    PS_LOG_ERROR = 0,
+    PS_LOG_WARN = 1,
+    PS_LOG_INFO = 2,
+    PS_LOG_DEBUG = 3,
+} ps_log_level;
+
+#define PS_CONFIG_HOST_MAX 256
+#define PS_CONFIG_GREETING_MAX 1024
+
+typedef struct ps_config {
+    /* [server] */
+    char bind[PS_CONFIG_HOST_MAX];
+    uint16_t port;                /* 0 = pick a free port */
+    int backlog;                  /* 1..65535 */
+    char greeting[PS_CONFIG_GREETING_MAX]; /* "" = no greeting */
+    ps_dispatch_mode dispatch;
+    /* [pool] */
+    unsigned workers;             /* 1..4096 */
+    size_t queue_capacity;        /* 1..1048576 */
+    /* [limits] */
+    unsigned max_connections;     /* 1..1000000 */
+    size_t max_line;              /* 16..16777216 bytes, line ending excluded */
+    unsigned idle_timeout;        /* seconds, 0 = never; <= 86400 */
+    unsigned send_timeout;        /* seconds, 1..3600 */
+    unsigned shutdown_timeout;    /* seconds to finish on SIGTERM, 1..3600 */
+    /* [admin] */
+    bool admin_enabled;
+    char admin_bind[PS_CONFIG_HOST_MAX];
+    uint16_t admin_port;          /* 0 = pick a free port */
+    /* [log] */
+    ps_log_level log_level;
+} ps_config;
+
+/* Fills *cfg with the documented defaults (those of conf/server.ini). */
+void ps_config_defaults(ps_config *cfg);
+
+/* Reads an INI file over *cfg (keys not in the file keep their value).
+ * Returns 0, or PS_ECONFIG with "path:line: reason" in err (a missing or
+ * unreadable file: "path: reason"). A key given twice is an error. On error
+ * *cfg may be partly updated: callers discard it. */
+int ps_config_load_file(ps_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Same as ps_config_load_file over an in-memory INI text; `name` stands for
+ * the file name in messages. */
+int ps_config_load_string(ps_config *cfg, const char *name, const char *text,
+                          char *err, size_t errlen);
+
+/* Sets one key through the same validation as the file. Returns 0 or
+ * PS_ECONFIG with the reason (no file:line prefix) in err. */
+int ps_config_set(ps_config *cfg, const char *section, const char *key,
+                  const char *value, char *err, size_t errlen);
+
+/* Applies "section.key=value" (the -o option). Returns 0 or PS_ECONFIG with
+ * "-o section.key=value: reason" in err. */
+int ps_config_override(ps_config *cfg, const char *spec, char *err, size_t errlen);
+
+/* Checks rules between keys (e.g. admin and data port clash). Returns 0 or
+ * PS_ECONFIG with the reason in err. */
+int ps_config_validate(const ps_config *cfg, char *err, size_t errlen);
+
+/* Names for enums, as written in the INI file. */
+const char *ps_dispatch_name(ps_dispatch_mode mode);
+const char *ps_log_level_name(ps_log_level level);
+
+#endif

@@ -1,0 +1,18 @@
+#ifndef POOLSRV_LOG_H
+#define POOLSRV_LOG_H
+
+#include "poolsrv/config.h"
+
+/* Process-wide log to stderr: "2026-01-02T03:04:05.678Z LEVEL message".
+ * Thread-safe; one write(2) per line so lines never interleave. */
+void ps_log_set_level(ps_log_level level);
+ps_log_level ps_log_get_level(void);
+void ps_log(ps_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define ps_log_error(...) ps_log(PS_LOG_ERROR, __VA_ARGS__)
+#define ps_log_warn(...) ps_log(PS_LOG_WARN, __VA_ARGS__)
+#define ps_log_info(...) ps_log(PS_LOG_INFO, __VA_ARGS__)
+#define ps_log_debug(...) ps_log(PS_LOG_DEBUG, __VA_ARGS__)
+
+#endif

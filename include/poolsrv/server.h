@@ -1,0 +1,98 @@
+#ifndef POOLSRV_SERVER_H
+#define POOLSRV_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "poolsrv/config.h"
+#include "poolsrv/error.h"
+#include "poolsrv/lineframe.h"
+#include "poolsrv/pool.h"
+
+/*
+ * A line-based TCP server: an acceptor, a bounded queue, a fixed pool of
+ * workers, and a handler called for each line. The connection layer does all
+ * reading, framing and writing, so a handler never touches the socket.
+ */
+
+typedef struct ps_server ps_server;
+typedef struct ps_conn ps_conn;
+
+/* What a handler callback tells the connection layer. */
+enum {
+    PS_CONTINUE = 0, /* keep the connection */
+    PS_CLOSE = 1,    /* flush what was sent, then close */
+};
+
+/* A handler: callbacks run on the thread that serves the connection at that
+ * moment; calls for one connection never overlap. `ud` is the user pointer
+ * given to ps_server_create. Any callback may be NULL. */
+typedef struct ps_handler {
+    /* A connection is being served: send a greeting, set state. */
+    int (*on_open)(ps_conn *conn, void *ud);
+    /* One complete line; line->data[len..len+eol_len) is its ending. */
+    int (*on_line)(ps_conn *conn, const ps_line *line, void *ud);
+    /* The connection is closing (for any reason); free its state. */
+    void (*on_close)(ps_conn *conn, void *ud);
+} ps_handler;
+
+/* Queues bytes for the client (copied). Returns 0 or -ENOMEM / PS_ESHUTDOWN. */
+int ps_conn_send(ps_conn *conn, const void *data, size_t len);
+
+/* A number unique to the connection for the life of the server. */
+uint64_t ps_conn_id(const ps_conn *conn);
+
+/* "host:port" of the client. */
+const char *ps_conn_peer(const ps_conn *conn);
+
+/* Handler's per-connection pointer; NULL until set. */
+void ps_conn_set_data(ps_conn *conn, void *data);
+void *ps_conn_get_data(const ps_conn *conn);
+
+typedef struct ps_server_stats {
+    uint64_t curr_connections;
+    uint64_t total_connections;
+    uint64_t rejected_connections; /* busy + too many + EMFILE resets */
+    uint64_t rejected_busy;        /* queue full */
+    uint64_t rejected_max;         /* max_connections reached */
+    uint64_t lines;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t lines_too_long;
+    uint64_t idle_timeouts;
+    uint64_t send_timeouts;
+    uint64_t accept_errors;
+    uint64_t admin_commands;
+    uint64_t uptime_seconds;
+} ps_server_stats;
+
+/* Creates a server for cfg (copied) that calls `handler` with `ud`.
+ * Nothing is bound yet. Returns 0, -EINVAL, -ENOMEM. */
+int ps_server_create(ps_server **out, const ps_config *cfg,
+                     const ps_handler *handler, void *ud);
+
+/* Binds the data and admin listeners and starts every thread. Returns 0,
+ * or a negative errno with a message in err (e.g. "bind 127.0.0.1:9050:
+ * Address in use"); on failure nothing stays bound or running. */
+int ps_server_start(ps_server *srv, char *err, size_t errlen);
+
+/* The real bound ports (useful with port 0); 0 when not listening. */
+uint16_t ps_server_port(const ps_server *srv);
+uint16_t ps_server_admin_port(const ps_server *srv);
+
+/* Stops accepting, lets connections finish the lines they already read,
+ * closes them, joins every thread. Waits at most cfg.shutdown_timeout
+ * seconds for connections, then closes the rest. Idempotent. */
+void ps_server_stop(ps_server *srv);
+
+/* Stops (if needed) and frees. NULL is a no-op. */
+void ps_server_destroy(ps_server *srv);
+
+void ps_server_get_stats(const ps_server *srv, ps_server_stats *st);
+void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st);
+
+/* The echo handler: greeting, echo each line with its ending, close on an
+ * empty line or "exit" (any case). `ud` is the greeting (const char *). */
+extern const ps_handler ps_echo_handler;
+
+#endif

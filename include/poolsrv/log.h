@@ -10,6 +10,10 @@ ps_log_level ps_log_get_level(void);
 void ps_log(ps_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Logs at INFO whatever the level: the lines a user must always see
+ * (the real listening addresses). */
+void ps_log_always(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #define ps_log_error(...) ps_log(PS_LOG_ERROR, __VA_ARGS__)
 #define ps_log_warn(...) ps_log(PS_LOG_WARN, __VA_ARGS__)
 #define ps_log_info(...) ps_log(PS_LOG_INFO, __VA_ARGS__)

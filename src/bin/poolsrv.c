@@ -1,0 +1,120 @@
+/* poolsrv: the line echo server over the poolsrv library. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "poolsrv/config.h"
+#include "poolsrv/log.h"
+#include "poolsrv/server.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: poolsrv [-c FILE] [-o SECTION.KEY=VALUE]... [-t]\n"
+            "  -c FILE   configuration file (INI); without it, built-in defaults\n"
+            "  -o S.K=V  override one key, e.g. -o pool.workers=4 (repeatable)\n"
+            "  -t        check the configuration and exit (0 when valid)\n"
+            "  -h        this help\n");
+}
+
+/* Descriptors beyond max_connections: listeners, admin clients, logs. */
+#define PS_SPARE_FDS 64
+
+static void raise_fd_limit(const ps_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)cfg->max_connections + PS_SPARE_FDS)
+        ps_log_warn("open file limit %llu is below max_connections %u + %d: "
+                    "accepts will pause when descriptors run out",
+                    (unsigned long long)rl.rlim_cur, cfg->max_connections, PS_SPARE_FDS);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool check_only = false;
+    ps_config cfg;
+    char err[512];
+    ps_config_defaults(&cfg);
+
+    /* Overrides apply after the file, whatever their position. */
+    const char **overrides = calloc((size_t)argc, sizeof *overrides);
+    int noverrides = 0;
+    if (overrides == NULL)
+        return 1;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:o:th")) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'o': overrides[noverrides++] = optarg; break;
+        case 't': check_only = true; break;
+        case 'h': usage(stdout); free(overrides); return 0;
+        default: usage(stderr); free(overrides); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "poolsrv: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        free(overrides);
+        return 2;
+    }
+    int rc = 0;
+    if (path != NULL)
+        rc = ps_config_load_file(&cfg, path, err, sizeof err);
+    for (int i = 0; rc == 0 && i < noverrides; i++)
+        rc = ps_config_override(&cfg, overrides[i], err, sizeof err);
+    free(overrides);
+    if (rc == 0)
+        rc = ps_config_validate(&cfg, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "poolsrv: %s\n", err);
+        return 2;
+    }
+    if (check_only) {
+        printf("poolsrv: configuration %s is valid\n", path ? path : "(defaults)");
+        return 0;
+    }
+    ps_log_set_level(cfg.log_level);
+
+    /* Signals are taken by sigwait in this thread only: block them before
+     * any thread starts so every thread inherits the mask. */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit(&cfg);
+
+    ps_server *srv = NULL;
+    rc = ps_server_create(&srv, &cfg, &ps_echo_handler, cfg.greeting);
+    if (rc != 0) {
+        fprintf(stderr, "poolsrv: %s\n", ps_strerror(rc));
+        return 1;
+    }
+    rc = ps_server_start(srv, err, sizeof err);
+    if (rc != 0) {
+        ps_log_error("%s", err);
+        ps_server_destroy(srv);
+        return 1;
+    }
+    int sig = 0;
+    while (sigwait(&stop_signals, &sig) != 0)
+        ;
+    ps_log_always("stopping on %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    ps_server_destroy(srv);
+    return 0;
+}

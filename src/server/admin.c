@@ -1,0 +1,286 @@
+/*
+ * The admin listener: its own thread with its own poll loop, never a pool
+ * worker, so it answers while every worker is busy and the queue is full.
+ * Read-only commands, memcached's "STAT name value" replies.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "poolsrv/log.h"
+
+#define PS__ADMIN_MAX_CLIENTS 32
+#define PS__ADMIN_LINE_MAX 256
+#define PS__ADMIN_REPLY_MAX 4096
+#define PS__ADMIN_IDLE_MS 60000
+
+typedef struct admin_client {
+    int fd;
+    bool closing;      /* close once the reply is written */
+    int64_t last_ms;
+    size_t in_len;
+    size_t out_off, out_len;
+    char in[PS__ADMIN_LINE_MAX + 2];
+    char out[PS__ADMIN_REPLY_MAX];
+} admin_client;
+
+typedef struct reply {
+    char *buf;
+    size_t cap, len;
+} reply;
+
+static void add(reply *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(reply *r, const char *fmt, ...)
+{
+    if (r->len >= r->cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(r->buf + r->len, r->cap - r->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        r->len += (size_t)n < r->cap - r->len ? (size_t)n : r->cap - r->len - 1;
+}
+
+static void add_threads(ps_server *srv, reply *r)
+{
+    ps_pool_stats ps;
+    ps_server_get_pool_stats(srv, &ps);
+    add(r, "STAT max_threads %u\r\n", ps.max_threads);
+    add(r, "STAT available_threads %u\r\n", ps.available_threads);
+    add(r, "STAT busy_threads %u\r\n", ps.busy_threads);
+    add(r, "STAT queue_depth %zu\r\n", ps.queue_depth);
+    add(r, "STAT queue_capacity %zu\r\n", ps.queue_capacity);
+}
+
+static void add_stats(ps_server *srv, reply *r)
+{
+    ps_server_stats s;
+    ps_pool_stats ps;
+    ps_server_get_stats(srv, &s);
+    ps_server_get_pool_stats(srv, &ps);
+    add(r, "STAT pid %ld\r\n", (long)getpid());
+    add(r, "STAT uptime %llu\r\n", (unsigned long long)s.uptime_seconds);
+    add(r, "STAT dispatch %s\r\n", ps_dispatch_name(srv->cfg.dispatch));
+    add(r, "STAT curr_connections %llu\r\n", (unsigned long long)s.curr_connections);
+    add(r, "STAT total_connections %llu\r\n", (unsigned long long)s.total_connections);
+    add(r, "STAT rejected_connections %llu\r\n", (unsigned long long)s.rejected_connections);
+    add(r, "STAT rejected_busy %llu\r\n", (unsigned long long)s.rejected_busy);
+    add(r, "STAT rejected_max_connections %llu\r\n", (unsigned long long)s.rejected_max);
+    add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);
+    add(r, "STAT bytes_in %llu\r\n", (unsigned long long)s.bytes_in);
+    add(r, "STAT bytes_out %llu\r\n", (unsigned long long)s.bytes_out);
+    add(r, "STAT lines_too_long %llu\r\n", (unsigned long long)s.lines_too_long);
+    add(r, "STAT idle_timeouts %llu\r\n", (unsigned long long)s.idle_timeouts);
+    add(r, "STAT send_timeouts %llu\r\n", (unsigned long long)s.send_timeouts);
+    add(r, "STAT accept_errors %llu\r\n", (unsigned long long)s.accept_errors);
+    add(r, "STAT admin_commands %llu\r\n", (unsigned long long)s.admin_commands);
+    add(r, "STAT jobs_submitted %llu\r\n", (unsigned long long)ps.submitted);
+    add(r, "STAT jobs_completed %llu\r\n", (unsigned long long)ps.completed);
+    add(r, "STAT jobs_rejected %llu\r\n", (unsigned long long)ps.rejected);
+    add(r, "STAT futures_begun %llu\r\n", (unsigned long long)ps.futures_begun);
+    add(r, "STAT futures_completed %llu\r\n", (unsigned long long)ps.futures_completed);
+    add_threads(srv, r);
+}
+
+static bool is_command(const char *line, size_t len, const char *name)
+{
+    return strlen(name) == len && strncasecmp(line, name, len) == 0;
+}
+
+int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, size_t buflen)
+{
+    reply r = {.buf = buf, .cap = buflen, .len = 0};
+    buf[0] = '\0';
+    /* Surrounding blanks are not part of the command. */
+    while (len > 0 && (line[0] == ' ' || line[0] == '\t')) {
+        line++;
+        len--;
+    }
+    while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+        len--;
+
+    atomic_fetch_add_explicit(&srv->c.admin_commands, 1, memory_order_relaxed);
+    if (is_command(line, len, "threads")) {
+        add_threads(srv, &r);
+        add(&r, "END\r\n");
+    } else if (is_command(line, len, "stats")) {
+        add_stats(srv, &r);
+        add(&r, "END\r\n");
+    } else if (is_command(line, len, "help")) {
+        add(&r, "threads   max, available and busy workers; queue depth and capacity\r\n"
+                "stats     every server and pool counter\r\n"
+                "help      this list\r\n"
+                "quit      close this connection\r\n"
+                "END\r\n");
+    } else if (is_command(line, len, "quit")) {
+        return PS_CLOSE;
+    } else {
+        add(&r, "ERROR unknown command\r\n");
+    }
+    return PS_CONTINUE;
+}
+
+static void client_reply(admin_client *ac, const char *text, size_t len)
+{
+    size_t room = sizeof ac->out - ac->out_len;
+    if (len > room)
+        len = room;
+    memcpy(ac->out + ac->out_len, text, len);
+    ac->out_len += len;
+}
+
+/* Frames the lines the client sent and answers each. */
+static void client_process(ps_server *srv, admin_client *ac)
+{
+    size_t off = 0;
+    while (!ac->closing) {
+        ps_line line;
+        ssize_t n = ps_lineframe_next(ac->in + off, ac->in_len - off, PS__ADMIN_LINE_MAX, &line);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            static const char msg[] = "ERROR line too long\r\n";
+            client_reply(ac, msg, sizeof msg - 1);
+            ac->closing = true;
+            off = ac->in_len;
+            break;
+        }
+        off += (size_t)n;
+        /* Refuse a new command while the last reply is still unsent: the
+         * reply buffer is fixed and a client must read what it asked for. */
+        char buf[PS__ADMIN_REPLY_MAX];
+        if (ps__admin_command(srv, line.data, line.len, buf, sizeof buf) == PS_CLOSE)
+            ac->closing = true;
+        else
+            client_reply(ac, buf, strlen(buf));
+        if (ac->out_len - ac->out_off > PS__ADMIN_REPLY_MAX / 2)
+            break;
+    }
+    memmove(ac->in, ac->in + off, ac->in_len - off);
+    ac->in_len -= off;
+}
+
+/* Returns false when the client is done and must be closed. */
+static bool client_flush(admin_client *ac)
+{
+    if (ac->out_off < ac->out_len) {
+        ssize_t w = ps__write_some(ac->fd, ac->out + ac->out_off, ac->out_len - ac->out_off);
+        if (w < 0)
+            return false;
+        ac->out_off += (size_t)w;
+        if (ac->out_off == ac->out_len)
+            ac->out_off = ac->out_len = 0;
+    }
+    return !(ac->closing && ac->out_len == 0);
+}
+
+/* Returns false when the client is done and must be closed. */
+static bool client_read(ps_server *srv, admin_client *ac)
+{
+    ssize_t r = recv(ac->fd, ac->in + ac->in_len, sizeof ac->in - ac->in_len, 0);
+    if (r == 0)
+        return false;
+    if (r < 0)
+        return errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK;
+    ac->in_len += (size_t)r;
+    ac->last_ms = ps__now_ms();
+    client_process(srv, ac);
+    return client_flush(ac);
+}
+
+static void *admin_main(void *arg)
+{
+    ps_server *srv = arg;
+    admin_client *clients[PS__ADMIN_MAX_CLIENTS] = {0};
+    int nclients = 0;
+
+    for (;;) {
+        struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
+        p[0] = (struct pollfd){.fd = srv->stop_fd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = srv->admin_fd,
+                               .events = nclients < PS__ADMIN_MAX_CLIENTS ? POLLIN : 0};
+        for (int i = 0; i < nclients; i++) {
+            admin_client *ac = clients[i];
+            /* A client with a reply pending is not read until it takes it. */
+            short ev = ac->out_len > ac->out_off ? POLLOUT : POLLIN;
+            p[2 + i] = (struct pollfd){.fd = ac->fd, .events = ev};
+        }
+        int n = poll(p, 2 + (nfds_t)nclients, 1000);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            ps_log_error("admin poll: %s", strerror(errno));
+            break;
+        }
+        if (p[0].revents)
+            break;
+
+        int64_t now = ps__now_ms();
+        for (int i = nclients - 1; i >= 0; i--) {
+            admin_client *ac = clients[i];
+            bool keep = true;
+            short rev = p[2 + i].revents;
+            if (rev & POLLOUT)
+                keep = client_flush(ac);
+            else if (rev & (POLLIN | POLLHUP | POLLERR))
+                keep = client_read(srv, ac);
+            else if (now - ac->last_ms > PS__ADMIN_IDLE_MS)
+                keep = false;
+            if (!keep) {
+                close(ac->fd);
+                free(ac);
+                clients[i] = clients[--nclients];
+            }
+        }
+
+        if (p[1].revents & POLLIN) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            int fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0) {
+                admin_client *ac = calloc(1, sizeof *ac);
+                if (ac == NULL) {
+                    close(fd);
+                } else {
+                    ac->fd = fd;
+                    ac->last_ms = now;
+                    clients[nclients++] = ac;
+                }
+            } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+                ps_log_warn("admin accept: %s", strerror(errno));
+                /* Avoid spinning on EMFILE: the stop fd still wakes us. */
+                poll(p, 1, 100);
+            }
+        }
+    }
+    for (int i = 0; i < nclients; i++) {
+        close(clients[i]->fd);
+        free(clients[i]);
+    }
+    return NULL;
+}
+
+int ps__admin_start(ps_server *srv)
+{
+    int rc = pthread_create(&srv->admin, NULL, admin_main, srv);
+    if (rc != 0)
+        return -rc;
+    srv->admin_started = true;
+    return 0;
+}
+
+void ps__admin_join(ps_server *srv)
+{
+    if (srv->admin_started) {
+        pthread_join(srv->admin, NULL);
+        srv->admin_started = false;
+    }
+}

@@ -1,0 +1,130 @@
+/*
+ * dispatch = connection: the seed's ThreadPool server. A worker owns one
+ * connection from greeting to close; at most `workers` clients are served
+ * at once and the others wait in the pool's queue.
+ */
+#include <errno.h>
+#include <poll.h>
+
+#include "internal.h"
+#include "poolsrv/log.h"
+
+/* Milliseconds until `deadline`, clamped to [0, INT_MAX]; -1 for none. */
+static int ms_until(int64_t deadline, int64_t now)
+{
+    if (deadline < 0)
+        return -1;
+    if (deadline <= now)
+        return 0;
+    return deadline - now > 0x7fffffff ? 0x7fffffff : (int)(deadline - now);
+}
+
+static int64_t earliest(int64_t a, int64_t b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/* Writes all queued output, waiting for the socket while the client reads.
+ * The send deadline restarts whenever the client takes bytes, so only a
+ * client that stops reading for send_timeout seconds is dropped. */
+static int flush_all(ps_conn *c, ps_server *srv)
+{
+    int64_t deadline = ps__now_ms() + (int64_t)srv->cfg.send_timeout * 1000;
+    size_t pending = ps__conn_pending_output(c);
+    for (;;) {
+        int rc = ps__conn_flush(c);
+        if (rc != -EAGAIN)
+            return rc;
+        int64_t now = ps__now_ms();
+        size_t left = ps__conn_pending_output(c);
+        if (left < pending) {
+            pending = left;
+            deadline = now + (int64_t)srv->cfg.send_timeout * 1000;
+        }
+        int64_t stop_deadline = atomic_load_explicit(&srv->stop_deadline_ms, memory_order_relaxed);
+        int64_t until = earliest(deadline, stop_deadline > 0 ? stop_deadline : -1);
+        struct pollfd p = {.fd = ps__conn_fd(c), .events = POLLOUT};
+        int n = poll(&p, 1, ms_until(until, now));
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        if (n == 0) {
+            if (until == deadline) {
+                atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
+                ps_log_info("connection %llu from %s: not reading for %us, closing",
+                            (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
+                            srv->cfg.send_timeout);
+            }
+            return -ETIMEDOUT;
+        }
+    }
+}
+
+/* Waits for input. Returns 1 when the socket is readable (or failed: the
+ * read says how), 0 on idle timeout, -1 when the server is stopping. */
+static int wait_input(ps_conn *c, ps_server *srv)
+{
+    int64_t deadline = srv->cfg.idle_timeout > 0
+                           ? ps__conn_last_line_ms(c) + (int64_t)srv->cfg.idle_timeout * 1000
+                           : -1;
+    for (;;) {
+        struct pollfd p[2] = {
+            {.fd = srv->stop_fd, .events = POLLIN},
+            {.fd = ps__conn_fd(c), .events = POLLIN},
+        };
+        int n = poll(p, 2, ms_until(deadline, ps__now_ms()));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1; /* let the read report it */
+        }
+        if (p[0].revents)
+            return -1;
+        if (p[1].revents)
+            return 1;
+        if (n == 0) {
+            atomic_fetch_add_explicit(&srv->c.idle_timeouts, 1, memory_order_relaxed);
+            ps_log_info("connection %llu from %s: idle for %us, closing",
+                        (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
+                        srv->cfg.idle_timeout);
+            return 0;
+        }
+    }
+}
+
+void ps__dispatch_connection_job(void *arg)
+{
+    ps_conn *c = arg;
+    ps_server *srv = ps__conn_server(c);
+
+    /* Queued connections not yet greeted when the server stops are closed
+     * without being opened: they have sent nothing we owe a reply to. */
+    if (atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
+        ps__conn_close(c);
+        return;
+    }
+
+    int rc = ps__conn_open(c);
+    for (;;) {
+        if (flush_all(c, srv) < 0 || rc == PS_CLOSE)
+            break;
+        if (ps__conn_has_line(c)) {
+            /* process stopped at its output high-water mark: more lines in
+             * hand, answer them before reading anything new. */
+            rc = ps__conn_process(c);
+            continue;
+        }
+        if (wait_input(c, srv) <= 0)
+            break;
+        ssize_t r = ps__conn_read(c);
+        if (r == -EAGAIN)
+            continue;
+        if (r <= 0)
+            break; /* end of stream or error: nothing more to answer */
+        rc = ps__conn_process(c);
+    }
+    ps__conn_close(c);
+}

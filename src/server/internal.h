@@ -1,0 +1,150 @@
+#ifndef POOLSRV_SERVER_INTERNAL_H
+#define POOLSRV_SERVER_INTERNAL_H
+
+/* Shared between the server's modules; not part of the public API. */
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "poolsrv/config.h"
+#include "poolsrv/pool.h"
+#include "poolsrv/server.h"
+
+#define PS__ADDR_MAX 64 /* "[v6 address]:port" */
+
+/* Server counters, C11 atomics updated with relaxed fetch_add. Hot per-line
+ * counts are summed in the connection and added once per batch. */
+typedef struct ps__counters {
+    atomic_uint_fast64_t curr_connections;
+    atomic_uint_fast64_t total_connections;
+    atomic_uint_fast64_t rejected_busy;
+    atomic_uint_fast64_t rejected_max;
+    atomic_uint_fast64_t lines;
+    atomic_uint_fast64_t bytes_in;
+    atomic_uint_fast64_t bytes_out;
+    atomic_uint_fast64_t lines_too_long;
+    atomic_uint_fast64_t idle_timeouts;
+    atomic_uint_fast64_t send_timeouts;
+    atomic_uint_fast64_t accept_errors;
+    atomic_uint_fast64_t admin_commands;
+} ps__counters;
+
+struct ps_server {
+    ps_config cfg;
+    const ps_handler *handler;
+    void *ud;
+
+    ps_pool *pool;
+    int listen_fd;
+    int admin_fd;
+    uint16_t port;
+    uint16_t admin_port;
+    char listen_addr[PS__ADDR_MAX];
+    char admin_addr[PS__ADDR_MAX];
+
+    /* An eventfd written once by stop and never read: every poll() that
+     * includes it wakes and keeps waking, so one write stops every loop. */
+    int stop_fd;
+    atomic_bool stopping;
+    atomic_int_fast64_t stop_deadline_ms; /* monotonic; 0 = not stopping */
+
+    pthread_t acceptor;
+    pthread_t admin;
+    bool acceptor_started;
+    bool admin_started;
+    bool started;
+    bool stopped;
+
+    atomic_uint_fast64_t next_conn_id;
+    int64_t start_ms;
+    ps__counters c;
+};
+
+/* ---- net.c ---- */
+
+/* Binds and listens on host:port (non-blocking, close-on-exec, SO_REUSEADDR).
+ * Returns 0 with *fd and the bound address text, or a negative errno with a
+ * message in err. */
+int ps__listen(const char *host, uint16_t port, int backlog, int *fd,
+               uint16_t *bound_port, char *addr, size_t addrlen,
+               char *err, size_t errlen);
+
+/* "1.2.3.4:5" or "[::1]:5". */
+void ps__format_addr(const struct sockaddr *sa, char *buf, size_t len);
+
+/* Writes as much of buf as the socket takes now, without blocking. Returns
+ * bytes written (maybe 0), or a negative errno other than EAGAIN. */
+ssize_t ps__write_some(int fd, const void *buf, size_t len);
+
+/* Best effort one-shot write of a short message (rejections); never blocks. */
+void ps__write_best_effort(int fd, const char *msg);
+
+/* Milliseconds on the monotonic clock. */
+int64_t ps__now_ms(void);
+
+/* Aborts: a failed pthread mutex call is a bug, not an error path. */
+void ps__mutex_lock(pthread_mutex_t *m);
+void ps__mutex_unlock(pthread_mutex_t *m);
+
+/* ---- conn.c ---- */
+
+/* Creates the connection object for an accepted socket (owns fd from now
+ * on, closing it on failure). Returns NULL on ENOMEM. */
+ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
+
+/* Runs on_close (if opened), closes the socket (FIN, not RST, for input
+ * already received), updates counters and frees. */
+void ps__conn_close(ps_conn *conn);
+
+/* Calls the handler's on_open. Returns PS_CONTINUE or PS_CLOSE. */
+int ps__conn_open(ps_conn *conn);
+
+/* Reads what the socket has now into the input buffer. Returns bytes read
+ * (> 0), 0 at end of stream, -EAGAIN when nothing is there, or -errno. */
+ssize_t ps__conn_read(ps_conn *conn);
+
+/* Frames the complete lines in the input buffer and calls on_line for each,
+ * stopping early once more than a high-water mark of output is queued (so
+ * the caller flushes before producing more). Returns PS_CONTINUE or PS_CLOSE
+ * (handler asked, or a too-long line was answered with an error). */
+int ps__conn_process(ps_conn *conn);
+
+/* True when a complete line is already buffered (process stopped early). */
+bool ps__conn_has_line(const ps_conn *conn);
+
+/* Writes queued output without blocking. Returns 0 when all is written,
+ * -EAGAIN when some remains, or -errno when the socket failed. */
+int ps__conn_flush(ps_conn *conn);
+
+/* Bytes queued for the client and not yet written. */
+size_t ps__conn_pending_output(const ps_conn *conn);
+
+/* The socket, and the monotonic time of the last complete line (or of the
+ * open): the idle deadline counts from it, so a client trickling bytes
+ * without a newline does not push its deadline forward. */
+int ps__conn_fd(const ps_conn *conn);
+ps_server *ps__conn_server(const ps_conn *conn);
+int64_t ps__conn_last_line_ms(const ps_conn *conn);
+
+/* Releases buffer memory an idle connection does not need. */
+void ps__conn_shrink(ps_conn *conn);
+
+/* ---- dispatch_connection.c ---- */
+
+/* Job: serve one connection on this worker until it closes. */
+void ps__dispatch_connection_job(void *conn);
+
+/* ---- admin.c ---- */
+
+int ps__admin_start(ps_server *srv);
+void ps__admin_join(ps_server *srv);
+
+/* Writes the reply to one admin command line into buf (NUL-terminated).
+ * Returns PS_CONTINUE, or PS_CLOSE for quit. Exposed for tests. */
+int ps__admin_command(ps_server *srv, const char *line, size_t len,
+                      char *buf, size_t buflen);
+
+#endif

@@ -1,0 +1,137 @@
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int64_t ps__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void ps__mutex_lock(pthread_mutex_t *m)
+{
+    if (pthread_mutex_lock(m) != 0)
+        abort();
+}
+
+void ps__mutex_unlock(pthread_mutex_t *m)
+{
+    if (pthread_mutex_unlock(m) != 0)
+        abort();
+}
+
+void ps__format_addr(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        port = ntohs(in->sin_port);
+        snprintf(buf, len, "%s:%u", host, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        port = ntohs(in6->sin6_port);
+        snprintf(buf, len, "[%s]:%u", host, port);
+    } else {
+        snprintf(buf, len, "unknown");
+    }
+}
+
+int ps__listen(const char *host, uint16_t port, int backlog, int *fd_out,
+               uint16_t *bound_port, char *addr, size_t addrlen,
+               char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+    int gai = getaddrinfo(host, portstr, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "resolve %s: %s", host, gai_strerror(gai));
+        return -EINVAL;
+    }
+
+    int rc = -EADDRNOTAVAIL;
+    snprintf(err, errlen, "bind %s:%u: no usable address", host, (unsigned)port);
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+        if (fd < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "socket for %s: %s", host, strerror(errno));
+            continue;
+        }
+        int one = 1;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+            (ai->ai_family == AF_INET6 &&
+             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)) {
+            rc = -errno;
+            snprintf(err, errlen, "setsockopt on %s: %s", host, strerror(errno));
+            close(fd);
+            continue;
+        }
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+            rc = -errno;
+            char a[PS__ADDR_MAX];
+            ps__format_addr(ai->ai_addr, a, sizeof a);
+            snprintf(err, errlen, "bind %s: %s", a, strerror(errno));
+            close(fd);
+            continue;
+        }
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "getsockname: %s", strerror(errno));
+            close(fd);
+            continue;
+        }
+        ps__format_addr((struct sockaddr *)&ss, addr, addrlen);
+        *bound_port = ntohs(ss.ss_family == AF_INET6
+                                ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                : ((struct sockaddr_in *)&ss)->sin_port);
+        *fd_out = fd;
+        rc = 0;
+        break;
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+ssize_t ps__write_some(int fd, const void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        /* MSG_NOSIGNAL: a vanished client is an error code, never SIGPIPE. */
+        ssize_t w = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            return -errno;
+        }
+        done += (size_t)w;
+    }
+    return (ssize_t)done;
+}
+
+void ps__write_best_effort(int fd, const char *msg)
+{
+    (void)ps__write_some(fd, msg, strlen(msg));
+}

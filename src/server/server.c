@@ -1,0 +1,292 @@
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "poolsrv/log.h"
+
+/* How long accepting pauses when the process is out of descriptors: long
+ * enough not to spin, short enough to resume quickly once some free up. */
+#define PS__ACCEPT_PAUSE_MS 100
+/* Accepts per wake-up before the acceptor looks at the stop signal again. */
+#define PS__ACCEPT_BATCH 64
+
+int ps_server_create(ps_server **out, const ps_config *cfg,
+                     const ps_handler *handler, void *ud)
+{
+    if (out == NULL || cfg == NULL || handler == NULL)
+        return -EINVAL;
+    char err[256];
+    if (ps_config_validate(cfg, err, sizeof err) != 0)
+        return -EINVAL;
+    ps_server *srv = calloc(1, sizeof *srv);
+    if (srv == NULL)
+        return -ENOMEM;
+    srv->cfg = *cfg;
+    srv->handler = handler;
+    srv->ud = ud;
+    srv->listen_fd = -1;
+    srv->admin_fd = -1;
+    srv->stop_fd = -1;
+    srv->start_ms = ps__now_ms();
+    *out = srv;
+    return 0;
+}
+
+/* Takes one accepted socket: counts it, enforces max_connections, and
+ * hands it to the pool without ever blocking the acceptor. */
+static void take_connection(ps_server *srv, int fd, const struct sockaddr *peer)
+{
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    atomic_fetch_add_explicit(&srv->c.total_connections, 1, memory_order_relaxed);
+    uint64_t active = atomic_fetch_add_explicit(&srv->c.curr_connections, 1,
+                                                memory_order_relaxed) + 1;
+    if (active > srv->cfg.max_connections) {
+        ps__write_best_effort(fd, "ERROR too many connections\r\n");
+        close(fd);
+        atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&srv->c.rejected_max, 1, memory_order_relaxed);
+        ps_log_debug("rejected a connection: max_connections (%u) reached",
+                     srv->cfg.max_connections);
+        return;
+    }
+    ps_conn *c = ps__conn_new(srv, fd, peer);
+    if (c == NULL) {
+        atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
+        ps_log_error("out of memory for a new connection");
+        return;
+    }
+    ps_log_info("connection %llu from %s (%llu active)",
+                (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
+                (unsigned long long)active);
+    if (ps_pool_try_submit(srv->pool, ps__dispatch_connection_job, c) != 0) {
+        ps__write_best_effort(fd, "ERROR server busy\r\n");
+        atomic_fetch_add_explicit(&srv->c.rejected_busy, 1, memory_order_relaxed);
+        ps_log_info("connection %llu rejected: queue full", (unsigned long long)ps_conn_id(c));
+        ps__conn_close(c);
+    }
+}
+
+static void *acceptor_main(void *arg)
+{
+    ps_server *srv = arg;
+    int64_t paused_until = 0;
+    int64_t last_fd_warning = 0;
+
+    while (!atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
+        struct pollfd p[2] = {
+            {.fd = srv->stop_fd, .events = POLLIN},
+            {.fd = srv->listen_fd, .events = POLLIN},
+        };
+        int64_t now = ps__now_ms();
+        bool paused = paused_until > now;
+        /* While paused, watch only the stop signal: the listening socket
+         * would report readable at once and turn the pause into a spin. */
+        int n = poll(p, paused ? 1 : 2, paused ? (int)(paused_until - now) : -1);
+        if (n < 0 && errno != EINTR) {
+            ps_log_error("acceptor poll: %s", strerror(errno));
+            break;
+        }
+        if (n <= 0 || p[0].revents)
+            continue; /* timeout ends a pause; stop is checked by the loop */
+
+        for (int i = 0; i < PS__ACCEPT_BATCH; i++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            int fd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0) {
+                take_connection(srv, fd, (struct sockaddr *)&ss);
+                continue;
+            }
+            int e = errno;
+            if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+                continue;
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                break;
+            atomic_fetch_add_explicit(&srv->c.accept_errors, 1, memory_order_relaxed);
+            /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays
+             * in the backlog; retry after a pause, and log once a second. */
+            now = ps__now_ms();
+            paused_until = now + PS__ACCEPT_PAUSE_MS;
+            if (now - last_fd_warning >= 1000) {
+                last_fd_warning = now;
+                ps_log_warn("accept: %s; pausing accepts for %d ms (%llu connections active)",
+                            strerror(e), PS__ACCEPT_PAUSE_MS,
+                            (unsigned long long)atomic_load(&srv->c.curr_connections));
+            }
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+int ps_server_start(ps_server *srv, char *err, size_t errlen)
+{
+    char tmp[256];
+    if (err == NULL) {
+        err = tmp;
+        errlen = sizeof tmp;
+    }
+    if (srv->started) {
+        snprintf(err, errlen, "server already started");
+        return -EALREADY;
+    }
+    if (srv->cfg.dispatch != PS_DISPATCH_CONNECTION) {
+        snprintf(err, errlen, "dispatch = %s is not yet supported (use connection)",
+                 ps_dispatch_name(srv->cfg.dispatch));
+        return -ENOTSUP;
+    }
+    int rc;
+    srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (srv->stop_fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        return rc;
+    }
+    rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->cfg.backlog, &srv->listen_fd,
+                    &srv->port, srv->listen_addr, sizeof srv->listen_addr, err, errlen);
+    if (rc != 0)
+        goto fail;
+    if (srv->cfg.admin_enabled) {
+        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, &srv->admin_fd,
+                        &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr,
+                        err, errlen);
+        if (rc != 0) {
+            /* Say which listener failed: prefix the message in place. */
+            size_t len = strnlen(err, errlen - 1);
+            static const char prefix[] = "admin: ";
+            if (len + sizeof prefix <= errlen) {
+                memmove(err + sizeof prefix - 1, err, len + 1);
+                memcpy(err, prefix, sizeof prefix - 1);
+            }
+            goto fail;
+        }
+    }
+    ps_pool_opts po = {.workers = srv->cfg.workers, .queue_capacity = srv->cfg.queue_capacity};
+    rc = ps_pool_create(&srv->pool, &po);
+    if (rc != 0) {
+        snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
+        goto fail;
+    }
+    if (srv->admin_fd >= 0) {
+        rc = ps__admin_start(srv);
+        if (rc != 0) {
+            snprintf(err, errlen, "admin thread: %s", ps_strerror(rc));
+            goto fail;
+        }
+    }
+    rc = -pthread_create(&srv->acceptor, NULL, acceptor_main, srv);
+    if (rc != 0) {
+        snprintf(err, errlen, "acceptor thread: %s", ps_strerror(rc));
+        goto fail;
+    }
+    srv->acceptor_started = true;
+    srv->started = true;
+    srv->start_ms = ps__now_ms();
+    ps_log_always("listening on %s (dispatch %s, %u workers, queue %zu)", srv->listen_addr,
+                  ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers,
+                  srv->cfg.queue_capacity);
+    if (srv->admin_fd >= 0)
+        ps_log_always("admin on %s", srv->admin_addr);
+    return 0;
+
+fail:
+    /* Undo in reverse order; the stop signal releases the admin thread. */
+    atomic_store(&srv->stopping, true);
+    if (srv->stop_fd >= 0) {
+        uint64_t one = 1;
+        (void)!write(srv->stop_fd, &one, sizeof one);
+    }
+    ps__admin_join(srv);
+    ps_pool_destroy(srv->pool);
+    srv->pool = NULL;
+    close_fd(&srv->listen_fd);
+    close_fd(&srv->admin_fd);
+    close_fd(&srv->stop_fd);
+    atomic_store(&srv->stopping, false);
+    srv->port = srv->admin_port = 0;
+    return rc;
+}
+
+uint16_t ps_server_port(const ps_server *srv) { return srv->listen_fd >= 0 ? srv->port : 0; }
+uint16_t ps_server_admin_port(const ps_server *srv) { return srv->admin_fd >= 0 ? srv->admin_port : 0; }
+
+void ps_server_stop(ps_server *srv)
+{
+    if (srv == NULL || !srv->started || srv->stopped)
+        return;
+    srv->stopped = true;
+    atomic_store_explicit(&srv->stop_deadline_ms,
+                          ps__now_ms() + (int64_t)srv->cfg.shutdown_timeout * 1000,
+                          memory_order_relaxed);
+    atomic_store_explicit(&srv->stopping, true, memory_order_release);
+    uint64_t one = 1;
+    if (write(srv->stop_fd, &one, sizeof one) < 0)
+        ps_log_error("stop signal: %s", strerror(errno));
+
+    /* First no new connections, then no admin reader of the pool, then the
+     * pool: workers answer the lines they hold and close their clients. */
+    if (srv->acceptor_started)
+        pthread_join(srv->acceptor, NULL);
+    srv->acceptor_started = false;
+    close_fd(&srv->listen_fd);
+    ps__admin_join(srv);
+    close_fd(&srv->admin_fd);
+    ps_pool_destroy(srv->pool);
+    srv->pool = NULL;
+    close_fd(&srv->stop_fd);
+    ps_log_info("stopped: %llu connections served",
+                (unsigned long long)atomic_load(&srv->c.total_connections));
+}
+
+void ps_server_destroy(ps_server *srv)
+{
+    if (srv == NULL)
+        return;
+    ps_server_stop(srv);
+    free(srv);
+}
+
+void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
+{
+    const ps__counters *c = &srv->c;
+    memset(st, 0, sizeof *st);
+    st->curr_connections = atomic_load_explicit(&c->curr_connections, memory_order_relaxed);
+    st->total_connections = atomic_load_explicit(&c->total_connections, memory_order_relaxed);
+    st->rejected_busy = atomic_load_explicit(&c->rejected_busy, memory_order_relaxed);
+    st->rejected_max = atomic_load_explicit(&c->rejected_max, memory_order_relaxed);
+    st->rejected_connections = st->rejected_busy + st->rejected_max;
+    st->lines = atomic_load_explicit(&c->lines, memory_order_relaxed);
+    st->bytes_in = atomic_load_explicit(&c->bytes_in, memory_order_relaxed);
+    st->bytes_out = atomic_load_explicit(&c->bytes_out, memory_order_relaxed);
+    st->lines_too_long = atomic_load_explicit(&c->lines_too_long, memory_order_relaxed);
+    st->idle_timeouts = atomic_load_explicit(&c->idle_timeouts, memory_order_relaxed);
+    st->send_timeouts = atomic_load_explicit(&c->send_timeouts, memory_order_relaxed);
+    st->accept_errors = atomic_load_explicit(&c->accept_errors, memory_order_relaxed);
+    st->admin_commands = atomic_load_explicit(&c->admin_commands, memory_order_relaxed);
+    st->uptime_seconds = (uint64_t)(ps__now_ms() - srv->start_ms) / 1000;
+}
+
+void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    if (srv->pool != NULL)
+        ps_pool_get_stats(srv->pool, st);
+}

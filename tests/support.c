@@ -1,0 +1,226 @@
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "poolsrv/log.h"
+#include "support.h"
+
+int64_t t_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int t_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static int wait_in(int fd, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - t_now_ms();
+        if (left < 0)
+            left = 0;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int n = poll(&p, 1, (int)left);
+        if (n > 0)
+            return 0;
+        if (n == 0)
+            return -ETIMEDOUT;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+bool t_readable(int fd, int timeout_ms)
+{
+    return wait_in(fd, t_now_ms() + timeout_ms) == 0;
+}
+
+ssize_t t_read_line(int fd, char *buf, size_t cap, int timeout_ms)
+{
+    int64_t deadline = t_now_ms() + timeout_ms;
+    size_t n = 0;
+    while (n + 1 < cap) {
+        int rc = wait_in(fd, deadline);
+        if (rc < 0)
+            return rc;
+        char ch;
+        ssize_t r = recv(fd, &ch, 1, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            break;
+        buf[n++] = ch;
+        if (ch == '\n')
+            break;
+    }
+    buf[n] = '\0';
+    return (ssize_t)n;
+}
+
+int t_read_exact(int fd, void *buf, size_t len, int timeout_ms)
+{
+    int64_t deadline = t_now_ms() + timeout_ms;
+    size_t got = 0;
+    while (got < len) {
+        int rc = wait_in(fd, deadline);
+        if (rc < 0)
+            return rc;
+        ssize_t r = recv(fd, (char *)buf + got, len - got, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            return -EPIPE;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+ssize_t t_wait_eof(int fd, int timeout_ms)
+{
+    int64_t deadline = t_now_ms() + timeout_ms;
+    ssize_t total = 0;
+    char buf[4096];
+    for (;;) {
+        int rc = wait_in(fd, deadline);
+        if (rc < 0)
+            return rc;
+        ssize_t r = recv(fd, buf, sizeof buf, 0);
+        if (r == 0)
+            return total;
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ECONNRESET)
+                return total;
+            return -errno;
+        }
+        total += r;
+    }
+}
+
+int t_write_all(int fd, const void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+int t_send_str(int fd, const char *s)
+{
+    return t_write_all(fd, s, strlen(s));
+}
+
+ssize_t t_admin(uint16_t port, const char *cmd, char *buf, size_t cap)
+{
+    int fd = t_connect(port);
+    if (fd < 0)
+        return fd;
+    char req[512];
+    snprintf(req, sizeof req, "%s\r\n", cmd);
+    int rc = t_send_str(fd, req);
+    size_t n = 0;
+    buf[0] = '\0';
+    while (rc == 0) {
+        ssize_t r = t_read_line(fd, buf + n, cap - n, 5000);
+        if (r <= 0) {
+            rc = r == 0 ? -EPIPE : (int)r;
+            break;
+        }
+        const char *line = buf + n;
+        n += (size_t)r;
+        if (strcmp(line, "END\r\n") == 0 || strncmp(line, "ERROR", 5) == 0)
+            break;
+        if (n + 1 >= cap) {
+            rc = -ENOBUFS;
+            break;
+        }
+    }
+    close(fd);
+    return rc < 0 ? rc : (ssize_t)n;
+}
+
+long long t_stat(const char *reply, const char *name)
+{
+    char key[128];
+    snprintf(key, sizeof key, "STAT %s ", name);
+    const char *p = reply;
+    while ((p = strstr(p, key)) != NULL) {
+        if (p == reply || p[-1] == '\n')
+            return strtoll(p + strlen(key), NULL, 10);
+        p++;
+    }
+    return -1;
+}
+
+void t_config(ps_config *cfg)
+{
+    ps_config_defaults(cfg);
+    snprintf(cfg->bind, sizeof cfg->bind, "127.0.0.1");
+    snprintf(cfg->admin_bind, sizeof cfg->admin_bind, "127.0.0.1");
+    cfg->port = 0;
+    cfg->admin_port = 0;
+    cfg->log_level = PS_LOG_ERROR;
+    ps_log_set_level(PS_LOG_ERROR);
+}
+
+ps_server *t_start_echo(const ps_config *cfg)
+{
+    ps_server *srv = NULL;
+    if (ps_server_create(&srv, cfg, &ps_echo_handler, (void *)cfg->greeting) != 0)
+        return NULL;
+    char err[256];
+    if (ps_server_start(srv, err, sizeof err) != 0) {
+        fprintf(stderr, "server start: %s\n", err);
+        ps_server_destroy(srv);
+        return NULL;
+    }
+    return srv;
+}
+
+int t_connect_greeted(uint16_t port, int timeout_ms)
+{
+    int fd = t_connect(port);
+    if (fd < 0)
+        return fd;
+    char line[256];
+    ssize_t r = t_read_line(fd, line, sizeof line, timeout_ms);
+    if (r <= 0 || strcmp(line, "Welcome to my server\r\n") != 0) {
+        close(fd);
+        return r < 0 ? (int)r : -EPROTO;
+    }
+    return fd;
+}

@@ -1,0 +1,56 @@
+#ifndef POOLSRV_TESTS_SUPPORT_H
+#define POOLSRV_TESTS_SUPPORT_H
+
+/* Loopback client helpers for the tests. Every wait is bounded in time;
+ * functions return negative values instead of asserting, so they can be
+ * used from any thread (cmocka asserts only on the test's own thread). */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "poolsrv/config.h"
+#include "poolsrv/server.h"
+
+/* Connects to 127.0.0.1:port (blocking socket). Returns fd or -errno. */
+int t_connect(uint16_t port);
+
+/* Reads one line (through '\n') into buf, NUL-terminated, waiting at most
+ * timeout_ms in all. Returns its length, 0 on EOF before any byte, -ETIMEDOUT,
+ * or -errno. Reads byte by byte: nothing past the line is consumed. */
+ssize_t t_read_line(int fd, char *buf, size_t cap, int timeout_ms);
+
+/* Reads exactly len bytes. Returns 0, -ETIMEDOUT, -EPIPE on early EOF. */
+int t_read_exact(int fd, void *buf, size_t len, int timeout_ms);
+
+/* Waits for end of stream, discarding data. Returns bytes discarded, or
+ * -ETIMEDOUT. */
+ssize_t t_wait_eof(int fd, int timeout_ms);
+
+/* Writes all of buf. Returns 0 or -errno. */
+int t_write_all(int fd, const void *buf, size_t len);
+int t_send_str(int fd, const char *s);
+
+/* True when fd has something to read (or EOF) within timeout_ms. */
+bool t_readable(int fd, int timeout_ms);
+
+/* Sends one admin command and reads the reply through "END\r\n" or an
+ * "ERROR" line into buf. Returns the reply length or a negative code. */
+ssize_t t_admin(uint16_t port, const char *cmd, char *buf, size_t cap);
+
+/* The value of "STAT name N" in an admin reply, or -1. */
+long long t_stat(const char *reply, const char *name);
+
+/* A config for tests: loopback, port 0, admin on port 0, log level error. */
+void t_config(ps_config *cfg);
+
+/* Creates and starts an echo server for cfg; returns NULL on failure. */
+ps_server *t_start_echo(const ps_config *cfg);
+
+/* Connects and reads the greeting line; returns fd or a negative code. */
+int t_connect_greeted(uint16_t port, int timeout_ms);
+
+int64_t t_now_ms(void);
+
+#endif

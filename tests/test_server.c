@@ -1,0 +1,679 @@
+/* The server over loopback: echo protocol, limits, admin, lifecycle. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "poolsrv/log.h"
+#include "poolsrv/server.h"
+#include "support.h"
+
+#define T_MS 5000 /* generous bound for any single wait */
+
+static const char greeting[] = "Welcome to my server\r\n";
+
+/* Polls the admin `threads` reply until STAT name == want or T_MS passes;
+ * returns the last value seen. */
+static long long wait_stat(ps_server *srv, const char *cmd, const char *name, long long want)
+{
+    char reply[4096];
+    long long v = -1;
+    int64_t deadline = t_now_ms() + T_MS;
+    do {
+        if (t_admin(ps_server_admin_port(srv), cmd, reply, sizeof reply) > 0)
+            v = t_stat(reply, name);
+        if (v == want)
+            break;
+        usleep(10 * 1000);
+    } while (t_now_ms() < deadline);
+    return v;
+}
+
+static void expect_line(int fd, const char *want)
+{
+    char line[1024];
+    ssize_t r = t_read_line(fd, line, sizeof line, T_MS);
+    assert_true(r > 0);
+    assert_string_equal(line, want);
+}
+
+static void test_greeting_and_echo(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    assert_int_not_equal(ps_server_port(srv), 0);
+
+    int fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    expect_line(fd, greeting);
+    assert_int_equal(t_send_str(fd, "hello\r\n"), 0);
+    expect_line(fd, "hello\r\n");
+    /* The reply keeps the ending the client used. */
+    assert_int_equal(t_send_str(fd, "bare newline\n"), 0);
+    expect_line(fd, "bare newline\n");
+    /* Binary safe: NUL bytes come back. */
+    const char bin[] = {'a', '\0', 'b', '\r', '\n'};
+    assert_int_equal(t_write_all(fd, bin, sizeof bin), 0);
+    char got[sizeof bin];
+    assert_int_equal(t_read_exact(fd, got, sizeof got, T_MS), 0);
+    assert_memory_equal(got, bin, sizeof bin);
+    /* A line split across writes is one line. */
+    assert_int_equal(t_send_str(fd, "spl"), 0);
+    usleep(20 * 1000);
+    assert_int_equal(t_send_str(fd, "it\r\n"), 0);
+    expect_line(fd, "split\r\n");
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+static void test_close_commands(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    const char *closers[] = {"exit\r\n", "EXIT\r\n", "Exit\n", "\r\n", "\n"};
+    for (size_t i = 0; i < sizeof closers / sizeof closers[0]; i++) {
+        int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fd >= 0);
+        assert_int_equal(t_send_str(fd, "before\r\n"), 0);
+        expect_line(fd, "before\r\n");
+        assert_int_equal(t_send_str(fd, closers[i]), 0);
+        /* Closed with nothing more sent: not echoed. */
+        assert_int_equal(t_wait_eof(fd, T_MS), 0);
+        close(fd);
+    }
+    /* "exit" inside a longer line is just a line. */
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "exit now\r\n"), 0);
+    expect_line(fd, "exit now\r\n");
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+static void test_no_greeting_when_empty(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.greeting[0] = '\0';
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "first\n"), 0);
+    expect_line(fd, "first\n");
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+static void test_line_too_long(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.max_line = 64;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+
+    char line[80];
+    /* Exactly max_line is accepted. */
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    memset(line, 'x', 64);
+    memcpy(line + 64, "\r\n", 3);
+    assert_int_equal(t_send_str(fd, line), 0);
+    expect_line(fd, line);
+    /* max_line + 1 is refused and the connection closed. */
+    memset(line, 'y', 65);
+    memcpy(line + 65, "\r\n", 3);
+    assert_int_equal(t_send_str(fd, line), 0);
+    expect_line(fd, "ERROR line too long\r\n");
+    assert_true(t_wait_eof(fd, T_MS) >= 0);
+    close(fd);
+
+    /* A long line with no newline at all is cut off too. */
+    fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    char big[10000];
+    memset(big, 'z', sizeof big);
+    assert_int_equal(t_write_all(fd, big, sizeof big), 0);
+    expect_line(fd, "ERROR line too long\r\n");
+    close(fd);
+
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.lines_too_long, 2);
+    ps_server_destroy(srv);
+}
+
+static void test_pipelined_lines_in_order(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    enum { N = 1000 };
+    char *req = malloc(N * 16);
+    assert_non_null(req);
+    size_t len = 0;
+    for (int i = 0; i < N; i++)
+        len += (size_t)sprintf(req + len, "line %d\r\n", i);
+    assert_int_equal(t_write_all(fd, req, len), 0);
+    char *resp = malloc(len);
+    assert_non_null(resp);
+    assert_int_equal(t_read_exact(fd, resp, len, T_MS), 0);
+    assert_memory_equal(resp, req, len);
+    free(req);
+    free(resp);
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+static void test_half_close_gets_every_reply(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "a\nb\r\nc\n"), 0);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    expect_line(fd, "a\n");
+    expect_line(fd, "b\r\n");
+    expect_line(fd, "c\n");
+    assert_int_equal(t_wait_eof(fd, T_MS), 0);
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+/* 30 clients, 25 workers: 25 are greeted at once, 5 wait in the queue, and
+ * one of those is served as soon as a served client leaves. */
+static void test_clients_wait_for_a_worker(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 25;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+
+    int served[25], waiting[5];
+    for (int i = 0; i < 25; i++) {
+        served[i] = t_connect_greeted(port, T_MS);
+        assert_true(served[i] >= 0);
+    }
+    for (int i = 0; i < 5; i++) {
+        waiting[i] = t_connect(port);
+        assert_true(waiting[i] >= 0);
+    }
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 5), 5);
+    assert_int_equal(wait_stat(srv, "threads", "available_threads", 0), 0);
+    for (int i = 0; i < 5; i++)
+        assert_false(t_readable(waiting[i], 50)); /* no worker: no greeting */
+
+    /* A served client leaves; a waiting one gets a worker. */
+    assert_int_equal(t_send_str(served[0], "exit\r\n"), 0);
+    close(served[0]);
+    int greeted = -1;
+    int64_t deadline = t_now_ms() + T_MS;
+    while (greeted < 0 && t_now_ms() < deadline) {
+        for (int i = 0; i < 5 && greeted < 0; i++) {
+            if (t_readable(waiting[i], 10)) {
+                expect_line(waiting[i], greeting);
+                greeted = i;
+            }
+        }
+    }
+    assert_true(greeted >= 0);
+    assert_int_equal(t_send_str(waiting[greeted], "late\r\n"), 0);
+    expect_line(waiting[greeted], "late\r\n");
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 4), 4);
+
+    for (int i = 1; i < 25; i++)
+        close(served[i]);
+    for (int i = 0; i < 5; i++)
+        close(waiting[i]);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    assert_int_equal(wait_stat(srv, "threads", "available_threads", 25), 25);
+    ps_server_destroy(srv);
+}
+
+static void test_queue_full_rejects_busy(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 2;
+    cfg.queue_capacity = 2;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+    int fds[4];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = t_connect_greeted(port, T_MS);
+        assert_true(fds[i] >= 0);
+    }
+    for (int i = 2; i < 4; i++) {
+        fds[i] = t_connect(port);
+        assert_true(fds[i] >= 0);
+    }
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 2), 2);
+    int extra = t_connect(port);
+    assert_true(extra >= 0);
+    expect_line(extra, "ERROR server busy\r\n");
+    assert_true(t_wait_eof(extra, T_MS) >= 0);
+    close(extra);
+
+    char reply[4096];
+    assert_true(t_admin(ps_server_admin_port(srv), "stats", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "rejected_busy"), 1);
+    assert_int_equal(t_stat(reply, "rejected_connections"), 1);
+    assert_int_equal(t_stat(reply, "jobs_rejected"), 1);
+    /* The clients already in are unaffected. */
+    assert_int_equal(t_send_str(fds[0], "still here\n"), 0);
+    expect_line(fds[0], "still here\n");
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
+    ps_server_destroy(srv);
+}
+
+static void test_max_connections(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.max_connections = 3;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fds[i] >= 0);
+    }
+    int extra = t_connect(ps_server_port(srv));
+    assert_true(extra >= 0);
+    expect_line(extra, "ERROR too many connections\r\n");
+    close(extra);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.rejected_max, 1);
+    assert_int_equal(st.curr_connections, 3);
+    /* A slot frees: the next client is served. */
+    close(fds[0]);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 2), 2);
+    fds[0] = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fds[0] >= 0);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    ps_server_destroy(srv);
+}
+
+static void test_admin_threads_follow_clients(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 4;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    char reply[4096];
+    assert_true(t_admin(ps_server_admin_port(srv), "threads", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "max_threads"), 4);
+    assert_int_equal(t_stat(reply, "available_threads"), 4);
+    assert_int_equal(t_stat(reply, "busy_threads"), 0);
+    assert_int_equal(t_stat(reply, "queue_capacity"), (long long)cfg.queue_capacity);
+    assert_non_null(strstr(reply, "END\r\n"));
+
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(wait_stat(srv, "threads", "available_threads", 3 - i), 3 - i);
+    }
+    assert_int_equal(wait_stat(srv, "threads", "busy_threads", 3), 3);
+    for (int i = 0; i < 3; i++) {
+        close(fds[i]);
+        assert_int_equal(wait_stat(srv, "threads", "available_threads", 2 + i), 2 + i);
+    }
+    ps_server_destroy(srv);
+}
+
+static void test_admin_answers_while_saturated(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 25;
+    cfg.queue_capacity = 8;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+    int fds[25 + 8];
+    for (int i = 0; i < 25; i++) {
+        fds[i] = t_connect_greeted(port, T_MS);
+        assert_true(fds[i] >= 0);
+    }
+    for (int i = 25; i < 33; i++) {
+        fds[i] = t_connect(port);
+        assert_true(fds[i] >= 0);
+    }
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 8), 8);
+    /* Every worker busy, queue full: the admin thread still answers. The
+     * best of a few tries is compared, so one scheduling hiccup on a shared
+     * machine does not decide it. */
+    int64_t best = INT64_MAX;
+    char reply[4096];
+    for (int i = 0; i < 5; i++) {
+        int64_t t0 = t_now_ms();
+        assert_true(t_admin(ps_server_admin_port(srv), "threads", reply, sizeof reply) > 0);
+        int64_t dt = t_now_ms() - t0;
+        best = dt < best ? dt : best;
+        assert_int_equal(t_stat(reply, "available_threads"), 0);
+        assert_int_equal(t_stat(reply, "queue_depth"), 8);
+    }
+    print_message("admin reply while saturated: %lld ms\n", (long long)best);
+    assert_true(best < 100);
+    for (int i = 0; i < 33; i++)
+        close(fds[i]);
+    ps_server_destroy(srv);
+}
+
+static void test_admin_commands(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t ap = ps_server_admin_port(srv);
+    char reply[4096];
+    assert_true(t_admin(ap, "help", reply, sizeof reply) > 0);
+    assert_non_null(strstr(reply, "threads"));
+    assert_non_null(strstr(reply, "quit"));
+    assert_true(t_admin(ap, "bogus", reply, sizeof reply) > 0);
+    assert_string_equal(reply, "ERROR unknown command\r\n");
+    assert_true(t_admin(ap, "stats", reply, sizeof reply) > 0);
+    assert_true(t_stat(reply, "total_connections") >= 0);
+    assert_true(t_stat(reply, "bytes_out") >= 0);
+    assert_true(t_stat(reply, "max_threads") == 25);
+
+    /* quit closes the admin connection. */
+    int fd = t_connect(ap);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "quit\r\n"), 0);
+    assert_int_equal(t_wait_eof(fd, T_MS), 0);
+    close(fd);
+
+    /* An oversized admin line is an error, not a crash. */
+    fd = t_connect(ap);
+    assert_true(fd >= 0);
+    char big[4096];
+    memset(big, 'a', sizeof big);
+    assert_int_equal(t_write_all(fd, big, sizeof big), 0);
+    expect_line(fd, "ERROR line too long\r\n");
+    close(fd);
+    assert_true(t_admin(ap, "threads", reply, sizeof reply) > 0);
+
+    /* Admin words on the data port are echoed, not answered. */
+    fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "stats\r\n"), 0);
+    expect_line(fd, "stats\r\n");
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+static void test_idle_timeout(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.idle_timeout = 1;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int silent = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(silent >= 0);
+    /* A trickler sends bytes but never a newline: it does not get to push
+     * its deadline forward. */
+    int trickler = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(trickler >= 0);
+    int64_t t0 = t_now_ms();
+    bool trickler_open = true;
+    for (int i = 0; i < 40 && trickler_open; i++) {
+        if (t_send_str(trickler, "x") != 0 || t_readable(trickler, 100))
+            trickler_open = false;
+    }
+    assert_false(trickler_open);
+    assert_true(t_now_ms() - t0 < 3500);
+    assert_true(t_wait_eof(silent, T_MS) >= 0);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.idle_timeouts, 2);
+    close(silent);
+    close(trickler);
+    ps_server_destroy(srv);
+}
+
+static void test_send_timeout_never_reading_client(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.send_timeout = 1;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int hog = t_connect(ps_server_port(srv));
+    assert_true(hog >= 0);
+    int small = 4096;
+    setsockopt(hog, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    int other = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(other >= 0);
+
+    /* Send lines, never read: the server's replies pile up until it gives
+     * up on this client. Bounded by count and time. */
+    char chunk[8192];
+    for (size_t i = 0; i < sizeof chunk; i += 64) {
+        memset(chunk + i, 'q', 63);
+        chunk[i + 63] = '\n';
+    }
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 200 * 1000};
+    setsockopt(hog, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int64_t deadline = t_now_ms() + 15000;
+    bool closed = false;
+    while (!closed && t_now_ms() < deadline) {
+        ssize_t w = send(hog, chunk, sizeof chunk, MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            closed = true;
+        ps_server_stats st;
+        ps_server_get_stats(srv, &st);
+        if (st.send_timeouts > 0)
+            closed = true;
+        /* The other client is served all along. */
+        assert_int_equal(t_send_str(other, "ping\n"), 0);
+        expect_line(other, "ping\n");
+    }
+    assert_true(closed);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.send_timeouts, 1);
+    close(hog);
+    close(other);
+    ps_server_destroy(srv);
+}
+
+static void test_vanishing_clients(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 4;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    char lines[4096];
+    for (size_t i = 0; i < sizeof lines; i += 8)
+        memcpy(lines + i, "vanish\r\n", 8);
+    for (int i = 0; i < 200; i++) {
+        int fd = t_connect(ps_server_port(srv));
+        assert_true(fd >= 0);
+        assert_int_equal(t_write_all(fd, lines, sizeof lines), 0);
+        if (i % 2) {
+            /* Reset instead of FIN: the server's writes fail mid-reply. */
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        }
+        close(fd);
+    }
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    assert_int_equal(wait_stat(srv, "threads", "available_threads", 4), 4);
+    /* And the server still serves. */
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "alive\n"), 0);
+    expect_line(fd, "alive\n");
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+static void test_stop_closes_clients(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 2;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int a = t_connect_greeted(ps_server_port(srv), T_MS);
+    int b = t_connect_greeted(ps_server_port(srv), T_MS);
+    int queued = t_connect(ps_server_port(srv));
+    assert_true(a >= 0 && b >= 0 && queued >= 0);
+    assert_int_equal(t_send_str(a, "one\n"), 0);
+    expect_line(a, "one\n");
+    int64_t t0 = t_now_ms();
+    ps_server_stop(srv);
+    assert_true(t_now_ms() - t0 < 3000);
+    /* Every client sees an orderly end of stream. */
+    assert_int_equal(t_wait_eof(a, T_MS), 0);
+    assert_int_equal(t_wait_eof(b, T_MS), 0);
+    assert_true(t_wait_eof(queued, T_MS) >= 0);
+    assert_int_equal(ps_server_port(srv), 0);
+    /* Nothing listens any more. */
+    assert_true(t_connect(ps_server_port(srv)) < 0);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.curr_connections, 0);
+    close(a);
+    close(b);
+    close(queued);
+    ps_server_destroy(srv);
+    ps_server_destroy(NULL);
+}
+
+static void test_start_failures(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *first = t_start_echo(&cfg);
+    assert_non_null(first);
+
+    /* The data port is taken: start fails, says why, holds nothing. */
+    ps_config clash;
+    t_config(&clash);
+    clash.port = ps_server_port(first);
+    ps_server *srv = NULL;
+    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL), 0);
+    char err[256] = "";
+    assert_int_equal(ps_server_start(srv, err, sizeof err), -EADDRINUSE);
+    assert_non_null(strstr(err, "bind"));
+    ps_server_destroy(srv);
+
+    /* The admin port is taken: the data port is released again. */
+    t_config(&clash);
+    clash.admin_port = ps_server_admin_port(first);
+    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL), 0);
+    assert_int_equal(ps_server_start(srv, err, sizeof err), -EADDRINUSE);
+    assert_non_null(strstr(err, "admin"));
+    assert_int_equal(ps_server_port(srv), 0);
+    ps_server_destroy(srv);
+
+    /* An address that is not ours. */
+    t_config(&clash);
+    snprintf(clash.bind, sizeof clash.bind, "192.0.2.1");
+    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL), 0);
+    assert_true(ps_server_start(srv, err, sizeof err) < 0);
+    ps_server_destroy(srv);
+
+    assert_int_equal(ps_server_create(&srv, NULL, &ps_echo_handler, NULL), -EINVAL);
+    ps_server_destroy(first);
+}
+
+static void test_ipv6_loopback(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    snprintf(cfg.bind, sizeof cfg.bind, "::1");
+    ps_server *srv = NULL;
+    assert_int_equal(ps_server_create(&srv, &cfg, &ps_echo_handler, cfg.greeting), 0);
+    char err[256];
+    if (ps_server_start(srv, err, sizeof err) != 0) {
+        ps_server_destroy(srv);
+        skip(); /* no IPv6 on this machine */
+    }
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_port = htons(ps_server_port(srv))};
+    sa.sin6_addr = in6addr_loopback;
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    expect_line(fd, greeting);
+    assert_int_equal(t_send_str(fd, "six\n"), 0);
+    expect_line(fd, "six\n");
+    close(fd);
+    ps_server_destroy(srv);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greeting_and_echo),
+        cmocka_unit_test(test_close_commands),
+        cmocka_unit_test(test_no_greeting_when_empty),
+        cmocka_unit_test(test_line_too_long),
+        cmocka_unit_test(test_pipelined_lines_in_order),
+        cmocka_unit_test(test_half_close_gets_every_reply),
+        cmocka_unit_test(test_clients_wait_for_a_worker),
+        cmocka_unit_test(test_queue_full_rejects_busy),
+        cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_admin_threads_follow_clients),
+        cmocka_unit_test(test_admin_answers_while_saturated),
+        cmocka_unit_test(test_admin_commands),
+        cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_send_timeout_never_reading_client),
+        cmocka_unit_test(test_vanishing_clients),
+        cmocka_unit_test(test_stop_closes_clients),
+        cmocka_unit_test(test_start_failures),
+        cmocka_unit_test(test_ipv6_loopback),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

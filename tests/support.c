@@ -224,3 +224,167 @@ int t_connect_greeted(uint16_t port, int timeout_ms)
     }
     return fd;
 }
+
+/* ---- running the poolsrv program ---- */
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+void t_proc_drain(t_proc *p)
+{
+    for (;;) {
+        if (p->log_len + 1 >= sizeof p->log)
+            return;
+        ssize_t r = read(p->err_fd, p->log + p->log_len, sizeof p->log - 1 - p->log_len);
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        p->log_len += (size_t)r;
+        p->log[p->log_len] = '\0';
+    }
+}
+
+static uint16_t port_after(const char *log, const char *marker)
+{
+    const char *s = strstr(log, marker);
+    if (s == NULL)
+        return 0;
+    s += strlen(marker);
+    const char *nl = strchr(s, ' ');
+    const char *end = strchr(s, '\n');
+    if (end == NULL)
+        return 0;
+    if (nl == NULL || nl > end)
+        nl = end;
+    const char *colon = NULL;
+    for (const char *q = s; q < nl; q++)
+        if (*q == ':')
+            colon = q;
+    return colon ? (uint16_t)strtoul(colon + 1, NULL, 10) : 0;
+}
+
+static int wait_exit(int pid, int timeout_ms)
+{
+    int64_t deadline = t_now_ms() + timeout_ms;
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+            if (WIFEXITED(status))
+                return WEXITSTATUS(status);
+            return 128 + WTERMSIG(status);
+        }
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (t_now_ms() >= deadline)
+            return -ETIMEDOUT;
+        usleep(5 * 1000);
+    }
+}
+
+int t_proc_start(t_proc *p, char *const argv[], unsigned long nofile, bool want_admin,
+                 int timeout_ms)
+{
+    memset(p, 0, sizeof *p);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return -e;
+    }
+    if (pid == 0) {
+        dup2(fds[1], STDERR_FILENO);
+        if (nofile > 0) {
+            struct rlimit rl = {.rlim_cur = nofile, .rlim_max = nofile};
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    p->pid = pid;
+    p->err_fd = fds[0];
+    int64_t deadline = t_now_ms() + timeout_ms;
+    while (t_now_ms() < deadline) {
+        t_proc_drain(p);
+        p->port = port_after(p->log, "listening on ");
+        p->admin_port = port_after(p->log, "admin on ");
+        if (p->port != 0 && (!want_admin || p->admin_port != 0))
+            return 0;
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            t_proc_drain(p);
+            close(p->err_fd);
+            p->pid = 0;
+            return -ECHILD;
+        }
+        struct pollfd pf = {.fd = p->err_fd, .events = POLLIN};
+        poll(&pf, 1, 50);
+    }
+    t_proc_stop(p, SIGKILL, 1000);
+    return -ETIMEDOUT;
+}
+
+int t_proc_stop(t_proc *p, int sig, int timeout_ms)
+{
+    if (p->pid <= 0)
+        return -ECHILD;
+    kill(p->pid, sig);
+    int rc = wait_exit(p->pid, timeout_ms);
+    if (rc == -ETIMEDOUT) {
+        kill(p->pid, SIGKILL);
+        wait_exit(p->pid, 5000);
+    }
+    t_proc_drain(p);
+    close(p->err_fd);
+    p->pid = 0;
+    return rc;
+}
+
+int t_run(char *const argv[], char *out, size_t cap, int timeout_ms)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        dup2(fds[1], STDERR_FILENO);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t n = 0;
+    int64_t deadline = t_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - t_now_ms();
+        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
+        if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
+            break;
+        ssize_t r = read(fds[0], out + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+        if (n + 1 >= cap)
+            break;
+    }
+    out[n] = '\0';
+    close(fds[0]);
+    int rc = wait_exit(pid, (int)(deadline > t_now_ms() ? deadline - t_now_ms() : 0) + 100);
+    if (rc == -ETIMEDOUT) {
+        kill(pid, SIGKILL);
+        wait_exit(pid, 5000);
+    }
+    return rc;
+}

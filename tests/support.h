@@ -54,3 +54,32 @@ int t_connect_greeted(uint16_t port, int timeout_ms);
 int64_t t_now_ms(void);
 
 #endif
+
+/* ---- running the poolsrv program ---- */
+
+typedef struct t_proc {
+    int pid;
+    int err_fd;          /* the child's stderr, read end (non-blocking) */
+    uint16_t port;       /* from "listening on HOST:PORT" */
+    uint16_t admin_port; /* from "admin on HOST:PORT", 0 if none */
+    char log[65536];     /* stderr read so far, NUL-terminated */
+    size_t log_len;
+} t_proc;
+
+/* Starts argv[0] with stderr piped, optionally with RLIMIT_NOFILE soft and
+ * hard set to nofile (0 = unchanged), and waits up to timeout_ms for the
+ * "listening on" (and, if want_admin, "admin on") lines. Returns 0 or a
+ * negative code; on failure the child is reaped. */
+int t_proc_start(t_proc *p, char *const argv[], unsigned long nofile, bool want_admin,
+                 int timeout_ms);
+
+/* Appends whatever the child wrote to stderr since the last call. */
+void t_proc_drain(t_proc *p);
+
+/* Sends sig and waits up to timeout_ms for exit. Returns the exit status
+ * (0..255), 128+signal if killed by one, or -ETIMEDOUT (then SIGKILLs). */
+int t_proc_stop(t_proc *p, int sig, int timeout_ms);
+
+/* Runs argv to completion (bounded), capturing stdout+stderr into out.
+ * Returns the exit status or a negative code. */
+int t_run(char *const argv[], char *out, size_t cap, int timeout_ms);

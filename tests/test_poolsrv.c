@@ -1,0 +1,251 @@
+/* The poolsrv and poolctl programs: command line, config errors, signals,
+ * running out of descriptors. */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "support.h"
+
+#define T_MS 5000
+
+static char conf_path[] = PS_SOURCE_DIR "/conf/server.ini";
+
+/* argv for poolsrv with the default file, free ports and the given extras. */
+#define POOLSRV(...)                                                                  \
+    (char *[]) { POOLSRV_BIN, "-c", conf_path, "-o", "server.port=0", "-o",            \
+                 "admin.port=0", __VA_ARGS__, NULL }
+
+static void expect_line(int fd, const char *want)
+{
+    char line[1024];
+    assert_true(t_read_line(fd, line, sizeof line, T_MS) > 0);
+    assert_string_equal(line, want);
+}
+
+static char *write_temp(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/poolsrv-test-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+static void test_check_only(void **state)
+{
+    (void)state;
+    char out[4096];
+    assert_int_equal(t_run((char *[]){POOLSRV_BIN, "-c", conf_path, "-t", NULL}, out, sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "valid"));
+
+    char *bad = write_temp("[server]\nport = 9050\n[pool]\nworkers = 0\n");
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-c", bad, "-t", NULL}, out, sizeof out, T_MS), 0);
+    char where[96];
+    snprintf(where, sizeof where, "%s:4:", bad);
+    assert_non_null(strstr(out, where));
+    unlink(bad);
+
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-c", "/nonexistent/x.ini", "-t", NULL},
+                               out, sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "/nonexistent/x.ini"));
+}
+
+static void test_overrides_are_validated(void **state)
+{
+    (void)state;
+    char out[4096];
+    assert_int_equal(t_run((char *[]){POOLSRV_BIN, "-c", conf_path, "-o", "pool.workers=4", "-t", NULL},
+                           out, sizeof out, T_MS), 0);
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-c", conf_path, "-o", "pool.workers=abc", "-t", NULL},
+                               out, sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "pool.workers"));
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-o", "nosuch.key=1", "-t", NULL},
+                               out, sizeof out, T_MS), 0);
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-x", NULL}, out, sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "usage"));
+}
+
+static void test_config_error_binds_nothing(void **state)
+{
+    (void)state;
+    /* Find a free port, then start with it and a bad key: nothing listens. */
+    int probe = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(probe, (struct sockaddr *)&sa, &sl), 0);
+    close(probe);
+    char port[32];
+    snprintf(port, sizeof port, "server.port=%u", (unsigned)ntohs(sa.sin_port));
+    char out[4096];
+    int rc = t_run((char *[]){POOLSRV_BIN, "-c", conf_path, "-o", port, "-o", "limits.max_line=1",
+                              NULL}, out, sizeof out, T_MS);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "limits.max_line"));
+    assert_true(t_connect(ntohs(sa.sin_port)) < 0);
+}
+
+static void test_serves_and_poolctl(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=info"), 0, true, T_MS), 0);
+    int fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    expect_line(fd, "Welcome to my server\r\n");
+    assert_int_equal(t_send_str(fd, "hello\r\n"), 0);
+    expect_line(fd, "hello\r\n");
+
+    char aport[16], out[8192];
+    snprintf(aport, sizeof aport, "%u", (unsigned)p.admin_port);
+    assert_int_equal(t_run((char *[]){POOLCTL_BIN, "-p", aport, "threads", NULL}, out, sizeof out, T_MS), 0);
+    assert_int_equal(t_stat(out, "max_threads"), 25);
+    assert_int_equal(t_stat(out, "available_threads"), 24);
+    assert_non_null(strstr(out, "END"));
+    assert_int_equal(t_run((char *[]){POOLCTL_BIN, "-p", aport, "stats", NULL}, out, sizeof out, T_MS), 0);
+    assert_int_equal(t_stat(out, "curr_connections"), 1);
+    assert_int_not_equal(t_run((char *[]){POOLCTL_BIN, "-p", aport, "nonsense", NULL}, out, sizeof out, T_MS), 0);
+
+    /* The connection log line says how many are active. */
+    t_proc_drain(&p);
+    assert_non_null(strstr(p.log, "(1 active)"));
+    close(fd);
+    assert_int_equal(t_proc_stop(&p, SIGINT, T_MS), 0);
+}
+
+static void test_poolctl_cannot_connect(void **state)
+{
+    (void)state;
+    int probe = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(probe, (struct sockaddr *)&sa, &sl), 0);
+    close(probe);
+    char port[16], out[1024];
+    snprintf(port, sizeof port, "%u", (unsigned)ntohs(sa.sin_port));
+    int rc = t_run((char *[]){POOLCTL_BIN, "-p", port, "threads", NULL}, out, sizeof out, T_MS);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "poolctl: connect"));
+}
+
+/* SIGTERM mid-conversation: lines already sent are answered, the client
+ * sees an orderly end of stream, the process exits 0 promptly. */
+static void test_sigterm_is_graceful(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=warn"), 0, true, T_MS), 0);
+    int fds[5];
+    for (int i = 0; i < 5; i++) {
+        fds[i] = t_connect_greeted(p.port, T_MS);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(t_send_str(fds[i], "in flight\r\n"), 0);
+    }
+    int64_t t0 = t_now_ms();
+    int rc = t_proc_stop(&p, SIGTERM, 10000);
+    assert_int_equal(rc, 0);
+    assert_true(t_now_ms() - t0 < 6000);
+    for (int i = 0; i < 5; i++) {
+        expect_line(fds[i], "in flight\r\n");
+        assert_int_equal(t_wait_eof(fds[i], T_MS), 0);
+        close(fds[i]);
+    }
+    assert_non_null(strstr(p.log, "stopping on SIGTERM"));
+    assert_null(strstr(p.log, "ERROR"));
+}
+
+/* Out of descriptors: accepting pauses (no spin, no log flood), served
+ * clients keep being served, and accepting resumes once descriptors free. */
+static void test_out_of_descriptors(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "pool.workers=4", "-o", "log.level=warn"),
+                                  48, false, T_MS), 0);
+    enum { N = 80 };
+    int fds[N];
+    fds[0] = t_connect_greeted(p.port, T_MS);
+    assert_true(fds[0] >= 0);
+    for (int i = 1; i < N; i++) {
+        fds[i] = t_connect(p.port); /* completes in the kernel's backlog */
+        assert_true(fds[i] >= 0);
+    }
+    /* Let the acceptor hit EMFILE, then measure its CPU over a second. */
+    usleep(300 * 1000);
+    char statpath[64], buf[1024];
+    snprintf(statpath, sizeof statpath, "/proc/%d/stat", p.pid);
+    long long ticks[2];
+    for (int k = 0; k < 2; k++) {
+        FILE *f = fopen(statpath, "r");
+        assert_non_null(f);
+        assert_non_null(fgets(buf, sizeof buf, f));
+        fclose(f);
+        const char *s = strrchr(buf, ')');
+        unsigned long long ut, st;
+        assert_int_equal(sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st), 2);
+        ticks[k] = (long long)(ut + st);
+        if (k == 0) {
+            /* The served client is answered throughout. */
+            for (int j = 0; j < 10; j++) {
+                assert_int_equal(t_send_str(fds[0], "still served\n"), 0);
+                expect_line(fds[0], "still served\n");
+                usleep(100 * 1000);
+            }
+        }
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    print_message("server CPU while out of descriptors: %lld ticks of %ld/s\n",
+                  ticks[1] - ticks[0], hz);
+    assert_true(ticks[1] - ticks[0] < hz / 4); /* well below one core */
+    t_proc_drain(&p);
+    int warnings = 0;
+    for (const char *s = p.log; (s = strstr(s, "accept: ")) != NULL; s++)
+        warnings++;
+    assert_true(warnings >= 1);
+    assert_true(warnings <= 4); /* about one a second, not one per retry */
+
+    /* Free everything but the last client: it is accepted and served. */
+    for (int i = 0; i < N - 1; i++)
+        close(fds[i]);
+    int last = fds[N - 1];
+    char line[256];
+    assert_true(t_read_line(last, line, sizeof line, T_MS) > 0);
+    assert_string_equal(line, "Welcome to my server\r\n");
+    assert_int_equal(t_send_str(last, "back\n"), 0);
+    expect_line(last, "back\n");
+    close(last);
+    assert_int_equal(t_proc_stop(&p, SIGTERM, 10000), 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_check_only),
+        cmocka_unit_test(test_overrides_are_validated),
+        cmocka_unit_test(test_config_error_binds_nothing),
+        cmocka_unit_test(test_serves_and_poolctl),
+        cmocka_unit_test(test_poolctl_cannot_connect),
+        cmocka_unit_test(test_sigterm_is_graceful),
+        cmocka_unit_test(test_out_of_descriptors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

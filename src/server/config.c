@@ -1,0 +1,809 @@
+/*
+ * config.c - the INI schema of conf/server.ini, loaded with inih.
+ *
+ * Every key lives in one table (ps__keys) with its type and range; the file
+ * loader, -o overrides and ps_config_validate all go through ps__set_key, so
+ * a value is judged the same way wherever it comes from.
+ *
+ * Why inih is fed through our own line reader (ini_parse_stream) instead of
+ * ini_parse_file / ini_parse_string — Debian's libinih 55 is built with:
+ *  - INI_HANDLER_LINENO 0: the handler is never told its line, and the
+ *    parser's return value is only the line of the *first* error (it keeps
+ *    parsing after a syntax error). Our reader counts lines, so the handler
+ *    knows the line it is called for, and a syntax error inih found on an
+ *    earlier line still wins (see ps__finish).
+ *  - INI_ALLOW_MULTILINE 1: an indented line after a key is glued to that
+ *    key as a continuation ("  queue_capacity = 8" under "workers = 4" calls
+ *    the handler with workers="queue_capacity = 8"). The reader strips leading
+ *    whitespace, so indented keys simply work.
+ *  - INI_MAX_LINE 200 on the stack: a longer line is silently cut into
+ *    several "lines", truncating the value and shifting every later line
+ *    number. The reader rejects such a line with its real line number.
+ *  - no handler call for a [section] line (INI_CALL_HANDLER_ON_NEW_SECTION
+ *    0), and text after the ']' ignored: the reader checks section lines.
+ *  - inline comments only for ';' after whitespace: " #" comments are
+ *    stripped from values here.
+ * inih's runtime knobs (ini_max_line, ...) are process-wide globals; we never
+ * write them. This file has no mutable global state, so loads may run
+ * concurrently.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "poolsrv/config.h"
+#include "poolsrv/error.h"
+
+#define PS__REASON_MAX 512
+#define PS__SHOW_MAX 64 /* characters of a bad value quoted in a message */
+#define PS__SHOW_BUF (PS__SHOW_MAX * 4 + 8)
+
+typedef enum ps__kind {
+    PS__K_UINT,
+    PS__K_HOST,
+    PS__K_GREETING,
+    PS__K_DISPATCH,
+    PS__K_BOOL,
+    PS__K_LOG_LEVEL,
+} ps__kind;
+
+/* C type of a PS__K_UINT field. */
+typedef enum ps__width { PS__W_NONE, PS__W_U16, PS__W_INT, PS__W_UNSIGNED, PS__W_SIZE } ps__width;
+
+typedef struct ps__key {
+    const char *section;
+    const char *name;
+    ps__kind kind;
+    ps__width width;
+    unsigned long long min, max;
+    size_t offset;
+    size_t size;
+} ps__key;
+
+#define PS__FIELD(f) offsetof(ps_config, f), sizeof(((ps_config *)0)->f)
+#define PS__UINT(sec, name, f, w, lo, hi) {sec, name, PS__K_UINT, w, lo, hi, PS__FIELD(f)}
+#define PS__OTHER(sec, name, f, kind) {sec, name, kind, PS__W_NONE, 0, 0, PS__FIELD(f)}
+
+static const ps__key ps__keys[] = {
+    PS__OTHER("server", "bind", bind, PS__K_HOST),
+    PS__UINT("server", "port", port, PS__W_U16, 0, 65535),
+    PS__UINT("server", "backlog", backlog, PS__W_INT, 1, 65535),
+    PS__OTHER("server", "greeting", greeting, PS__K_GREETING),
+    PS__OTHER("server", "dispatch", dispatch, PS__K_DISPATCH),
+    PS__UINT("pool", "workers", workers, PS__W_UNSIGNED, 1, 4096),
+    PS__UINT("pool", "queue_capacity", queue_capacity, PS__W_SIZE, 1, 1048576),
+    PS__UINT("limits", "max_connections", max_connections, PS__W_UNSIGNED, 1, 1000000),
+    PS__UINT("limits", "max_line", max_line, PS__W_SIZE, 16, 16777216),
+    PS__UINT("limits", "idle_timeout", idle_timeout, PS__W_UNSIGNED, 0, 86400),
+    PS__UINT("limits", "send_timeout", send_timeout, PS__W_UNSIGNED, 1, 3600),
+    PS__UINT("limits", "shutdown_timeout", shutdown_timeout, PS__W_UNSIGNED, 1, 3600),
+    PS__OTHER("admin", "enabled", admin_enabled, PS__K_BOOL),
+    PS__OTHER("admin", "bind", admin_bind, PS__K_HOST),
+    PS__UINT("admin", "port", admin_port, PS__W_U16, 0, 65535),
+    PS__OTHER("log", "level", log_level, PS__K_LOG_LEVEL),
+};
+#define PS__NKEYS (sizeof(ps__keys) / sizeof(ps__keys[0]))
+
+static const char *const ps__sections[] = {"server", "pool", "limits", "admin", "log"};
+#define PS__NSECTIONS (sizeof(ps__sections) / sizeof(ps__sections[0]))
+
+static const char *const ps__dispatch_names[] = {"connection", "event", "thread"};
+static const char *const ps__log_level_names[] = {"error", "warn", "info", "debug"};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void ps__set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void ps__set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static void ps__clear_err(char *err, size_t errlen)
+{
+    if (err && errlen > 0)
+        err[0] = '\0';
+}
+
+/* Writes s[0..len) into out (PS__SHOW_BUF bytes) for a message: printable
+ * ASCII as is, anything else as \xNN, so garbage in a file cannot garble the
+ * terminal or log; cut after PS__SHOW_MAX characters with "...". */
+static void ps__show(char *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    size_t i;
+    for (i = 0; i < len && i < PS__SHOW_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    if (i < len) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+}
+
+static bool ps__eq(const char *a, size_t alen, const char *b)
+{
+    return strlen(b) == alen && memcmp(a, b, alen) == 0;
+}
+
+static bool ps__eq_nocase(const char *a, size_t alen, const char *b)
+{
+    return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
+}
+
+static bool ps__is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+static bool ps__is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool ps__is_alnum(char c)
+{
+    return ps__is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* Trims whitespace on both ends of s[0..*len), returning the new start. */
+static const char *ps__trim(const char *s, size_t *len)
+{
+    while (*len > 0 && ps__is_space(s[0])) {
+        s++;
+        (*len)--;
+    }
+    while (*len > 0 && ps__is_space(s[*len - 1]))
+        (*len)--;
+    return s;
+}
+
+/* ---- value checks --------------------------------------------------------- */
+
+/* Strict unsigned decimal: digits only (no sign, space, base prefix or
+ * trailing text), not empty, no overflow. */
+static bool ps__parse_uint(const char *s, size_t len, unsigned long long *out)
+{
+    char buf[32];
+    if (len == 0 || len >= sizeof(buf))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!ps__is_digit(s[i]))
+            return false;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(buf, &end, 10);
+    if (errno == ERANGE || *end != '\0')
+        return false;
+    *out = v;
+    return true;
+}
+
+/* A DNS name: dot-separated labels of 1..63 letters, digits, '-' or '_'
+ * (no '-' at either end), 253 characters at most, an optional final dot, and
+ * a last label that is not all digits (so "256.1.1.1" or a stray "9050" is
+ * not taken for a name). */
+static bool ps__is_hostname(const char *s)
+{
+    size_t n = strlen(s);
+    if (n > 0 && s[n - 1] == '.')
+        n--;
+    if (n == 0 || n > 253)
+        return false;
+    size_t start = 0;
+    bool all_digits = true;
+    for (size_t i = 0; i <= n; i++) {
+        if (i == n || s[i] == '.') {
+            size_t label = i - start;
+            if (label == 0 || label > 63 || s[start] == '-' || s[i - 1] == '-')
+                return false;
+            if (i == n && all_digits)
+                return false;
+            start = i + 1;
+            all_digits = true;
+            continue;
+        }
+        if (!ps__is_alnum(s[i]) && s[i] != '-' && s[i] != '_')
+            return false;
+        if (!ps__is_digit(s[i]))
+            all_digits = false;
+    }
+    return true;
+}
+
+/* An IPv4 literal, an IPv6 literal (optionally with a %scope, as
+ * getaddrinfo takes), or a host name. Names are not resolved here. */
+static bool ps__is_host(const char *s)
+{
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, s, addr) == 1 || inet_pton(AF_INET6, s, addr) == 1)
+        return true;
+    const char *pct = strchr(s, '%');
+    if (pct && pct[1] != '\0') {
+        char ip[PS_CONFIG_HOST_MAX];
+        size_t n = (size_t)(pct - s);
+        if (n >= sizeof(ip))
+            return false;
+        memcpy(ip, s, n);
+        ip[n] = '\0';
+        for (const char *p = pct + 1; *p; p++)
+            if (!ps__is_alnum(*p) && *p != '-' && *p != '_' && *p != '.')
+                return false;
+        return inet_pton(AF_INET6, ip, addr) == 1;
+    }
+    return ps__is_hostname(s);
+}
+
+static int ps__enum_index(const char *const *names, size_t count, const char *v, size_t len)
+{
+    for (size_t i = 0; i < count; i++)
+        if (ps__eq_nocase(v, len, names[i]))
+            return (int)i;
+    return -1;
+}
+
+static int ps__parse_bool(const char *v, size_t len)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+    if (ps__enum_index(yes, 4, v, len) >= 0)
+        return 1;
+    if (ps__enum_index(no, 4, v, len) >= 0)
+        return 0;
+    return -1;
+}
+
+/* Judges value v[0..len) for key k and stores it in cfg only when valid.
+ * Returns 0, or PS_ECONFIG with "section.key: reason" in reason. */
+static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t len,
+                       char *reason, size_t reasonlen)
+{
+    char shown[PS__SHOW_BUF];
+    char *field = (char *)cfg + k->offset;
+    ps__show(shown, v, len);
+
+    switch (k->kind) {
+    case PS__K_UINT: {
+        unsigned long long n;
+        if (!ps__parse_uint(v, len, &n) || n < k->min || n > k->max) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected an integer from %llu to %llu, got \"%s\"",
+                        k->section, k->name, k->min, k->max, shown);
+            return PS_ECONFIG;
+        }
+        switch (k->width) {
+        case PS__W_U16: *(uint16_t *)(void *)field = (uint16_t)n; break;
+        case PS__W_INT: *(int *)(void *)field = (int)n; break;
+        case PS__W_UNSIGNED: *(unsigned *)(void *)field = (unsigned)n; break;
+        case PS__W_SIZE: *(size_t *)(void *)field = (size_t)n; break;
+        case PS__W_NONE: abort(); /* table bug */
+        }
+        return 0;
+    }
+    case PS__K_HOST: {
+        char host[PS_CONFIG_HOST_MAX];
+        if (len == 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got nothing",
+                        k->section, k->name);
+            return PS_ECONFIG;
+        }
+        if (len >= sizeof(host)) {
+            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu characters, at most %zu)",
+                        k->section, k->name, len, sizeof(host) - 1);
+            return PS_ECONFIG;
+        }
+        memcpy(host, v, len);
+        host[len] = '\0';
+        if (memchr(v, '\0', len) || !ps__is_host(host)) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        memcpy(field, host, len + 1);
+        return 0;
+    }
+    case PS__K_GREETING:
+        if (len >= k->size) {
+            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
+                        k->section, k->name, len, k->size - 1);
+            return PS_ECONFIG;
+        }
+        /* The greeting is sent as one line: a CR or LF would split it. */
+        if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
+            ps__set_err(reason, reasonlen, "%s.%s: must be one line (no CR, LF or NUL), got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        memcpy(field, v, len);
+        field[len] = '\0';
+        return 0;
+    case PS__K_DISPATCH: {
+        int i = ps__enum_index(ps__dispatch_names, 3, v, len);
+        if (i < 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected connection, event or thread, got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        *(ps_dispatch_mode *)(void *)field = (ps_dispatch_mode)i;
+        return 0;
+    }
+    case PS__K_LOG_LEVEL: {
+        int i = ps__enum_index(ps__log_level_names, 4, v, len);
+        if (i < 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected error, warn, info or debug, got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        *(ps_log_level *)(void *)field = (ps_log_level)i;
+        return 0;
+    }
+    case PS__K_BOOL: {
+        int b = ps__parse_bool(v, len);
+        if (b < 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected true or false (or yes/no, on/off, 1/0), got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        *(bool *)(void *)field = b != 0;
+        return 0;
+    }
+    }
+    abort(); /* table bug */
+}
+
+static bool ps__section_known(const char *s, size_t len)
+{
+    for (size_t i = 0; i < PS__NSECTIONS; i++)
+        if (ps__eq(s, len, ps__sections[i]))
+            return true;
+    return false;
+}
+
+/* Finds section.name; returns its index, or -1 with the reason. */
+static int ps__find_key(const char *sec, size_t seclen, const char *name, size_t namelen,
+                        char *reason, size_t reasonlen)
+{
+    char shown_sec[PS__SHOW_BUF], shown_name[PS__SHOW_BUF];
+    ps__show(shown_sec, sec, seclen);
+    ps__show(shown_name, name, namelen);
+    if (!ps__section_known(sec, seclen)) {
+        ps__set_err(reason, reasonlen, "unknown section [%s]", shown_sec);
+        return -1;
+    }
+    for (size_t i = 0; i < PS__NKEYS; i++)
+        if (ps__eq(sec, seclen, ps__keys[i].section) && ps__eq(name, namelen, ps__keys[i].name))
+            return (int)i;
+    ps__set_err(reason, reasonlen, "unknown key \"%s\" in [%s]", shown_name, shown_sec);
+    return -1;
+}
+
+/* ---- loading -------------------------------------------------------------- */
+
+typedef struct ps__load {
+    ps_config *cfg;
+    FILE *fp;           /* the source: a file, or */
+    const char *text;   /* a string (advanced as it is read) */
+    int line;           /* physical line last handed to inih, from 1 */
+    int err_line;       /* line of the first error we found; 0 = none */
+    int io_errno;       /* a read error: reported as "path: reason" */
+    char reason[PS__REASON_MAX];
+    int first_line[PS__NKEYS]; /* where each key was set, 0 = not yet */
+} ps__load;
+
+static void ps__fail(ps__load *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void ps__fail(ps__load *ld, const char *fmt, ...)
+{
+    if (ld->err_line)
+        return; /* the first error is the one reported */
+    ld->err_line = ld->line;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ld->reason, sizeof(ld->reason), fmt, ap);
+    va_end(ap);
+}
+
+static int ps__next_char(ps__load *ld)
+{
+    if (ld->fp) {
+        int c = getc(ld->fp);
+        if (c == EOF && ferror(ld->fp))
+            ld->io_errno = errno ? errno : EIO;
+        return c;
+    }
+    if (*ld->text == '\0')
+        return EOF;
+    return (unsigned char)*ld->text++;
+}
+
+/* Checks a "[section]" line (already left-trimmed). */
+static void ps__check_section_line(ps__load *ld, const char *line)
+{
+    char shown[PS__SHOW_BUF];
+    const char *close = strchr(line + 1, ']');
+    if (!close) {
+        ps__fail(ld, "syntax error (expected \"[section]\", no closing ']')");
+        return;
+    }
+    size_t namelen = (size_t)(close - line - 1);
+    ps__show(shown, line + 1, namelen);
+    const char *rest = close + 1;
+    while (ps__is_space(*rest))
+        rest++;
+    if (*rest != '\0' && *rest != ';' && *rest != '#') {
+        ps__fail(ld, "syntax error (text after [%s])", shown);
+        return;
+    }
+    if (!ps__section_known(line + 1, namelen))
+        ps__fail(ld, "unknown section [%s]", shown);
+}
+
+/* inih's fgets-like reader: hands inih one physical line at a time, without
+ * its newline and leading whitespace, so inih's line count is ours. */
+static char *ps__read_line(char *buf, int num, void *stream)
+{
+    ps__load *ld = stream;
+    if (ld->err_line || ld->io_errno || num < 2)
+        return NULL; /* stop at the first error we know of */
+
+    int c = ps__next_char(ld);
+    if (c == EOF)
+        return NULL;
+    ld->line++;
+
+    size_t cap = (size_t)num - 1, len = 0, total = 0;
+    bool nul = false;
+    for (; c != EOF && c != '\n'; c = ps__next_char(ld), total++) {
+        if (c == '\0')
+            nul = true;
+        if (len < cap)
+            buf[len++] = (char)c;
+    }
+    buf[len] = '\0';
+    if (ld->io_errno)
+        return NULL;
+
+    if (ld->line == 1 && len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) {
+        memmove(buf, buf + 3, len - 3 + 1); /* UTF-8 byte order mark */
+        len -= 3;
+        total -= 3;
+    }
+    size_t skip = 0;
+    while (skip < len && ps__is_space(buf[skip]))
+        skip++;
+    memmove(buf, buf + skip, len - skip + 1);
+
+    if (nul)
+        ps__fail(ld, "syntax error (NUL byte: not a text file?)");
+    else if (total > cap)
+        ps__fail(ld, "line too long (%zu characters, at most %zu)", total, cap);
+    else if (buf[0] == '[')
+        ps__check_section_line(ld, buf);
+    if (ld->err_line)
+        buf[0] = '\0'; /* inih sees a blank line; the next read stops it */
+    return buf;
+}
+
+/* inih's handler: one call per "key = value" line. */
+static int ps__on_key(void *user, const char *section, const char *name, const char *value)
+{
+    ps__load *ld = user;
+    char shown[PS__SHOW_BUF];
+    if (ld->err_line)
+        return 0;
+    if (section[0] == '\0') {
+        ps__show(shown, name, strlen(name));
+        ps__fail(ld, "key \"%s\" before any [section] line", shown);
+        return 0;
+    }
+
+    char reason[PS__REASON_MAX];
+    int i = ps__find_key(section, strlen(section), name, strlen(name), reason, sizeof(reason));
+    if (i < 0) {
+        ps__fail(ld, "%s", reason);
+        return 0;
+    }
+    const ps__key *k = &ps__keys[i];
+    if (ld->first_line[i]) {
+        ps__fail(ld, "%s.%s given twice (first on line %d)", k->section, k->name, ld->first_line[i]);
+        return 0;
+    }
+    ld->first_line[i] = ld->line;
+
+    /* inih strips " ;" comments; strip " #" ones too, as '#' starts a
+     * comment at the beginning of a line. */
+    size_t len = strlen(value);
+    for (size_t j = 1; j < len; j++) {
+        if (value[j] == '#' && ps__is_space(value[j - 1])) {
+            len = j;
+            break;
+        }
+    }
+    const char *v = ps__trim(value, &len);
+    if (ps__set_key(ld->cfg, k, v, len, reason, sizeof(reason)) != 0) {
+        ps__fail(ld, "%s", reason);
+        return 0;
+    }
+    return 1;
+}
+
+/* Runs inih over ld's source into a copy of *cfg, committed only when the
+ * whole source is valid. */
+static int ps__load_run(ps__load *ld, ps_config *cfg, const char *name, char *err, size_t errlen)
+{
+    ps_config tmp = *cfg;
+    ld->cfg = &tmp;
+    int rc = ini_parse_stream(ps__read_line, ld, ps__on_key, ld);
+    if (ld->io_errno) {
+        ps__set_err(err, errlen, "%s: %s", name, ps_strerror(-ld->io_errno));
+        return PS_ECONFIG;
+    }
+    if (rc == -2) {
+        ps__set_err(err, errlen, "%s: out of memory", name);
+        return -ENOMEM;
+    }
+    /* inih keeps parsing after a line it cannot parse and returns that line;
+     * it wins over any error we found later. A handler error we found is
+     * also inih's rc, on the same line. */
+    if (rc > 0 && (ld->err_line == 0 || rc < ld->err_line)) {
+        ps__set_err(err, errlen, "%s:%d: syntax error (expected \"key = value\" or \"[section]\")",
+                    name, rc);
+        return PS_ECONFIG;
+    }
+    if (ld->err_line) {
+        ps__set_err(err, errlen, "%s:%d: %s", name, ld->err_line, ld->reason);
+        return PS_ECONFIG;
+    }
+    if (rc < 0) {
+        ps__set_err(err, errlen, "%s: cannot parse (inih error %d)", name, rc);
+        return PS_ECONFIG;
+    }
+    *cfg = tmp;
+    ps__clear_err(err, errlen);
+    return 0;
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+void ps_config_defaults(ps_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->bind, sizeof(cfg->bind), "%s", "127.0.0.1");
+    cfg->port = 9050;
+    cfg->backlog = 511;
+    snprintf(cfg->greeting, sizeof(cfg->greeting), "%s", "Welcome to my server");
+    cfg->dispatch = PS_DISPATCH_CONNECTION;
+    cfg->workers = 25;
+    cfg->queue_capacity = 256;
+    cfg->max_connections = 10000;
+    cfg->max_line = 8192;
+    cfg->idle_timeout = 300;
+    cfg->send_timeout = 10;
+    cfg->shutdown_timeout = 5;
+    cfg->admin_enabled = true;
+    snprintf(cfg->admin_bind, sizeof(cfg->admin_bind), "%s", "127.0.0.1");
+    cfg->admin_port = 9051;
+    cfg->log_level = PS_LOG_INFO;
+}
+
+int ps_config_load_file(ps_config *cfg, const char *path, char *err, size_t errlen)
+{
+    if (!cfg || !path) {
+        ps__set_err(err, errlen, "ps_config_load_file: invalid argument");
+        return -EINVAL;
+    }
+    ps__load ld;
+    memset(&ld, 0, sizeof(ld));
+    ld.fp = fopen(path, "r");
+    if (!ld.fp) {
+        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-errno));
+        return PS_ECONFIG;
+    }
+    int rc = ps__load_run(&ld, cfg, path, err, errlen);
+    fclose(ld.fp); /* read-only: nothing to lose on close */
+    return rc;
+}
+
+int ps_config_load_string(ps_config *cfg, const char *name, const char *text,
+                          char *err, size_t errlen)
+{
+    if (!cfg || !text) {
+        ps__set_err(err, errlen, "ps_config_load_string: invalid argument");
+        return -EINVAL;
+    }
+    ps__load ld;
+    memset(&ld, 0, sizeof(ld));
+    ld.text = text;
+    return ps__load_run(&ld, cfg, name ? name : "<string>", err, errlen);
+}
+
+int ps_config_set(ps_config *cfg, const char *section, const char *key,
+                  const char *value, char *err, size_t errlen)
+{
+    if (!cfg || !section || !key || !value) {
+        ps__set_err(err, errlen, "ps_config_set: invalid argument");
+        return -EINVAL;
+    }
+    int i = ps__find_key(section, strlen(section), key, strlen(key), err, errlen);
+    if (i < 0)
+        return PS_ECONFIG;
+    int rc = ps__set_key(cfg, &ps__keys[i], value, strlen(value), err, errlen);
+    if (rc == 0)
+        ps__clear_err(err, errlen);
+    return rc;
+}
+
+int ps_config_override(ps_config *cfg, const char *spec, char *err, size_t errlen)
+{
+    if (!cfg || !spec) {
+        ps__set_err(err, errlen, "ps_config_override: invalid argument");
+        return -EINVAL;
+    }
+    char shown[PS__SHOW_BUF];
+    ps__show(shown, spec, strlen(spec));
+
+    const char *eq = strchr(spec, '=');
+    size_t keylen = eq ? (size_t)(eq - spec) : 0;
+    const char *keyspec = ps__trim(spec, &keylen);
+    const char *dot = eq ? memchr(keyspec, '.', keylen) : NULL;
+    if (!dot || dot == keyspec || dot == keyspec + keylen - 1) {
+        ps__set_err(err, errlen, "-o %s: expected section.key=value", shown);
+        return PS_ECONFIG;
+    }
+    size_t seclen = (size_t)(dot - keyspec);
+    size_t namelen = keylen - seclen - 1;
+    size_t vallen = strlen(eq + 1);
+    const char *val = ps__trim(eq + 1, &vallen);
+
+    char reason[PS__REASON_MAX];
+    int i = ps__find_key(keyspec, seclen, dot + 1, namelen, reason, sizeof(reason));
+    if (i < 0 || ps__set_key(cfg, &ps__keys[i], val, vallen, reason, sizeof(reason)) != 0) {
+        ps__set_err(err, errlen, "-o %s: %s", shown, reason);
+        return PS_ECONFIG;
+    }
+    ps__clear_err(err, errlen);
+    return 0;
+}
+
+/* Writes key k's current value in cfg as its INI text; false when the field
+ * holds something no text can express (unterminated string, bad enum). */
+static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, size_t outlen)
+{
+    const char *field = (const char *)cfg + k->offset;
+    switch (k->kind) {
+    case PS__K_UINT:
+        switch (k->width) {
+        case PS__W_U16: snprintf(out, outlen, "%u", (unsigned)*(const uint16_t *)(const void *)field); break;
+        case PS__W_INT: snprintf(out, outlen, "%d", *(const int *)(const void *)field); break;
+        case PS__W_UNSIGNED: snprintf(out, outlen, "%u", *(const unsigned *)(const void *)field); break;
+        case PS__W_SIZE: snprintf(out, outlen, "%zu", *(const size_t *)(const void *)field); break;
+        case PS__W_NONE: abort();
+        }
+        return true;
+    case PS__K_HOST:
+    case PS__K_GREETING:
+        if (!memchr(field, '\0', k->size) || strlen(field) >= outlen)
+            return false;
+        memcpy(out, field, strlen(field) + 1);
+        return true;
+    case PS__K_DISPATCH: {
+        ps_dispatch_mode m = *(const ps_dispatch_mode *)(const void *)field;
+        if ((unsigned)m >= 3)
+            return false;
+        snprintf(out, outlen, "%s", ps__dispatch_names[m]);
+        return true;
+    }
+    case PS__K_LOG_LEVEL: {
+        ps_log_level l = *(const ps_log_level *)(const void *)field;
+        if ((unsigned)l >= 4)
+            return false;
+        snprintf(out, outlen, "%s", ps__log_level_names[l]);
+        return true;
+    }
+    case PS__K_BOOL:
+        snprintf(out, outlen, "%s", *(const bool *)(const void *)field ? "true" : "false");
+        return true;
+    }
+    return false;
+}
+
+/* True when listeners on a and b with the same port would collide: the
+ * same address, or a wildcard covering the other (0.0.0.0 covers IPv4; ::
+ * covers everything on a dual-stack socket). Names are compared as text, not
+ * resolved: "localhost" vs "127.0.0.1" is left to bind() to catch. */
+static bool ps__hosts_overlap(const char *a, const char *b)
+{
+    static const unsigned char zero[sizeof(struct in6_addr)];
+    unsigned char aa[sizeof(struct in6_addr)], ab[sizeof(struct in6_addr)];
+    int fa = 0, fb = 0;
+    if (strcasecmp(a, b) == 0)
+        return true;
+    if (inet_pton(AF_INET, a, aa) == 1)
+        fa = AF_INET;
+    else if (inet_pton(AF_INET6, a, aa) == 1)
+        fa = AF_INET6;
+    if (inet_pton(AF_INET, b, ab) == 1)
+        fb = AF_INET;
+    else if (inet_pton(AF_INET6, b, ab) == 1)
+        fb = AF_INET6;
+    bool any_a = fa && memcmp(aa, zero, fa == AF_INET ? 4 : 16) == 0;
+    bool any_b = fb && memcmp(ab, zero, fb == AF_INET ? 4 : 16) == 0;
+    if ((any_a && fa == AF_INET6) || (any_b && fb == AF_INET6))
+        return true;
+    if (any_a)
+        return fb != AF_INET6;
+    if (any_b)
+        return fa != AF_INET6;
+    return fa && fa == fb && memcmp(aa, ab, fa == AF_INET ? 4 : 16) == 0;
+}
+
+int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg) {
+        ps__set_err(err, errlen, "ps_config_validate: invalid argument");
+        return -EINVAL;
+    }
+    /* Every key again, through the same check as the file: a struct filled
+     * in by code rather than loaded gets the same ranges. */
+    ps_config scratch = *cfg;
+    for (size_t i = 0; i < PS__NKEYS; i++) {
+        const ps__key *k = &ps__keys[i];
+        char text[PS_CONFIG_GREETING_MAX];
+        if (!ps__format_key(cfg, k, text, sizeof(text))) {
+            ps__set_err(err, errlen, "%s.%s: invalid value in the configuration structure",
+                        k->section, k->name);
+            return PS_ECONFIG;
+        }
+        int rc = ps__set_key(&scratch, k, text, strlen(text), err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+
+    if (cfg->admin_enabled && cfg->admin_port != 0 && cfg->admin_port == cfg->port &&
+        ps__hosts_overlap(cfg->bind, cfg->admin_bind)) {
+        ps__set_err(err, errlen,
+                    "admin.port: admin %s:%u clashes with the data listener %s:%u "
+                    "(use another admin.port, 0 for any, or admin.enabled = false)",
+                    cfg->admin_bind, (unsigned)cfg->admin_port, cfg->bind, (unsigned)cfg->port);
+        return PS_ECONFIG;
+    }
+    ps__clear_err(err, errlen);
+    return 0;
+}
+
+const char *ps_dispatch_name(ps_dispatch_mode mode)
+{
+    if ((unsigned)mode < 3)
+        return ps__dispatch_names[mode];
+    return "unknown";
+}
+
+const char *ps_log_level_name(ps_log_level level)
+{
+    if ((unsigned)level < 4)
+        return ps__log_level_names[level];
+    return "unknown";
+}

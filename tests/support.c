@@ -2,6 +2,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -186,9 +187,30 @@ long long t_stat(const char *reply, const char *name)
     return -1;
 }
 
+ps_dispatch_mode t_dispatch = PS_DISPATCH_CONNECTION;
+
+bool t_set_dispatch(const char *name)
+{
+    static const ps_dispatch_mode modes[] = {PS_DISPATCH_CONNECTION, PS_DISPATCH_EVENT,
+                                             PS_DISPATCH_THREAD};
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        if (strcmp(name, ps_dispatch_name(modes[i])) == 0) {
+            t_dispatch = modes[i];
+            return true;
+        }
+    }
+    return false;
+}
+
 void t_config(ps_config *cfg)
 {
     ps_config_defaults(cfg);
+    cfg->dispatch = t_dispatch;
     snprintf(cfg->bind, sizeof cfg->bind, "127.0.0.1");
     snprintf(cfg->admin_bind, sizeof cfg->admin_bind, "127.0.0.1");
     cfg->port = 0;

@@ -42,7 +42,16 @@ ssize_t t_admin(uint16_t port, const char *cmd, char *buf, size_t cap);
 /* The value of "STAT name N" in an admin reply, or -1. */
 long long t_stat(const char *reply, const char *name);
 
-/* A config for tests: loopback, port 0, admin on port 0, log level error. */
+/* The dispatch mode t_config uses; test mains set it from argv. */
+extern ps_dispatch_mode t_dispatch;
+
+/* Sets t_dispatch from a mode name ("connection", "event", "thread");
+ * returns false for anything else. Also raises RLIMIT_NOFILE to its hard
+ * limit, for tests with many clients. */
+bool t_set_dispatch(const char *name);
+
+/* A config for tests: loopback, port 0, admin on port 0, log level error,
+ * dispatch t_dispatch. */
 void t_config(ps_config *cfg);
 
 /* Creates and starts an echo server for cfg; returns NULL on failure. */

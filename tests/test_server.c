@@ -211,6 +211,8 @@ static void test_half_close_gets_every_reply(void **state)
 static void test_clients_wait_for_a_worker(void **state)
 {
     (void)state;
+    if (t_dispatch != PS_DISPATCH_CONNECTION)
+        skip(); /* only there does a client hold a worker */
     ps_config cfg;
     t_config(&cfg);
     cfg.workers = 25;
@@ -262,6 +264,8 @@ static void test_clients_wait_for_a_worker(void **state)
 static void test_queue_full_rejects_busy(void **state)
 {
     (void)state;
+    if (t_dispatch != PS_DISPATCH_CONNECTION)
+        skip(); /* there the queue holds connections, not ready input */
     ps_config cfg;
     t_config(&cfg);
     cfg.workers = 2;
@@ -329,39 +333,134 @@ static void test_max_connections(void **state)
     ps_server_destroy(srv);
 }
 
+/* What `threads` says as clients come and go: in connection mode each
+ * client holds a worker; in event mode an idle client holds none; in thread
+ * mode each client is a thread. */
 static void test_admin_threads_follow_clients(void **state)
 {
     (void)state;
     ps_config cfg;
     t_config(&cfg);
     cfg.workers = 4;
+    cfg.max_connections = 100;
     ps_server *srv = t_start_echo(&cfg);
     assert_non_null(srv);
+    long long max = t_dispatch == PS_DISPATCH_THREAD ? 100 : 4;
     char reply[4096];
     assert_true(t_admin(ps_server_admin_port(srv), "threads", reply, sizeof reply) > 0);
-    assert_int_equal(t_stat(reply, "max_threads"), 4);
-    assert_int_equal(t_stat(reply, "available_threads"), 4);
+    assert_int_equal(t_stat(reply, "max_threads"), max);
+    assert_int_equal(t_stat(reply, "available_threads"), max);
     assert_int_equal(t_stat(reply, "busy_threads"), 0);
-    assert_int_equal(t_stat(reply, "queue_capacity"), (long long)cfg.queue_capacity);
     assert_non_null(strstr(reply, "END\r\n"));
 
     int fds[3];
     for (int i = 0; i < 3; i++) {
         fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
         assert_true(fds[i] >= 0);
-        assert_int_equal(wait_stat(srv, "threads", "available_threads", 3 - i), 3 - i);
+        long long want = t_dispatch == PS_DISPATCH_EVENT ? max : max - 1 - i;
+        assert_int_equal(wait_stat(srv, "threads", "available_threads", want), want);
     }
-    assert_int_equal(wait_stat(srv, "threads", "busy_threads", 3), 3);
+    if (t_dispatch == PS_DISPATCH_EVENT)
+        assert_int_equal(wait_stat(srv, "stats", "parked_connections", 3), 3);
+    else
+        assert_int_equal(wait_stat(srv, "threads", "busy_threads", 3), 3);
     for (int i = 0; i < 3; i++) {
         close(fds[i]);
-        assert_int_equal(wait_stat(srv, "threads", "available_threads", 2 + i), 2 + i);
+        long long want = t_dispatch == PS_DISPATCH_EVENT ? max : max - 2 + i;
+        assert_int_equal(wait_stat(srv, "threads", "available_threads", want), want);
     }
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    ps_server_destroy(srv);
+}
+
+/* Many clients at once, each greeted and echoed (not connection mode,
+ * where only `workers` are served at a time). */
+static void test_many_clients(void **state)
+{
+    (void)state;
+    if (t_dispatch == PS_DISPATCH_CONNECTION)
+        skip();
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    enum { N = 1000 };
+    int *fds = calloc(N, sizeof *fds);
+    assert_non_null(fds);
+    for (int i = 0; i < N; i++) {
+        fds[i] = t_connect(ps_server_port(srv));
+        assert_true(fds[i] >= 0);
+    }
+    char line[64], want[64];
+    for (int i = 0; i < N; i++) {
+        snprintf(want, sizeof want, "client %d\r\n", i);
+        assert_int_equal(t_send_str(fds[i], want), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(want, sizeof want, "client %d\r\n", i);
+        assert_true(t_read_line(fds[i], line, sizeof line, T_MS) > 0);
+        assert_string_equal(line, greeting);
+        assert_true(t_read_line(fds[i], line, sizeof line, T_MS) > 0);
+        assert_string_equal(line, want);
+    }
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", N), N);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    free(fds);
+    ps_server_destroy(srv);
+}
+
+/* Event mode: 200 silent clients hold no worker; 10 active ones are served
+ * by a pool of 4 as if the silent ones were not there. */
+static void test_silent_clients_cost_no_worker(void **state)
+{
+    (void)state;
+    if (t_dispatch != PS_DISPATCH_EVENT)
+        skip();
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 4;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int silent[200], active[10];
+    for (int i = 0; i < 200; i++) {
+        silent[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(silent[i] >= 0);
+    }
+    assert_int_equal(wait_stat(srv, "threads", "available_threads", 4), 4);
+    for (int i = 0; i < 10; i++) {
+        active[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(active[i] >= 0);
+    }
+    char line[64], want[64];
+    for (int round = 0; round < 100; round++) {
+        for (int i = 0; i < 10; i++) {
+            snprintf(want, sizeof want, "r%d c%d\n", round, i);
+            assert_int_equal(t_send_str(active[i], want), 0);
+        }
+        for (int i = 0; i < 10; i++) {
+            snprintf(want, sizeof want, "r%d c%d\n", round, i);
+            assert_true(t_read_line(active[i], line, sizeof line, T_MS) > 0);
+            assert_string_equal(line, want);
+        }
+    }
+    char reply[4096];
+    assert_true(t_admin(ps_server_admin_port(srv), "stats", reply, sizeof reply) > 0);
+    assert_true(t_stat(reply, "parked_connections") >= 200);
+    assert_int_equal(t_stat(reply, "curr_connections"), 210);
+    for (int i = 0; i < 200; i++)
+        close(silent[i]);
+    for (int i = 0; i < 10; i++)
+        close(active[i]);
     ps_server_destroy(srv);
 }
 
 static void test_admin_answers_while_saturated(void **state)
 {
     (void)state;
+    if (t_dispatch != PS_DISPATCH_CONNECTION)
+        skip();
     ps_config cfg;
     t_config(&cfg);
     cfg.workers = 25;
@@ -416,7 +515,8 @@ static void test_admin_commands(void **state)
     assert_true(t_admin(ap, "stats", reply, sizeof reply) > 0);
     assert_true(t_stat(reply, "total_connections") >= 0);
     assert_true(t_stat(reply, "bytes_out") >= 0);
-    assert_true(t_stat(reply, "max_threads") == 25);
+    long long max = t_dispatch == PS_DISPATCH_THREAD ? cfg.max_connections : cfg.workers;
+    assert_int_equal(t_stat(reply, "max_threads"), max);
 
     /* quit closes the admin connection. */
     int fd = t_connect(ap);
@@ -545,7 +645,8 @@ static void test_vanishing_clients(void **state)
         close(fd);
     }
     assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
-    assert_int_equal(wait_stat(srv, "threads", "available_threads", 4), 4);
+    long long max = t_dispatch == PS_DISPATCH_THREAD ? cfg.max_connections : 4;
+    assert_int_equal(wait_stat(srv, "threads", "available_threads", max), max);
     /* And the server still serves. */
     int fd = t_connect_greeted(ps_server_port(srv), T_MS);
     assert_true(fd >= 0);
@@ -653,8 +754,12 @@ static void test_ipv6_loopback(void **state)
     ps_server_destroy(srv);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc != 2 || !t_set_dispatch(argv[1])) {
+        fprintf(stderr, "usage: test_server connection|event|thread\n");
+        return 2;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greeting_and_echo),
         cmocka_unit_test(test_close_commands),
@@ -667,6 +772,8 @@ int main(void)
         cmocka_unit_test(test_max_connections),
         cmocka_unit_test(test_admin_threads_follow_clients),
         cmocka_unit_test(test_admin_answers_while_saturated),
+        cmocka_unit_test(test_many_clients),
+        cmocka_unit_test(test_silent_clients_cost_no_worker),
         cmocka_unit_test(test_admin_commands),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_send_timeout_never_reading_client),
@@ -675,5 +782,5 @@ int main(void)
         cmocka_unit_test(test_start_failures),
         cmocka_unit_test(test_ipv6_loopback),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests_name(argv[1], tests, NULL, NULL);
 }

@@ -52,6 +52,13 @@ static void add_threads(ps_server *srv, reply *r)
 {
     ps_pool_stats ps;
     ps_server_get_pool_stats(srv, &ps);
+    if (srv->cfg.dispatch == PS_DISPATCH_THREAD) {
+        /* No pool: a thread per connection, up to max_connections. */
+        unsigned busy = (unsigned)atomic_load(&srv->c.conn_threads);
+        ps.max_threads = srv->cfg.max_connections;
+        ps.busy_threads = busy;
+        ps.available_threads = ps.max_threads > busy ? ps.max_threads - busy : 0;
+    }
     add(r, "STAT max_threads %u\r\n", ps.max_threads);
     add(r, "STAT available_threads %u\r\n", ps.available_threads);
     add(r, "STAT busy_threads %u\r\n", ps.busy_threads);
@@ -81,6 +88,10 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT send_timeouts %llu\r\n", (unsigned long long)s.send_timeouts);
     add(r, "STAT accept_errors %llu\r\n", (unsigned long long)s.accept_errors);
     add(r, "STAT admin_commands %llu\r\n", (unsigned long long)s.admin_commands);
+    add(r, "STAT parked_connections %llu\r\n",
+        (unsigned long long)atomic_load(&srv->c.parked));
+    add(r, "STAT connection_threads %llu\r\n",
+        (unsigned long long)atomic_load(&srv->c.conn_threads));
     add(r, "STAT jobs_submitted %llu\r\n", (unsigned long long)ps.submitted);
     add(r, "STAT jobs_completed %llu\r\n", (unsigned long long)ps.completed);
     add(r, "STAT jobs_rejected %llu\r\n", (unsigned long long)ps.rejected);

@@ -10,27 +10,16 @@
 #define PS__READ_CHUNK 16384
 #define PS__OUT_HIGH_WATER (256 * 1024)
 
-struct ps_conn {
-    ps_server *srv;
-    int fd;
-    bool opened;
-    uint64_t id;
-    void *data;
-    int64_t last_line_ms;
-    char peer[PS__ADDR_MAX];
-
-    /* Input: bytes [in_off, in_len) are unframed. */
-    char *in;
-    size_t in_off, in_len, in_cap;
-    /* Output: bytes [out_off, out_len) are queued for the client. */
-    char *out;
-    size_t out_off, out_len, out_cap;
-};
 
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
 {
     ps_conn *c = calloc(1, sizeof *c);
     if (c == NULL) {
+        close(fd);
+        return NULL;
+    }
+    if (pthread_mutex_init(&c->lock, NULL) != 0) {
+        free(c);
         close(fd);
         return NULL;
     }
@@ -73,6 +62,7 @@ void ps__conn_close(ps_conn *c)
                                               memory_order_relaxed) - 1;
     ps_log_info("connection %llu from %s closed (%llu active)",
                 (unsigned long long)c->id, c->peer, (unsigned long long)left);
+    pthread_mutex_destroy(&c->lock);
     free(c->in);
     free(c->out);
     free(c);
@@ -107,9 +97,6 @@ uint64_t ps_conn_id(const ps_conn *c) { return c->id; }
 const char *ps_conn_peer(const ps_conn *c) { return c->peer; }
 void ps_conn_set_data(ps_conn *c, void *data) { c->data = data; }
 void *ps_conn_get_data(const ps_conn *c) { return c->data; }
-int ps__conn_fd(const ps_conn *c) { return c->fd; }
-ps_server *ps__conn_server(const ps_conn *c) { return c->srv; }
-int64_t ps__conn_last_line_ms(const ps_conn *c) { return c->last_line_ms; }
 size_t ps__conn_pending_output(const ps_conn *c) { return c->out_len - c->out_off; }
 
 ssize_t ps__conn_read(ps_conn *c)

@@ -1,7 +1,8 @@
 /*
  * dispatch = connection: the seed's ThreadPool server. A worker owns one
  * connection from greeting to close; at most `workers` clients are served
- * at once and the others wait in the pool's queue.
+ * at once and the others wait in the pool's queue. The same blocking loop
+ * serves dispatch = thread, on a thread of the connection's own.
  */
 #include <errno.h>
 #include <poll.h>
@@ -47,7 +48,7 @@ static int flush_all(ps_conn *c, ps_server *srv)
         }
         int64_t stop_deadline = atomic_load_explicit(&srv->stop_deadline_ms, memory_order_relaxed);
         int64_t until = earliest(deadline, stop_deadline > 0 ? stop_deadline : -1);
-        struct pollfd p = {.fd = ps__conn_fd(c), .events = POLLOUT};
+        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
         int n = poll(&p, 1, ms_until(until, now));
         if (n < 0 && errno != EINTR)
             return -errno;
@@ -68,12 +69,12 @@ static int flush_all(ps_conn *c, ps_server *srv)
 static int wait_input(ps_conn *c, ps_server *srv)
 {
     int64_t deadline = srv->cfg.idle_timeout > 0
-                           ? ps__conn_last_line_ms(c) + (int64_t)srv->cfg.idle_timeout * 1000
+                           ? c->last_line_ms + (int64_t)srv->cfg.idle_timeout * 1000
                            : -1;
     for (;;) {
         struct pollfd p[2] = {
             {.fd = srv->stop_fd, .events = POLLIN},
-            {.fd = ps__conn_fd(c), .events = POLLIN},
+            {.fd = c->fd, .events = POLLIN},
         };
         int n = poll(p, 2, ms_until(deadline, ps__now_ms()));
         if (n < 0) {
@@ -97,8 +98,12 @@ static int wait_input(ps_conn *c, ps_server *srv)
 
 void ps__dispatch_connection_job(void *arg)
 {
-    ps_conn *c = arg;
-    ps_server *srv = ps__conn_server(c);
+    ps__serve_blocking(arg);
+}
+
+void ps__serve_blocking(ps_conn *c)
+{
+    ps_server *srv = c->srv;
 
     /* Queued connections not yet greeted when the server stops are closed
      * without being opened: they have sent nothing we owe a reply to. */

@@ -30,7 +30,11 @@ typedef struct ps__counters {
     atomic_uint_fast64_t send_timeouts;
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
+    atomic_uint_fast64_t parked;       /* event mode: waiting in epoll */
+    atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
 } ps__counters;
+
+typedef struct ps__conn_thread ps__conn_thread;
 
 struct ps_server {
     ps_config cfg;
@@ -57,6 +61,18 @@ struct ps_server {
     bool admin_started;
     bool started;
     bool stopped;
+
+    /* dispatch = event */
+    int epfd;
+    pthread_t poller;
+    bool poller_started;
+    pthread_mutex_t conns_lock;  /* guards the list below */
+    struct ps_conn *conns;       /* every event-mode connection */
+
+    /* dispatch = thread: connection threads, joined by the acceptor once
+     * they finish and by stop for the rest. */
+    pthread_mutex_t threads_lock;
+    ps__conn_thread *threads;
 
     atomic_uint_fast64_t next_conn_id;
     int64_t start_ms;
@@ -91,6 +107,37 @@ void ps__mutex_unlock(pthread_mutex_t *m);
 
 /* ---- conn.c ---- */
 
+/* One client connection. Fields are owned by the thread serving it. */
+struct ps_conn {
+    ps_server *srv;
+    int fd;
+    bool opened;
+    uint64_t id;
+    void *data;
+    /* Monotonic time of the last complete line (or of the open): the idle
+     * deadline counts from it, so a client trickling bytes without a
+     * newline does not push its deadline forward. */
+    int64_t last_line_ms;
+    char peer[PS__ADDR_MAX];
+
+    /* dispatch = event: who owns the connection now (see dispatch_event.c),
+     * guarded by `lock` against the timeout sweep. */
+    pthread_mutex_t lock;
+    atomic_int state;
+    bool want_write;        /* parked for EPOLLOUT, not EPOLLIN */
+    bool open_pending;      /* on_open not run yet */
+    int64_t write_wait_ms;  /* when output last stopped moving */
+    struct ps_conn *prev, *next; /* the server's list of event connections */
+
+    /* Input: bytes [in_off, in_len) are unframed. */
+    char *in;
+    size_t in_off, in_len, in_cap;
+    /* Output: bytes [out_off, out_len) are queued for the client. */
+    char *out;
+    size_t out_off, out_len, out_cap;
+};
+
+
 /* Creates the connection object for an accepted socket (owns fd from now
  * on, closing it on failure). Returns NULL on ENOMEM. */
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
@@ -122,20 +169,37 @@ int ps__conn_flush(ps_conn *conn);
 /* Bytes queued for the client and not yet written. */
 size_t ps__conn_pending_output(const ps_conn *conn);
 
-/* The socket, and the monotonic time of the last complete line (or of the
- * open): the idle deadline counts from it, so a client trickling bytes
- * without a newline does not push its deadline forward. */
-int ps__conn_fd(const ps_conn *conn);
-ps_server *ps__conn_server(const ps_conn *conn);
-int64_t ps__conn_last_line_ms(const ps_conn *conn);
 
 /* Releases buffer memory an idle connection does not need. */
 void ps__conn_shrink(ps_conn *conn);
 
 /* ---- dispatch_connection.c ---- */
 
-/* Job: serve one connection on this worker until it closes. */
+/* Serves one connection on the calling thread until it closes, then closes
+ * it (dispatch = connection on a worker, dispatch = thread on its own). */
+void ps__serve_blocking(ps_conn *conn);
+
+/* Job: ps__serve_blocking on a pool worker. */
 void ps__dispatch_connection_job(void *conn);
+
+/* ---- dispatch_event.c ---- */
+
+/* Creates the epoll set and starts the poller thread. */
+int ps__event_start(ps_server *srv, char *err, size_t errlen);
+/* Registers an accepted connection; the poller queues its opening job.
+ * Returns 0 (a failure closes the connection itself). */
+int ps__event_take(ps_server *srv, ps_conn *conn);
+/* Joins the poller (after the stop signal). */
+void ps__event_join(ps_server *srv);
+/* After the pool is gone: flushes (bounded) and closes what is parked. */
+void ps__event_close_all(ps_server *srv);
+
+/* ---- dispatch_thread.c ---- */
+
+/* Starts a thread serving conn. Returns 0 or a negative errno. */
+int ps__thread_take(ps_server *srv, ps_conn *conn);
+/* Joins finished connection threads; with `all`, waits for every one. */
+void ps__thread_reap(ps_server *srv, bool all);
 
 /* ---- admin.c ---- */
 

@@ -35,7 +35,13 @@ int ps_server_create(ps_server **out, const ps_config *cfg,
     srv->listen_fd = -1;
     srv->admin_fd = -1;
     srv->stop_fd = -1;
+    srv->epfd = -1;
     srv->start_ms = ps__now_ms();
+    if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
+        pthread_mutex_init(&srv->threads_lock, NULL) != 0) {
+        free(srv);
+        return -ENOMEM;
+    }
     *out = srv;
     return 0;
 }
@@ -50,10 +56,11 @@ static void take_connection(ps_server *srv, int fd, const struct sockaddr *peer)
     uint64_t active = atomic_fetch_add_explicit(&srv->c.curr_connections, 1,
                                                 memory_order_relaxed) + 1;
     if (active > srv->cfg.max_connections) {
+        /* Count first: whoever reads the reply may look at the counters. */
+        atomic_fetch_add_explicit(&srv->c.rejected_max, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
         ps__write_best_effort(fd, "ERROR too many connections\r\n");
         close(fd);
-        atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&srv->c.rejected_max, 1, memory_order_relaxed);
         ps_log_debug("rejected a connection: max_connections (%u) reached",
                      srv->cfg.max_connections);
         return;
@@ -67,9 +74,21 @@ static void take_connection(ps_server *srv, int fd, const struct sockaddr *peer)
     ps_log_info("connection %llu from %s (%llu active)",
                 (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
                 (unsigned long long)active);
-    if (ps_pool_try_submit(srv->pool, ps__dispatch_connection_job, c) != 0) {
-        ps__write_best_effort(fd, "ERROR server busy\r\n");
+    int rc;
+    switch (srv->cfg.dispatch) {
+    case PS_DISPATCH_EVENT:
+        rc = ps__event_take(srv, c);
+        break;
+    case PS_DISPATCH_THREAD:
+        rc = ps__thread_take(srv, c);
+        break;
+    default:
+        rc = ps_pool_try_submit(srv->pool, ps__dispatch_connection_job, c);
+        break;
+    }
+    if (rc != 0) {
         atomic_fetch_add_explicit(&srv->c.rejected_busy, 1, memory_order_relaxed);
+        ps__write_best_effort(fd, "ERROR server busy\r\n");
         ps_log_info("connection %llu rejected: queue full", (unsigned long long)ps_conn_id(c));
         ps__conn_close(c);
     }
@@ -90,7 +109,11 @@ static void *acceptor_main(void *arg)
         bool paused = paused_until > now;
         /* While paused, watch only the stop signal: the listening socket
          * would report readable at once and turn the pause into a spin. */
-        int n = poll(p, paused ? 1 : 2, paused ? (int)(paused_until - now) : -1);
+        /* Thread mode wakes once a second to join finished threads. */
+        int idle_wait = srv->cfg.dispatch == PS_DISPATCH_THREAD ? 1000 : -1;
+        int n = poll(p, paused ? 1 : 2, paused ? (int)(paused_until - now) : idle_wait);
+        if (srv->cfg.dispatch == PS_DISPATCH_THREAD)
+            ps__thread_reap(srv, false);
         if (n < 0 && errno != EINTR) {
             ps_log_error("acceptor poll: %s", strerror(errno));
             break;
@@ -148,11 +171,6 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "server already started");
         return -EALREADY;
     }
-    if (srv->cfg.dispatch != PS_DISPATCH_CONNECTION) {
-        snprintf(err, errlen, "dispatch = %s is not yet supported (use connection)",
-                 ps_dispatch_name(srv->cfg.dispatch));
-        return -ENOTSUP;
-    }
     int rc;
     srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (srv->stop_fd < 0) {
@@ -179,11 +197,19 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
             goto fail;
         }
     }
-    ps_pool_opts po = {.workers = srv->cfg.workers, .queue_capacity = srv->cfg.queue_capacity};
-    rc = ps_pool_create(&srv->pool, &po);
-    if (rc != 0) {
-        snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
-        goto fail;
+    if (srv->cfg.dispatch != PS_DISPATCH_THREAD) {
+        ps_pool_opts po = {.workers = srv->cfg.workers,
+                           .queue_capacity = srv->cfg.queue_capacity};
+        rc = ps_pool_create(&srv->pool, &po);
+        if (rc != 0) {
+            snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
+            goto fail;
+        }
+    }
+    if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
+        rc = ps__event_start(srv, err, errlen);
+        if (rc != 0)
+            goto fail;
     }
     if (srv->admin_fd >= 0) {
         rc = ps__admin_start(srv);
@@ -215,8 +241,10 @@ fail:
         (void)!write(srv->stop_fd, &one, sizeof one);
     }
     ps__admin_join(srv);
+    ps__event_join(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
+    close_fd(&srv->epfd);
     close_fd(&srv->listen_fd);
     close_fd(&srv->admin_fd);
     close_fd(&srv->stop_fd);
@@ -241,16 +269,21 @@ void ps_server_stop(ps_server *srv)
     if (write(srv->stop_fd, &one, sizeof one) < 0)
         ps_log_error("stop signal: %s", strerror(errno));
 
-    /* First no new connections, then no admin reader of the pool, then the
-     * pool: workers answer the lines they hold and close their clients. */
+    /* First no new connections, then no admin reader of the pool, then no
+     * new jobs from the poller, then the pool: workers answer the lines they
+     * hold and close their clients; parked connections are closed last. */
     if (srv->acceptor_started)
         pthread_join(srv->acceptor, NULL);
     srv->acceptor_started = false;
     close_fd(&srv->listen_fd);
+    ps__thread_reap(srv, true);
     ps__admin_join(srv);
     close_fd(&srv->admin_fd);
+    ps__event_join(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
+    ps__event_close_all(srv);
+    close_fd(&srv->epfd);
     close_fd(&srv->stop_fd);
     ps_log_info("stopped: %llu connections served",
                 (unsigned long long)atomic_load(&srv->c.total_connections));
@@ -261,6 +294,8 @@ void ps_server_destroy(ps_server *srv)
     if (srv == NULL)
         return;
     ps_server_stop(srv);
+    pthread_mutex_destroy(&srv->conns_lock);
+    pthread_mutex_destroy(&srv->threads_lock);
     free(srv);
 }
 

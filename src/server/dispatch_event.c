@@ -1,0 +1,320 @@
+/*
+ * dispatch = event: the seed's asynchronous server, done with epoll.
+ *
+ * A connection is in one of two hands. PARKED: registered in epoll with
+ * EPOLLONESHOT, owned by nobody, costing no thread. RUNNING: a job in the
+ * pool's queue or on a worker, owned by that worker alone. The poller turns
+ * a readiness event into a job; the worker reads, runs the handler over the
+ * complete lines, writes the replies and parks the connection again.
+ *
+ * Timeouts are found by a sweep in the poller thread, which may close only
+ * PARKED connections. The worker parks under the connection's lock and the
+ * sweep checks under it too, so a connection is never closed by the sweep
+ * while a worker is still re-arming it. Events are turned into jobs by the
+ * same poller thread, between sweeps, so the two never race either.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "poolsrv/log.h"
+
+enum { CONN_RUNNING = 0, CONN_PARKED = 1 };
+
+#define PS__EVENTS_MAX 256
+#define PS__SWEEP_MS 250
+/* Reads one job may do before the connection goes back behind the others:
+ * a client that floods cannot keep a worker. */
+#define PS__READ_BUDGET 8
+
+static void list_add(ps_server *srv, ps_conn *c)
+{
+    ps__mutex_lock(&srv->conns_lock);
+    c->prev = NULL;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    ps__mutex_unlock(&srv->conns_lock);
+}
+
+/* Caller holds conns_lock. */
+static void list_unlink(ps_server *srv, ps_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Closes a connection its caller owns (RUNNING, or unlinked by the sweep). */
+static void event_close(ps_server *srv, ps_conn *c, bool linked)
+{
+    if (linked) {
+        ps__mutex_lock(&srv->conns_lock);
+        list_unlink(srv, c);
+        ps__mutex_unlock(&srv->conns_lock);
+    }
+    ps__conn_close(c); /* closing the fd also removes it from epoll */
+}
+
+/* Hands the connection back to epoll. After this the caller must not touch
+ * it: another worker may already own it. */
+static void park(ps_server *srv, ps_conn *c, bool want_write)
+{
+    ps__mutex_lock(&c->lock);
+    c->want_write = want_write;
+    struct epoll_event ev = {.events = (want_write ? EPOLLOUT : EPOLLIN) | EPOLLONESHOT,
+                             .data.ptr = c};
+    atomic_fetch_add_explicit(&srv->c.parked, 1, memory_order_relaxed);
+    atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
+    int rc = epoll_ctl(srv->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    if (rc < 0 && errno == ENOENT)
+        rc = epoll_ctl(srv->epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    if (rc < 0) {
+        int e = errno;
+        atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+        ps__mutex_unlock(&c->lock);
+        ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(e));
+        event_close(srv, c, true);
+        return;
+    }
+    ps__mutex_unlock(&c->lock);
+}
+
+/* True when the connection waiting for what it wants (input, or room for
+ * output) has waited past its deadline. */
+static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
+{
+    if (c->want_write)
+        return now - c->write_wait_ms >= (int64_t)srv->cfg.send_timeout * 1000;
+    return srv->cfg.idle_timeout > 0 &&
+           now - c->last_line_ms >= (int64_t)srv->cfg.idle_timeout * 1000;
+}
+
+/* Counts, logs and closes a connection found past its deadline. */
+static void close_timed_out(ps_server *srv, ps_conn *c)
+{
+    if (c->want_write) {
+        atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
+        ps_log_info("connection %llu from %s: not reading for %us, closing",
+                    (unsigned long long)c->id, c->peer, srv->cfg.send_timeout);
+    } else {
+        atomic_fetch_add_explicit(&srv->c.idle_timeouts, 1, memory_order_relaxed);
+        ps_log_info("connection %llu from %s: idle for %us, closing",
+                    (unsigned long long)c->id, c->peer, srv->cfg.idle_timeout);
+    }
+    ps__conn_close(c);
+}
+
+/* Parks the connection, unless its deadline has passed: a client that
+ * keeps the connection busy (trickling bytes, taking one byte of output at
+ * a time) is seldom parked when the sweep looks, so the job checks too. */
+static void park_or_expire(ps_server *srv, ps_conn *c, bool want_write)
+{
+    c->want_write = want_write;
+    if (deadline_passed(srv, c, ps__now_ms())) {
+        ps__mutex_lock(&srv->conns_lock);
+        list_unlink(srv, c);
+        ps__mutex_unlock(&srv->conns_lock);
+        close_timed_out(srv, c);
+        return;
+    }
+    park(srv, c, want_write);
+}
+
+/* The job: serve what the connection has now, then park it. */
+static void event_job(void *arg)
+{
+    ps_conn *c = arg;
+    ps_server *srv = c->srv;
+    bool close_after_flush = false;
+
+    if (c->open_pending) {
+        c->open_pending = false;
+        close_after_flush = ps__conn_open(c) != PS_CONTINUE;
+    }
+    for (int reads = 0;;) {
+        size_t before = ps__conn_pending_output(c);
+        int f = ps__conn_flush(c);
+        if (f == -EAGAIN) {
+            /* Backpressure: no input is read until the client takes its
+             * replies. The send deadline restarts when bytes move. */
+            if (!c->want_write || ps__conn_pending_output(c) < before)
+                c->write_wait_ms = ps__now_ms();
+            park_or_expire(srv, c, true); /* when stopping, close_all flushes it */
+            return;
+        }
+        c->want_write = false;
+        if (f < 0 || close_after_flush)
+            break;
+        if (ps__conn_has_line(c)) {
+            close_after_flush = ps__conn_process(c) != PS_CONTINUE;
+            continue;
+        }
+        if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
+            break; /* every line in hand is answered */
+        if (reads++ == PS__READ_BUDGET) {
+            /* Level-triggered: if input is waiting, the poller queues the
+             * connection again at once, behind the others. */
+            park(srv, c, false);
+            return;
+        }
+        ssize_t r = ps__conn_read(c);
+        if (r == -EAGAIN) {
+            ps__conn_shrink(c); /* an idle connection holds no buffers */
+            park_or_expire(srv, c, false);
+            return;
+        }
+        if (r <= 0)
+            break;
+        close_after_flush = ps__conn_process(c) != PS_CONTINUE;
+    }
+    event_close(srv, c, true);
+}
+
+int ps__event_take(ps_server *srv, ps_conn *c)
+{
+    /* The new connection is parked for "writable", which it is at once:
+     * the poller queues its opening job like any other, waiting for room
+     * in the queue instead of turning the client away when it is full. */
+    c->open_pending = true;
+    c->write_wait_ms = ps__now_ms();
+    list_add(srv, c);
+    park(srv, c, true);
+    return 0;
+}
+
+/* Closes parked connections past their idle or send deadline. */
+static void sweep(ps_server *srv, int64_t now)
+{
+    ps_conn *expired = NULL;
+
+    ps__mutex_lock(&srv->conns_lock);
+    for (ps_conn *c = srv->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        if (atomic_load_explicit(&c->state, memory_order_acquire) != CONN_PARKED)
+            continue;
+        ps__mutex_lock(&c->lock);
+        bool expire = false;
+        if (atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED)
+            expire = deadline_passed(srv, c, now);
+        if (expire) {
+            /* Out of epoll first: no event can hand it to a worker now. */
+            epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+            atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+        }
+        ps__mutex_unlock(&c->lock);
+        if (expire) {
+            list_unlink(srv, c);
+            c->next = expired;
+            expired = c;
+        }
+    }
+    ps__mutex_unlock(&srv->conns_lock);
+
+    while (expired != NULL) {
+        ps_conn *c = expired;
+        expired = c->next;
+        close_timed_out(srv, c);
+    }
+}
+
+static void *poller_main(void *arg)
+{
+    ps_server *srv = arg;
+    struct epoll_event evs[PS__EVENTS_MAX];
+    int64_t last_sweep = ps__now_ms();
+
+    while (!atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
+        int n = epoll_wait(srv->epfd, evs, PS__EVENTS_MAX, PS__SWEEP_MS);
+        if (n < 0 && errno != EINTR) {
+            ps_log_error("epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            ps_conn *c = evs[i].data.ptr;
+            if (c == NULL)
+                continue; /* the stop signal; the loop condition sees it */
+            /* The exchange pairs with park()'s release store, so the worker
+             * that gets this job sees everything the last one wrote. */
+            atomic_exchange_explicit(&c->state, CONN_RUNNING, memory_order_acq_rel);
+            atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+            /* Blocking submit: a full queue slows the poller down instead
+             * of dropping a readiness event (workers never wait on it). */
+            if (ps_pool_submit(srv->pool, event_job, c) != 0) {
+                /* Shutting down: leave it for close_all. */
+                atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
+                atomic_fetch_add_explicit(&srv->c.parked, 1, memory_order_relaxed);
+            }
+        }
+        int64_t now = ps__now_ms();
+        if (now - last_sweep >= PS__SWEEP_MS) {
+            last_sweep = now;
+            sweep(srv, now);
+        }
+    }
+    return NULL;
+}
+
+int ps__event_start(ps_server *srv, char *err, size_t errlen)
+{
+    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (srv->epfd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "epoll_create1: %s", strerror(e));
+        return -e;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "epoll_ctl: %s", strerror(e));
+        return -e;
+    }
+    int rc = pthread_create(&srv->poller, NULL, poller_main, srv);
+    if (rc != 0) {
+        snprintf(err, errlen, "poller thread: %s", strerror(rc));
+        return -rc;
+    }
+    srv->poller_started = true;
+    return 0;
+}
+
+void ps__event_join(ps_server *srv)
+{
+    if (srv->poller_started) {
+        pthread_join(srv->poller, NULL);
+        srv->poller_started = false;
+    }
+}
+
+void ps__event_close_all(ps_server *srv)
+{
+    /* Single-threaded now: the poller and every worker are gone. */
+    int64_t deadline = atomic_load(&srv->stop_deadline_ms);
+    while (srv->conns != NULL) {
+        ps_conn *c = srv->conns;
+        list_unlink(srv, c);
+        while (ps__conn_pending_output(c) > 0) {
+            int f = ps__conn_flush(c);
+            int64_t left = deadline - ps__now_ms();
+            if (f != -EAGAIN || left <= 0)
+                break;
+            struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+            poll(&p, 1, (int)(left > 100 ? 100 : left));
+        }
+        if (atomic_load(&c->state) == CONN_PARKED)
+            atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+        ps__conn_close(c);
+    }
+}

@@ -36,7 +36,7 @@ static void config_all_changed(ps_config *cfg)
     cfg->port = 1;
     cfg->backlog = 2;
     strcpy(cfg->greeting, "changed");
-    cfg->dispatch = PS_DISPATCH_THREAD;
+    cfg->dispatch = PS_DISPATCH_CONNECTION;
     cfg->workers = 3;
     cfg->queue_capacity = 4;
     cfg->max_connections = 5;
@@ -120,7 +120,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.port, 9050);
     assert_int_equal(cfg.backlog, 511);
     assert_string_equal(cfg.greeting, "Welcome to my server");
-    assert_int_equal(cfg.dispatch, PS_DISPATCH_CONNECTION);
+    assert_int_equal(cfg.dispatch, PS_DISPATCH_EVENT);
     assert_int_equal(cfg.workers, 25);
     assert_int_equal(cfg.queue_capacity, 256);
     assert_int_equal(cfg.max_connections, 10000);
@@ -159,7 +159,7 @@ static const char every_key[] =
     "port = 0\n"
     "backlog = 65535\n"
     "greeting = Hello there, friend\n"
-    "dispatch = event\n"
+    "dispatch = thread\n"
     "[pool]\n"
     "workers = 4096\n"
     "queue_capacity = 1048576\n"
@@ -182,7 +182,7 @@ static void check_every_key(const ps_config *cfg)
     assert_int_equal(cfg->port, 0);
     assert_int_equal(cfg->backlog, 65535);
     assert_string_equal(cfg->greeting, "Hello there, friend");
-    assert_int_equal(cfg->dispatch, PS_DISPATCH_EVENT);
+    assert_int_equal(cfg->dispatch, PS_DISPATCH_THREAD);
     assert_int_equal(cfg->workers, 4096);
     assert_int_equal(cfg->queue_capacity, 1048576);
     assert_int_equal(cfg->max_connections, 1000000);

@@ -105,7 +105,8 @@ static void test_serves_and_poolctl(void **state)
 {
     (void)state;
     t_proc p;
-    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=info"), 0, true, T_MS), 0);
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=info", "-o", "server.dispatch=connection"),
+                                  0, true, T_MS), 0);
     int fd = t_connect(p.port);
     assert_true(fd >= 0);
     expect_line(fd, "Welcome to my server\r\n");

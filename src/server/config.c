@@ -595,7 +595,7 @@ void ps_config_defaults(ps_config *cfg)
     cfg->port = 9050;
     cfg->backlog = 511;
     snprintf(cfg->greeting, sizeof(cfg->greeting), "%s", "Welcome to my server");
-    cfg->dispatch = PS_DISPATCH_CONNECTION;
+    cfg->dispatch = PS_DISPATCH_EVENT;
     cfg->workers = 25;
     cfg->queue_capacity = 256;
     cfg->max_connections = 10000;

@@ -122,9 +122,11 @@ ssize_t ps__conn_read(ps_conn *c)
         c->in_cap = cap;
     }
     for (;;) {
-        ssize_t r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        size_t room = c->in_cap - c->in_len;
+        ssize_t r = recv(c->fd, c->in + c->in_len, room, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
+            c->drained = (size_t)r < room;
             atomic_fetch_add_explicit(&c->srv->c.bytes_in, (uint64_t)r, memory_order_relaxed);
             return r;
         }

@@ -163,15 +163,19 @@ static void event_job(void *arg)
         }
         if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
             break; /* every line in hand is answered */
-        if (reads++ == PS__READ_BUDGET) {
-            /* Level-triggered: if input is waiting, the poller queues the
-             * connection again at once, behind the others. */
-            park(srv, c, false);
+        /* After a short read the socket is empty: skip the read that would
+         * only say EAGAIN. After the budget, the connection goes back
+         * behind the others. Either way level-triggered epoll reports any
+         * input still waiting, so the poller queues it again at once. */
+        if ((reads > 0 && c->drained) || reads == PS__READ_BUDGET) {
+            ps__conn_shrink(c); /* an idle connection holds no buffers */
+            park_or_expire(srv, c, false);
             return;
         }
+        reads++;
         ssize_t r = ps__conn_read(c);
         if (r == -EAGAIN) {
-            ps__conn_shrink(c); /* an idle connection holds no buffers */
+            ps__conn_shrink(c);
             park_or_expire(srv, c, false);
             return;
         }

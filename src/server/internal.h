@@ -126,6 +126,7 @@ struct ps_conn {
     atomic_int state;
     bool want_write;        /* parked for EPOLLOUT, not EPOLLIN */
     bool open_pending;      /* on_open not run yet */
+    bool drained;           /* the last read took less than it asked for */
     int64_t write_wait_ms;  /* when output last stopped moving */
     struct ps_conn *prev, *next; /* the server's list of event connections */
 

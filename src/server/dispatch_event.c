@@ -63,6 +63,11 @@ static void event_close(ps_server *srv, ps_conn *c, bool linked)
         list_unlink(srv, c);
         ps__mutex_unlock(&srv->conns_lock);
     }
+    /* The worker that parked this connection may still be inside park()'s
+     * unlock when the event it armed hands the connection to us: wait for
+     * it to leave before the lock is destroyed with the connection. */
+    ps__mutex_lock(&c->lock);
+    ps__mutex_unlock(&c->lock);
     ps__conn_close(c); /* closing the fd also removes it from epoll */
 }
 
@@ -102,7 +107,7 @@ static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 }
 
 /* Counts, logs and closes a connection found past its deadline. */
-static void close_timed_out(ps_server *srv, ps_conn *c)
+static void close_timed_out(ps_server *srv, ps_conn *c, bool linked)
 {
     if (c->want_write) {
         atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
@@ -113,7 +118,7 @@ static void close_timed_out(ps_server *srv, ps_conn *c)
         ps_log_info("connection %llu from %s: idle for %us, closing",
                     (unsigned long long)c->id, c->peer, srv->cfg.idle_timeout);
     }
-    ps__conn_close(c);
+    event_close(srv, c, linked);
 }
 
 /* Parks the connection, unless its deadline has passed: a client that
@@ -123,10 +128,7 @@ static void park_or_expire(ps_server *srv, ps_conn *c, bool want_write)
 {
     c->want_write = want_write;
     if (deadline_passed(srv, c, ps__now_ms())) {
-        ps__mutex_lock(&srv->conns_lock);
-        list_unlink(srv, c);
-        ps__mutex_unlock(&srv->conns_lock);
-        close_timed_out(srv, c);
+        close_timed_out(srv, c, true);
         return;
     }
     park(srv, c, want_write);
@@ -230,7 +232,7 @@ static void sweep(ps_server *srv, int64_t now)
     while (expired != NULL) {
         ps_conn *c = expired;
         expired = c->next;
-        close_timed_out(srv, c);
+        close_timed_out(srv, c, false);
     }
 }
 

@@ -26,6 +26,16 @@ static char conf_path[] = PS_SOURCE_DIR "/conf/server.ini";
     (char *[]) { POOLSRV_BIN, "-c", conf_path, "-o", "server.port=0", "-o",            \
                  "admin.port=0", __VA_ARGS__, NULL }
 
+/* Stops the server with sig and expects exit status 0, showing its log
+ * otherwise (a sanitizer report lands there). */
+static void stop_ok(t_proc *p, int sig, int timeout_ms)
+{
+    int rc = t_proc_stop(p, sig, timeout_ms);
+    if (rc != 0)
+        print_message("poolsrv exited with %d; its log:\n%s\n", rc, p->log);
+    assert_int_equal(rc, 0);
+}
+
 static void expect_line(int fd, const char *want)
 {
     char line[1024];
@@ -127,7 +137,7 @@ static void test_serves_and_poolctl(void **state)
     t_proc_drain(&p);
     assert_non_null(strstr(p.log, "(1 active)"));
     close(fd);
-    assert_int_equal(t_proc_stop(&p, SIGINT, T_MS), 0);
+    stop_ok(&p, SIGINT, T_MS);
 }
 
 static void test_poolctl_cannot_connect(void **state)
@@ -161,8 +171,7 @@ static void test_sigterm_is_graceful(void **state)
         assert_int_equal(t_send_str(fds[i], "in flight\r\n"), 0);
     }
     int64_t t0 = t_now_ms();
-    int rc = t_proc_stop(&p, SIGTERM, 10000);
-    assert_int_equal(rc, 0);
+    stop_ok(&p, SIGTERM, 10000);
     assert_true(t_now_ms() - t0 < 6000);
     for (int i = 0; i < 5; i++) {
         expect_line(fds[i], "in flight\r\n");
@@ -233,7 +242,7 @@ static void test_out_of_descriptors(void **state)
     assert_int_equal(t_send_str(last, "back\n"), 0);
     expect_line(last, "back\n");
     close(last);
-    assert_int_equal(t_proc_stop(&p, SIGTERM, 10000), 0);
+    stop_ok(&p, SIGTERM, 10000);
 }
 
 int main(void)

@@ -15,9 +15,20 @@ typedef struct ps_pool ps_pool;
 
 typedef void (*ps_job_fn)(void *arg);
 
+/* Optional idle hook: instead of sleeping while the queue is empty, up to
+ * idle_max idle workers at a time call it to wait on a work source of the
+ * owner's (an epoll set, say). It returns 1 with *fn / *arg set to a job for
+ * the calling worker (counted like a submitted job), or 0 when it has none.
+ * It may submit other jobs. It must return promptly once its owner signals
+ * it to, before ps_pool_destroy; it is never called after destroy began. */
+typedef int (*ps_pool_idle_fn)(void *ctx, ps_job_fn *fn, void **arg);
+
 typedef struct ps_pool_opts {
     unsigned workers;        /* threads created up front; >= 1 */
     size_t queue_capacity;   /* jobs that may wait; >= 1 */
+    ps_pool_idle_fn idle;    /* optional, see above */
+    void *idle_ctx;
+    unsigned idle_max;       /* workers in idle() at once; 0 means 1 */
 } ps_pool_opts;
 
 typedef struct ps_pool_stats {

@@ -91,6 +91,10 @@ int main(int argc, char **argv)
 
     /* Signals are taken by sigwait in this thread only: block them before
      * any thread starts so every thread inherits the mask. */
+    /* A parent may have left SIGINT ignored (a shell's background job):
+     * an ignored signal is discarded, and sigwait would never see it. */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);

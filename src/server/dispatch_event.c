@@ -7,11 +7,18 @@
  * a readiness event into a job; the worker reads, runs the handler over the
  * complete lines, writes the replies and parks the connection again.
  *
- * Timeouts are found by a sweep in the poller thread, which may close only
- * PARKED connections. The worker parks under the connection's lock and the
- * sweep checks under it too, so a connection is never closed by the sweep
- * while a worker is still re-arming it. Events are turned into jobs by the
- * same poller thread, between sweeps, so the two never race either.
+ * The poller is not a thread of its own but the pool's idle hook: one idle
+ * worker at a time waits in epoll_wait, serves the first ready connections
+ * itself and queues any beyond a batch for the others (leader/followers),
+ * while a sleeping worker takes over the waiting. That saves a thread
+ * hand-off on every request, the largest cost of a separate poller.
+ *
+ * Timeouts are found by a sweep in the poller, which may close only PARKED
+ * connections of the shard it holds. A worker parks under the connection's
+ * lock and the sweep checks under it too, so a connection is never closed by
+ * the sweep while a worker is still re-arming it. Events from a shard become
+ * jobs while its poller still holds it, before its sweep, so the two never
+ * race either.
  */
 #include <errno.h>
 #include <poll.h>
@@ -26,7 +33,10 @@
 
 enum { CONN_RUNNING = 0, CONN_PARKED = 1 };
 
-#define PS__EVENTS_MAX 256
+#define PS__EVENTS_MAX 64
+/* Ready connections a poller serves itself before queueing the rest for
+ * the other workers: a batch costs one thread wake-up, not one each. */
+#define PS__BATCH_OWN 16
 #define PS__SWEEP_MS 250
 /* Reads one job may do before the connection goes back behind the others:
  * a client that floods cannot keep a worker. */
@@ -81,9 +91,10 @@ static void park(ps_server *srv, ps_conn *c, bool want_write)
                              .data.ptr = c};
     atomic_fetch_add_explicit(&srv->c.parked, 1, memory_order_relaxed);
     atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
-    int rc = epoll_ctl(srv->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    int epfd = srv->epfds[c->shard];
+    int rc = epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
     if (rc < 0 && errno == ENOENT)
-        rc = epoll_ctl(srv->epfd, EPOLL_CTL_ADD, c->fd, &ev);
+        rc = epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
     if (rc < 0) {
         int e = errno;
         atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
@@ -195,20 +206,25 @@ int ps__event_take(ps_server *srv, ps_conn *c)
      * in the queue instead of turning the client away when it is full. */
     c->open_pending = true;
     c->write_wait_ms = ps__now_ms();
+    c->shard = (unsigned)(c->id % srv->nshards);
     list_add(srv, c);
     park(srv, c, true);
     return 0;
 }
 
-/* Closes parked connections past their idle or send deadline. */
-static void sweep(ps_server *srv, int64_t now)
+/* Closes the shard's parked connections past their idle or send deadline.
+ * The caller holds the shard: no other worker is between epoll_wait on it
+ * and taking what it returned, so no event can hand a connection found
+ * PARKED here to a worker while the sweep decides. */
+static void sweep(ps_server *srv, unsigned shard, int64_t now)
 {
     ps_conn *expired = NULL;
 
     ps__mutex_lock(&srv->conns_lock);
     for (ps_conn *c = srv->conns, *next; c != NULL; c = next) {
         next = c->next;
-        if (atomic_load_explicit(&c->state, memory_order_acquire) != CONN_PARKED)
+        if (c->shard != shard ||
+            atomic_load_explicit(&c->state, memory_order_acquire) != CONN_PARKED)
             continue;
         ps__mutex_lock(&c->lock);
         bool expire = false;
@@ -216,7 +232,7 @@ static void sweep(ps_server *srv, int64_t now)
             expire = deadline_passed(srv, c, now);
         if (expire) {
             /* Out of epoll first: no event can hand it to a worker now. */
-            epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+            epoll_ctl(srv->epfds[c->shard], EPOLL_CTL_DEL, c->fd, NULL);
             atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
             atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
         }
@@ -236,77 +252,109 @@ static void sweep(ps_server *srv, int64_t now)
     }
 }
 
-static void *poller_main(void *arg)
-{
-    ps_server *srv = arg;
-    struct epoll_event evs[PS__EVENTS_MAX];
-    int64_t last_sweep = ps__now_ms();
+/* The connections one poller call keeps for its own worker. */
+typedef struct event_batch {
+    int n;
+    ps_conn *conns[PS__BATCH_OWN];
+} event_batch;
 
-    while (!atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
-        int n = epoll_wait(srv->epfd, evs, PS__EVENTS_MAX, PS__SWEEP_MS);
-        if (n < 0 && errno != EINTR) {
-            ps_log_error("epoll_wait: %s", strerror(errno));
-            break;
-        }
-        for (int i = 0; i < n; i++) {
-            ps_conn *c = evs[i].data.ptr;
-            if (c == NULL)
-                continue; /* the stop signal; the loop condition sees it */
-            /* The exchange pairs with park()'s release store, so the worker
-             * that gets this job sees everything the last one wrote. */
-            atomic_exchange_explicit(&c->state, CONN_RUNNING, memory_order_acq_rel);
-            atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
-            /* Blocking submit: a full queue slows the poller down instead
-             * of dropping a readiness event (workers never wait on it). */
-            if (ps_pool_submit(srv->pool, event_job, c) != 0) {
-                /* Shutting down: leave it for close_all. */
-                atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
-                atomic_fetch_add_explicit(&srv->c.parked, 1, memory_order_relaxed);
-            }
-        }
-        int64_t now = ps__now_ms();
-        if (now - last_sweep >= PS__SWEEP_MS) {
-            last_sweep = now;
-            sweep(srv, now);
-        }
-    }
-    return NULL;
+static void event_batch_job(void *arg)
+{
+    event_batch *b = arg;
+    for (int i = 0; i < b->n; i++)
+        event_job(b->conns[i]);
 }
 
-int ps__event_start(ps_server *srv, char *err, size_t errlen)
+int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
 {
-    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (srv->epfd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "epoll_create1: %s", strerror(e));
-        return -e;
+    /* Filled and run by the same worker, one batch at a time. */
+    static _Thread_local event_batch batch;
+    ps_server *srv = ctx;
+    struct epoll_event evs[PS__EVENTS_MAX];
+
+    if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
+        return 0; /* the stop signal would wake epoll_wait at once */
+    /* The pool lets at most nshards workers in here: one shard is free. */
+    unsigned shard = 0;
+    for (;; shard = (shard + 1) % srv->nshards) {
+        bool expected = false;
+        if (atomic_compare_exchange_weak(&srv->shard_taken[shard], &expected, true))
+            break;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "epoll_ctl: %s", strerror(e));
-        return -e;
+    int n = epoll_wait(srv->epfds[shard], evs, PS__EVENTS_MAX, PS__SWEEP_MS);
+    if (n < 0 && errno != EINTR)
+        ps_log_error("epoll_wait: %s", strerror(errno));
+    batch.n = 0;
+    for (int i = 0; i < n; i++) {
+        ps_conn *c = evs[i].data.ptr;
+        if (c == NULL)
+            continue; /* the stop signal */
+        /* The exchange pairs with park()'s release store, so the worker
+         * that runs this job sees everything the last one wrote. */
+        atomic_exchange_explicit(&c->state, CONN_RUNNING, memory_order_acq_rel);
+        atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+        if (batch.n < PS__BATCH_OWN) {
+            batch.conns[batch.n++] = c; /* served by this worker itself */
+            continue;
+        }
+        /* The rest go to the queue for the other workers. When it is full
+         * the connection is parked again: level-triggered, it is reported
+         * again, and a worker never blocks on a queue only workers drain. */
+        if (ps_pool_try_submit(srv->pool, event_job, c) != 0)
+            park(srv, c, c->want_write);
     }
-    int rc = pthread_create(&srv->poller, NULL, poller_main, srv);
-    if (rc != 0) {
-        snprintf(err, errlen, "poller thread: %s", strerror(rc));
-        return -rc;
+    int64_t now = ps__now_ms();
+    if (now - srv->last_sweep_ms[shard] >= PS__SWEEP_MS) {
+        srv->last_sweep_ms[shard] = now;
+        sweep(srv, shard, now);
     }
-    srv->poller_started = true;
+    /* Another worker may wait on this shard while this one serves. */
+    atomic_store(&srv->shard_taken[shard], false);
+    if (batch.n == 0)
+        return 0;
+    *fn = event_batch_job;
+    *arg = &batch;
+    return 1;
+}
+
+int ps__event_setup(ps_server *srv, char *err, size_t errlen)
+{
+    /* As many shards as CPUs: that many workers wait for input at once,
+     * each serving what its epoll set reports without a hand-off. */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = cpus > 0 ? (unsigned)cpus : 1;
+    if (n > srv->cfg.workers)
+        n = srv->cfg.workers;
+    if (n > PS__SHARDS_MAX)
+        n = PS__SHARDS_MAX;
+    srv->nshards = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int fd = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (fd < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0) {
+            int e = errno;
+            snprintf(err, errlen, "epoll: %s", strerror(e));
+            if (fd >= 0)
+                close(fd);
+            ps__event_teardown(srv);
+            return -e;
+        }
+        srv->last_sweep_ms[srv->nshards] = ps__now_ms();
+        srv->epfds[srv->nshards++] = fd;
+    }
     return 0;
 }
 
-void ps__event_join(ps_server *srv)
+void ps__event_teardown(ps_server *srv)
 {
-    if (srv->poller_started) {
-        pthread_join(srv->poller, NULL);
-        srv->poller_started = false;
-    }
+    for (unsigned i = 0; i < srv->nshards; i++)
+        close(srv->epfds[i]);
+    srv->nshards = 0;
 }
 
 void ps__event_close_all(ps_server *srv)
 {
-    /* Single-threaded now: the poller and every worker are gone. */
+    /* Single-threaded now: every worker is gone. */
     int64_t deadline = atomic_load(&srv->stop_deadline_ms);
     while (srv->conns != NULL) {
         ps_conn *c = srv->conns;

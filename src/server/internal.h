@@ -14,6 +14,7 @@
 #include "poolsrv/server.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
+#define PS__SHARDS_MAX 64
 
 /* Server counters, C11 atomics updated with relaxed fetch_add. Hot per-line
  * counts are summed in the connection and added once per batch. */
@@ -63,9 +64,12 @@ struct ps_server {
     bool stopped;
 
     /* dispatch = event */
-    int epfd;
-    pthread_t poller;
-    bool poller_started;
+    /* Connections are spread over shards, one epoll set each, so that as
+     * many workers as there are CPUs can wait for input at once. */
+    int epfds[PS__SHARDS_MAX];
+    atomic_bool shard_taken[PS__SHARDS_MAX]; /* a worker waits on it */
+    int64_t last_sweep_ms[PS__SHARDS_MAX];   /* used by the taker only */
+    unsigned nshards;
     pthread_mutex_t conns_lock;  /* guards the list below */
     struct ps_conn *conns;       /* every event-mode connection */
 
@@ -127,6 +131,7 @@ struct ps_conn {
     bool want_write;        /* parked for EPOLLOUT, not EPOLLIN */
     bool open_pending;      /* on_open not run yet */
     bool drained;           /* the last read took less than it asked for */
+    unsigned shard;         /* which epoll set it parks in */
     int64_t write_wait_ms;  /* when output last stopped moving */
     struct ps_conn *prev, *next; /* the server's list of event connections */
 
@@ -185,13 +190,15 @@ void ps__dispatch_connection_job(void *conn);
 
 /* ---- dispatch_event.c ---- */
 
-/* Creates the epoll set and starts the poller thread. */
-int ps__event_start(ps_server *srv, char *err, size_t errlen);
+/* Creates the epoll sets (before the pool, whose idle hook uses them). */
+int ps__event_setup(ps_server *srv, char *err, size_t errlen);
+/* Closes the epoll sets. */
+void ps__event_teardown(ps_server *srv);
+/* The pool's idle hook: waits for ready connections (see the .c). */
+int ps__event_idle(void *srv, ps_job_fn *fn, void **arg);
 /* Registers an accepted connection; the poller queues its opening job.
  * Returns 0 (a failure closes the connection itself). */
 int ps__event_take(ps_server *srv, ps_conn *conn);
-/* Joins the poller (after the stop signal). */
-void ps__event_join(ps_server *srv);
 /* After the pool is gone: flushes (bounded) and closes what is parked. */
 void ps__event_close_all(ps_server *srv);
 

@@ -35,7 +35,6 @@ int ps_server_create(ps_server **out, const ps_config *cfg,
     srv->listen_fd = -1;
     srv->admin_fd = -1;
     srv->stop_fd = -1;
-    srv->epfd = -1;
     srv->start_ms = ps__now_ms();
     if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
         pthread_mutex_init(&srv->threads_lock, NULL) != 0) {
@@ -172,6 +171,7 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         return -EALREADY;
     }
     int rc;
+    srv->start_ms = ps__now_ms(); /* before any thread can read it */
     srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (srv->stop_fd < 0) {
         rc = -errno;
@@ -197,19 +197,24 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
             goto fail;
         }
     }
+    if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
+        rc = ps__event_setup(srv, err, errlen);
+        if (rc != 0)
+            goto fail;
+    }
     if (srv->cfg.dispatch != PS_DISPATCH_THREAD) {
         ps_pool_opts po = {.workers = srv->cfg.workers,
                            .queue_capacity = srv->cfg.queue_capacity};
+        if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
+            po.idle = ps__event_idle;
+            po.idle_ctx = srv;
+            po.idle_max = srv->nshards;
+        }
         rc = ps_pool_create(&srv->pool, &po);
         if (rc != 0) {
             snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
             goto fail;
         }
-    }
-    if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
-        rc = ps__event_start(srv, err, errlen);
-        if (rc != 0)
-            goto fail;
     }
     if (srv->admin_fd >= 0) {
         rc = ps__admin_start(srv);
@@ -225,7 +230,6 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     }
     srv->acceptor_started = true;
     srv->started = true;
-    srv->start_ms = ps__now_ms();
     ps_log_always("listening on %s (dispatch %s, %u workers, queue %zu)", srv->listen_addr,
                   ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers,
                   srv->cfg.queue_capacity);
@@ -241,10 +245,9 @@ fail:
         (void)!write(srv->stop_fd, &one, sizeof one);
     }
     ps__admin_join(srv);
-    ps__event_join(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
-    close_fd(&srv->epfd);
+    ps__event_teardown(srv);
     close_fd(&srv->listen_fd);
     close_fd(&srv->admin_fd);
     close_fd(&srv->stop_fd);
@@ -269,9 +272,9 @@ void ps_server_stop(ps_server *srv)
     if (write(srv->stop_fd, &one, sizeof one) < 0)
         ps_log_error("stop signal: %s", strerror(errno));
 
-    /* First no new connections, then no admin reader of the pool, then no
-     * new jobs from the poller, then the pool: workers answer the lines they
-     * hold and close their clients; parked connections are closed last. */
+    /* First no new connections, then no admin reader of the pool, then the
+     * pool (the stop signal already woke its poller): workers answer the
+     * lines they hold and close their clients; parked connections last. */
     if (srv->acceptor_started)
         pthread_join(srv->acceptor, NULL);
     srv->acceptor_started = false;
@@ -279,11 +282,10 @@ void ps_server_stop(ps_server *srv)
     ps__thread_reap(srv, true);
     ps__admin_join(srv);
     close_fd(&srv->admin_fd);
-    ps__event_join(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
     ps__event_close_all(srv);
-    close_fd(&srv->epfd);
+    ps__event_teardown(srv);
     close_fd(&srv->stop_fd);
     ps_log_info("stopped: %llu connections served",
                 (unsigned long long)atomic_load(&srv->c.total_connections));

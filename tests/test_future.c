@@ -1,0 +1,652 @@
+/*
+ * Future tests. Worker-side code (async functions, callbacks) only records;
+ * the test thread asserts. Every wait is bounded. Each test runs in a heap
+ * fixture whose teardown (run after a failure too) opens the gate, joins
+ * helper threads and destroys the pool, so a failed test leaves no worker
+ * touching memory a later test reuses.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "poolsrv/future.h"
+#include "poolsrv/pool.h"
+
+#define WAIT_MS 5000
+
+/* ---- helpers ----------------------------------------------------------- */
+
+typedef struct sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;          /* CLOCK_MONOTONIC; broadcast on any change */
+    bool open;                  /* the gate */
+    unsigned entered;           /* gated functions that reached the gate */
+    unsigned calls;             /* callbacks run */
+    atomic_uint errors;         /* worker-side problems, checked by the test */
+} sync_t;
+
+static void sync_init(sync_t *s)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, &a);
+    pthread_condattr_destroy(&a);
+    s->open = false;
+    s->entered = 0;
+    s->calls = 0;
+    atomic_init(&s->errors, 0);
+}
+
+static void sync_fini(sync_t *s)
+{
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+}
+
+static struct timespec deadline_in(long ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
+/* Waits up to WAIT_MS for *field >= want; true if reached. */
+static bool sync_wait(sync_t *s, const unsigned *field, unsigned want)
+{
+    struct timespec dl = deadline_in(WAIT_MS);
+    pthread_mutex_lock(&s->mu);
+    while (*field < want) {
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    bool ok = *field >= want;
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+static void sync_open(sync_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->open = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Called with s->mu held: waits (bounded) for the gate. */
+static void pass_gate_locked(sync_t *s)
+{
+    struct timespec dl = deadline_in(2 * WAIT_MS);
+    while (!s->open) {
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
+            atomic_fetch_add(&s->errors, 1);
+            return;
+        }
+    }
+}
+
+/* Async fn: arrive, wait for the gate, return the sync as the result. */
+static void *gate_fn(void *arg)
+{
+    sync_t *s = arg;
+    pthread_mutex_lock(&s->mu);
+    s->entered++;
+    pthread_cond_broadcast(&s->cv);
+    pass_gate_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    return s;
+}
+
+static void *triple_fn(void *arg)
+{
+    return (void *)((uintptr_t)arg * 3);
+}
+
+typedef struct blocked_begin {
+    ps_pool *pool;
+    sync_t *s;
+    ps_future *f;
+    int rc;
+} blocked_begin_t;
+
+typedef struct end_rec {
+    sync_t *s;
+    int rc, rc_again;
+    void *res;
+} end_rec;
+
+/* Per-test state on the heap: it outlives the test function, so workers and
+ * helpers still running after a failed assert never touch a dead frame. */
+typedef struct fx {
+    sync_t s;
+    ps_pool *pool;              /* destroyed by teardown unless NULL */
+    blocked_begin_t bb;
+    end_rec er;
+    pthread_t threads[8];       /* helper threads teardown joins */
+    unsigned nthreads;
+} fx_t;
+
+static int fx_setup(void **state)
+{
+    fx_t *fx = calloc(1, sizeof(*fx));
+    if (fx == NULL)
+        return -1;
+    sync_init(&fx->s);
+    *state = fx;
+    return 0;
+}
+
+static void fx_join(fx_t *fx)
+{
+    for (unsigned i = 0; i < fx->nthreads; i++)
+        pthread_join(fx->threads[i], NULL);
+    fx->nthreads = 0;
+}
+
+static int fx_teardown(void **state)
+{
+    fx_t *fx = *state;
+    sync_open(&fx->s);
+    fx_join(fx);
+    ps_pool_destroy(fx->pool);  /* also frees futures the test left */
+    sync_fini(&fx->s);
+    free(fx);
+    return 0;
+}
+
+static void fx_spawn(fx_t *fx, void *(*fn)(void *), void *arg)
+{
+    assert_true(fx->nthreads < sizeof(fx->threads) / sizeof(fx->threads[0]));
+    assert_int_equal(pthread_create(&fx->threads[fx->nthreads], NULL, fn, arg),
+                     0);
+    fx->nthreads++;
+}
+
+static ps_pool *fx_pool(fx_t *fx, unsigned workers, size_t cap)
+{
+    ps_pool_opts o = { .workers = workers, .queue_capacity = cap };
+    assert_null(fx->pool);
+    assert_int_equal(ps_pool_create(&fx->pool, &o), 0);
+    return fx->pool;
+}
+
+static void *destroyer_main(void *arg)
+{
+    ps_pool_destroy(arg);
+    return NULL;
+}
+
+/* Starts destroy on a helper thread (which now owns the pool) and returns
+ * once it has begun, seen as try_begin turning from PS_EFULL into
+ * PS_ESHUTDOWN. The queue must be full and a gate must hold the workers, so
+ * the pool outlives these calls. */
+static bool fx_start_destroy(fx_t *fx)
+{
+    ps_pool *pool = fx->pool;
+    fx->pool = NULL;
+    fx_spawn(fx, destroyer_main, pool);
+    struct timespec step = { 0, 1000000L };
+    for (int i = 0; i < WAIT_MS; i++) {
+        ps_future *f = (ps_future *)&f;
+        int rc = ps_future_try_begin(&f, pool, triple_fn, NULL, NULL, NULL);
+        if (f != NULL)
+            return false; /* the queue was supposed to be full */
+        if (rc == PS_ESHUTDOWN)
+            return true;
+        if (rc != PS_EFULL)
+            return false;
+        nanosleep(&step, NULL);
+    }
+    return false;
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+static void test_one_shot_result(void **state)
+{
+    fx_t *fx = *state;
+    ps_pool *pool = fx_pool(fx, 2, 8);
+    static int st_obj;
+    ps_future *f = NULL;
+    void *res = NULL;
+
+    assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)14, NULL,
+                                     &st_obj), 0);
+    assert_non_null(f);
+    assert_ptr_equal(ps_future_state(f), &st_obj);
+    assert_int_equal(ps_future_wait(f, WAIT_MS), 0);
+    assert_true(ps_future_is_completed(f));
+    assert_int_equal(ps_future_wait(f, 0), 0);
+    assert_int_equal(ps_future_end(&f, &res), 0);
+    assert_null(f);
+    assert_int_equal((uintptr_t)res, 42);
+
+    /* end without waiting first, discarding the result. */
+    assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)1, NULL,
+                                     NULL), 0);
+    assert_int_equal(ps_future_end(&f, NULL), 0);
+
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.futures_begun, 2);
+    assert_int_equal(st.futures_completed, 2);
+}
+
+static void test_bad_arguments(void **state)
+{
+    fx_t *fx = *state;
+    ps_pool *pool = fx_pool(fx, 1, 2);
+    ps_future *f = (ps_future *)&f;
+    void *res = (void *)&res;
+
+    assert_int_equal(ps_future_begin(NULL, pool, triple_fn, NULL, NULL, NULL),
+                     -EINVAL);
+    assert_int_equal(ps_future_begin(&f, NULL, triple_fn, NULL, NULL, NULL),
+                     -EINVAL);
+    assert_null(f);
+    f = (ps_future *)&f;
+    assert_int_equal(ps_future_try_begin(&f, pool, NULL, NULL, NULL, NULL),
+                     -EINVAL);
+    assert_null(f);
+
+    /* end(NULL), end of a NULL handle, and a second end are refused. */
+    assert_int_equal(ps_future_end(NULL, &res), -EINVAL);
+    assert_int_equal(ps_future_end(&f, &res), -EINVAL);
+    assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)2, NULL,
+                                     NULL), 0);
+    assert_int_equal(ps_future_end(&f, &res), 0);
+    assert_int_equal((uintptr_t)res, 6);
+    assert_int_equal(ps_future_end(&f, &res), -EINVAL);
+    assert_int_equal((uintptr_t)res, 6);
+
+    assert_int_equal(ps_future_wait(NULL, 0), -EINVAL);
+    assert_false(ps_future_is_completed(NULL));
+    assert_null(ps_future_state(NULL));
+
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.futures_begun, 1);
+}
+
+/* ---- many concurrent futures ------------------------------------------- */
+
+#define BEGINNERS 4
+#define FUTURES_PER_BEGINNER 2500 /* 10,000 in all */
+
+typedef struct {
+    ps_pool *pool;
+    uintptr_t base;
+    unsigned bad;               /* failed begin/end or wrong result */
+    ps_future *fs[FUTURES_PER_BEGINNER];
+} beginner_t;
+
+static void *beginner_main(void *arg)
+{
+    beginner_t *b = arg;
+    /* All outstanding at once, then ended in reverse order. */
+    for (unsigned i = 0; i < FUTURES_PER_BEGINNER; i++) {
+        if (ps_future_begin(&b->fs[i], b->pool, triple_fn,
+                            (void *)(b->base + i), NULL, NULL) != 0)
+            b->bad++;
+    }
+    for (unsigned i = FUTURES_PER_BEGINNER; i-- > 0;) {
+        void *res = NULL;
+        if (b->fs[i] == NULL)
+            continue;
+        if (ps_future_end(&b->fs[i], &res) != 0 ||
+            (uintptr_t)res != (b->base + i) * 3)
+            b->bad++;
+    }
+    return NULL;
+}
+
+static void test_many_concurrent_futures(void **state)
+{
+    fx_t *fx = *state;
+    ps_pool *pool = fx_pool(fx, 4, 128);
+    static beginner_t bs[BEGINNERS];
+
+    for (int i = 0; i < BEGINNERS; i++) {
+        bs[i] = (beginner_t){ .pool = pool, .base = 1000000u * (uintptr_t)(i + 1) };
+        fx_spawn(fx, beginner_main, &bs[i]);
+    }
+    fx_join(fx);
+    for (int i = 0; i < BEGINNERS; i++)
+        assert_int_equal(bs[i].bad, 0);
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.futures_begun, BEGINNERS * FUTURES_PER_BEGINNER);
+    assert_int_equal(st.futures_completed, BEGINNERS * FUTURES_PER_BEGINNER);
+}
+
+static void test_wait_times_out_before_completion(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    ps_pool *pool = fx_pool(fx, 1, 4);
+    ps_future *f = NULL;
+    void *res = NULL;
+
+    assert_int_equal(ps_future_begin(&f, pool, gate_fn, s, NULL, NULL), 0);
+    assert_true(sync_wait(s, &s->entered, 1));
+
+    assert_int_equal(ps_future_wait(f, 0), -ETIMEDOUT);
+    assert_int_equal(ps_future_wait(f, 50), -ETIMEDOUT);
+    assert_false(ps_future_is_completed(f));
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.futures_begun, 1);
+    assert_int_equal(st.futures_completed, 0);
+
+    sync_open(s);
+    assert_int_equal(ps_future_wait(f, WAIT_MS), 0);
+    assert_true(ps_future_is_completed(f));
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.futures_completed, 1);
+    assert_int_equal(ps_future_end(&f, &res), 0);
+    assert_ptr_equal(res, s);
+    assert_int_equal(atomic_load(&s->errors), 0);
+}
+
+/* ---- callbacks --------------------------------------------------------- */
+
+#define CB_FUTURES 100
+
+typedef struct cb_rec {
+    sync_t *s;
+    ps_future *handle;          /* as returned by begin (set before the job) */
+    unsigned calls;
+    bool saw_completed;
+    bool saw_handle;            /* cb's f equals the handle from begin */
+    void *seen_state;
+} cb_rec;
+
+static void record_cb(ps_future *f, void *state)
+{
+    cb_rec *r = state;
+    pthread_mutex_lock(&r->s->mu);
+    r->calls++;
+    r->seen_state = ps_future_state(f);
+    r->saw_completed = ps_future_is_completed(f);
+    r->saw_handle = (f == r->handle);
+    r->s->calls++;
+    pthread_cond_broadcast(&r->s->cv);
+    pthread_mutex_unlock(&r->s->mu);
+}
+
+static void test_callback_runs_once_with_state(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    ps_pool *pool = fx_pool(fx, 3, 16);
+    static cb_rec recs[CB_FUTURES];
+
+    for (uintptr_t i = 0; i < CB_FUTURES; i++) {
+        recs[i] = (cb_rec){ .s = s };
+        assert_int_equal(ps_future_begin(&recs[i].handle, pool, triple_fn,
+                                         (void *)i, record_cb, &recs[i]), 0);
+    }
+    assert_true(sync_wait(s, &s->calls, CB_FUTURES));
+    for (uintptr_t i = 0; i < CB_FUTURES; i++) {
+        void *res = NULL;
+        assert_int_equal(ps_future_end(&recs[i].handle, &res), 0);
+        assert_int_equal((uintptr_t)res, i * 3);
+    }
+    ps_pool_destroy(pool); /* every callback has returned now */
+    fx->pool = NULL;
+
+    assert_int_equal(s->calls, CB_FUTURES);
+    for (int i = 0; i < CB_FUTURES; i++) {
+        assert_int_equal(recs[i].calls, 1);
+        assert_ptr_equal(recs[i].seen_state, &recs[i]);
+        assert_true(recs[i].saw_completed);
+        assert_true(recs[i].saw_handle);
+    }
+}
+
+/* The seed's pattern: EndInvoke inside the AsyncCallback. */
+static void end_in_cb(ps_future *f, void *state)
+{
+    end_rec *r = state;
+    void *res = NULL;
+    int rc = ps_future_end(&f, &res);
+    int again = ps_future_end(&f, &res);
+    pthread_mutex_lock(&r->s->mu);
+    r->rc = rc;
+    r->rc_again = again;
+    r->res = res;
+    r->s->calls++;
+    pthread_cond_broadcast(&r->s->cv);
+    pthread_mutex_unlock(&r->s->mu);
+}
+
+static void test_end_from_callback(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    ps_pool *pool = fx_pool(fx, 2, 8);
+    end_rec *r = &fx->er;
+    ps_future *f = NULL;
+
+    *r = (end_rec){ .s = s, .rc = 1, .rc_again = 1 };
+    assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)5, end_in_cb,
+                                     r), 0);
+    f = NULL; /* the callback owns the end; the handle is not ours to use */
+    assert_true(sync_wait(s, &s->calls, 1));
+    ps_pool_destroy(pool);
+    fx->pool = NULL;
+
+    assert_int_equal(r->rc, 0);
+    assert_int_equal(r->rc_again, -EINVAL);
+    assert_int_equal((uintptr_t)r->res, 15);
+}
+
+/* The callback blocks after the result is stored; the user ends the future
+ * meanwhile; the callback then keeps using f. ASan would flag a free under
+ * the callback. */
+static void gated_cb(ps_future *f, void *state)
+{
+    sync_t *s = state;
+    pthread_mutex_lock(&s->mu);
+    s->entered++;
+    pthread_cond_broadcast(&s->cv);
+    pass_gate_locked(s);
+    if (ps_future_state(f) != s || !ps_future_is_completed(f))
+        atomic_fetch_add(&s->errors, 1);
+    s->calls++;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void test_end_while_callback_runs(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    ps_pool *pool = fx_pool(fx, 1, 4);
+    ps_future *f = NULL;
+    void *res = NULL;
+
+    assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)7, gated_cb,
+                                     s), 0);
+    assert_true(sync_wait(s, &s->entered, 1));
+    assert_true(ps_future_is_completed(f));
+    assert_int_equal(ps_future_end(&f, &res), 0); /* callback still running */
+    assert_int_equal((uintptr_t)res, 21);
+
+    sync_open(s);
+    assert_true(sync_wait(s, &s->calls, 1));
+    ps_pool_destroy(pool);
+    fx->pool = NULL;
+    assert_int_equal(atomic_load(&s->errors), 0);
+}
+
+/* ---- backpressure and shutdown ----------------------------------------- */
+
+static void test_try_begin_full_queue(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    ps_pool *pool = fx_pool(fx, 1, 1);
+    ps_future *gated = NULL, *queued = NULL, *refused = (ps_future *)s;
+
+    assert_int_equal(ps_future_begin(&gated, pool, gate_fn, s, NULL, NULL), 0);
+    assert_true(sync_wait(s, &s->entered, 1));
+    assert_int_equal(ps_future_try_begin(&queued, pool, triple_fn, (void *)3,
+                                         NULL, NULL), 0);
+    assert_int_equal(ps_future_try_begin(&refused, pool, triple_fn, (void *)4,
+                                         NULL, NULL), PS_EFULL);
+    assert_null(refused);
+
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.rejected, 1);
+    assert_int_equal(st.futures_begun, 2); /* the refused one is not begun */
+
+    sync_open(s);
+    void *res = NULL;
+    assert_int_equal(ps_future_end(&queued, &res), 0);
+    assert_int_equal((uintptr_t)res, 9);
+    assert_int_equal(ps_future_end(&gated, &res), 0);
+    assert_ptr_equal(res, s);
+    assert_int_equal(atomic_load(&s->errors), 0);
+}
+
+static void *blocked_begin_main(void *arg)
+{
+    blocked_begin_t *b = arg;
+    ps_future *f = (ps_future *)b;
+    int rc = ps_future_begin(&f, b->pool, triple_fn, NULL, NULL, NULL);
+    pthread_mutex_lock(&b->s->mu);
+    b->rc = rc;
+    b->f = f;
+    b->s->calls++;
+    pthread_cond_broadcast(&b->s->cv);
+    pthread_mutex_unlock(&b->s->mu);
+    return NULL;
+}
+
+static void test_begin_after_shutdown(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    ps_pool *pool = fx_pool(fx, 1, 1);
+    ps_future *gated = NULL, *queued = NULL, *late = (ps_future *)s;
+
+    assert_int_equal(ps_future_begin(&gated, pool, gate_fn, s, NULL, NULL), 0);
+    assert_true(sync_wait(s, &s->entered, 1));
+    assert_int_equal(ps_future_begin(&queued, pool, triple_fn, (void *)1, NULL,
+                                     NULL), 0);
+
+    /* A begin blocked on the full queue is released by destroy. */
+    blocked_begin_t *b = &fx->bb;
+    *b = (blocked_begin_t){ .pool = pool, .s = s };
+    fx_spawn(fx, blocked_begin_main, b);
+
+    assert_true(fx_start_destroy(fx));
+    assert_int_equal(ps_future_begin(&late, pool, triple_fn, NULL, NULL, NULL),
+                     PS_ESHUTDOWN);
+    assert_null(late);
+    assert_true(sync_wait(s, &s->calls, 1));
+    pthread_mutex_lock(&s->mu);
+    int brc = b->rc;
+    ps_future *bf = b->f;
+    pthread_mutex_unlock(&s->mu);
+    assert_int_equal(brc, PS_ESHUTDOWN);
+    assert_null(bf);
+
+    /* gated and queued are never ended: destroy runs and frees them. */
+    sync_open(s);
+    fx_join(fx);
+    assert_int_equal(atomic_load(&s->errors), 0);
+}
+
+/* Records like record_cb, then ends the future from the callback: during
+ * destroy's drain this is the one way a handle may still be ended. */
+static void record_end_cb(ps_future *f, void *state)
+{
+    cb_rec *r = state;
+    record_cb(f, state);
+    if (ps_future_end(&f, NULL) != 0)
+        atomic_fetch_add(&r->s->errors, 1);
+}
+
+static void test_destroy_with_unended_futures(void **state)
+{
+    fx_t *fx = *state;
+    sync_t *s = &fx->s;
+    /* 60 queued exactly fill the ring: fx_start_destroy needs a full queue. */
+    ps_pool *pool = fx_pool(fx, 2, 60);
+    static cb_rec recs[40];
+    static ps_future *gated[2], *plain[20];
+
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(ps_future_begin(&gated[i], pool, gate_fn, s, NULL,
+                                         NULL), 0);
+    assert_true(sync_wait(s, &s->entered, 2));
+    /* Queued behind the gate: with a recording callback, with one that
+     * ends the future, and without a callback. None ended by the test. */
+    for (uintptr_t i = 0; i < 40; i++) {
+        recs[i] = (cb_rec){ .s = s };
+        assert_int_equal(ps_future_begin(&recs[i].handle, pool, triple_fn,
+                                         (void *)i,
+                                         i < 30 ? record_cb : record_end_cb,
+                                         &recs[i]), 0);
+    }
+    for (uintptr_t i = 0; i < 20; i++)
+        assert_int_equal(ps_future_begin(&plain[i], pool, triple_fn, (void *)i,
+                                         NULL, NULL), 0);
+
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    assert_int_equal(st.futures_begun, 62);
+    assert_int_equal(st.futures_completed, 0);
+
+    /* destroy begins with every future unfinished, then drains them. */
+    assert_true(fx_start_destroy(fx));
+    sync_open(s);
+    fx_join(fx);
+
+    /* Every job ran, every callback ran once; the never-ended futures were
+     * freed by destroy (LeakSanitizer checks at exit). */
+    assert_int_equal(s->calls, 40);
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(recs[i].calls, 1);
+        assert_true(recs[i].saw_completed);
+    }
+    assert_int_equal(atomic_load(&s->errors), 0);
+}
+
+#define FX_TEST(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        FX_TEST(test_one_shot_result),
+        FX_TEST(test_bad_arguments),
+        FX_TEST(test_many_concurrent_futures),
+        FX_TEST(test_wait_times_out_before_completion),
+        FX_TEST(test_callback_runs_once_with_state),
+        FX_TEST(test_end_from_callback),
+        FX_TEST(test_end_while_callback_runs),
+        FX_TEST(test_try_begin_full_queue),
+        FX_TEST(test_begin_after_shutdown),
+        FX_TEST(test_destroy_with_unended_futures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,5 +1,8 @@
 /* The server over loopback: echo protocol, limits, admin, lifecycle. */
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -498,6 +501,88 @@ static void test_admin_answers_while_saturated(void **state)
     ps_server_destroy(srv);
 }
 
+typedef struct flooder {
+    int fd;
+    atomic_bool stop;
+    int64_t sent, received;
+    int error;
+} flooder;
+
+/* Writes lines as fast as the server takes them and reads the echoes. */
+static void *flood_main(void *arg)
+{
+    flooder *f = arg;
+    char out[16384], in[65536];
+    for (size_t i = 0; i < sizeof out; i += 64) {
+        memset(out + i, 'f', 63);
+        out[i + 63] = '\n';
+    }
+    int64_t deadline = t_now_ms() + 20000;
+    while (!atomic_load(&f->stop) && t_now_ms() < deadline) {
+        ssize_t w = send(f->fd, out, sizeof out, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0)
+            f->sent += w;
+        else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            f->error = errno;
+            break;
+        }
+        ssize_t r = recv(f->fd, in, sizeof in, MSG_DONTWAIT);
+        if (r > 0)
+            f->received += r;
+        else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            f->error = r == 0 ? EPIPE : errno;
+            break;
+        }
+        if (w <= 0 && r <= 0) {
+            struct pollfd p = {.fd = f->fd, .events = POLLIN | POLLOUT};
+            poll(&p, 1, 10);
+        }
+    }
+    return NULL;
+}
+
+/* Event mode, one worker: a client that floods does not keep the worker;
+ * another client is answered promptly all along. */
+static void test_flooding_client_does_not_starve_others(void **state)
+{
+    (void)state;
+    if (t_dispatch != PS_DISPATCH_EVENT)
+        skip();
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 1;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int other = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(other >= 0);
+    flooder f = {.fd = t_connect_greeted(ps_server_port(srv), T_MS)};
+    assert_true(f.fd >= 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, flood_main, &f), 0);
+    usleep(200 * 1000); /* the flood is under way */
+    int64_t worst = 0;
+    for (int i = 0; i < 50; i++) {
+        int64_t t0 = t_now_ms();
+        assert_int_equal(t_send_str(other, "between the floods\n"), 0);
+        char line[64];
+        ssize_t r = t_read_line(other, line, sizeof line, T_MS);
+        int64_t dt = t_now_ms() - t0;
+        worst = dt > worst ? dt : worst;
+        assert_true(r > 0);
+        assert_string_equal(line, "between the floods\n");
+    }
+    atomic_store(&f.stop, true);
+    pthread_join(t, NULL);
+    print_message("flooder moved %lld bytes; slowest other reply %lld ms\n",
+                  (long long)f.received, (long long)worst);
+    assert_int_equal(f.error, 0);
+    assert_true(f.received > 1024 * 1024); /* it really was flooding */
+    assert_true(worst < 300); /* without the read budget: ~750 ms */
+    close(other);
+    close(f.fd);
+    ps_server_destroy(srv);
+}
+
 static void test_admin_commands(void **state)
 {
     (void)state;
@@ -774,6 +859,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_admin_answers_while_saturated),
         cmocka_unit_test(test_many_clients),
         cmocka_unit_test(test_silent_clients_cost_no_worker),
+        cmocka_unit_test(test_flooding_client_does_not_starve_others),
         cmocka_unit_test(test_admin_commands),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_send_timeout_never_reading_client),

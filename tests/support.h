@@ -62,6 +62,9 @@ int t_connect_greeted(uint16_t port, int timeout_ms);
 
 int64_t t_now_ms(void);
 
+/* A loopback port nothing listens on (bound, read back, released). */
+uint16_t t_free_port(void);
+
 #endif
 
 /* ---- running the poolsrv program ---- */

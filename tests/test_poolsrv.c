@@ -94,21 +94,16 @@ static void test_config_error_binds_nothing(void **state)
 {
     (void)state;
     /* Find a free port, then start with it and a bad key: nothing listens. */
-    int probe = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    assert_int_equal(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(getsockname(probe, (struct sockaddr *)&sa, &sl), 0);
-    close(probe);
+    uint16_t free_port = t_free_port();
+    assert_int_not_equal(free_port, 0);
     char port[32];
-    snprintf(port, sizeof port, "server.port=%u", (unsigned)ntohs(sa.sin_port));
+    snprintf(port, sizeof port, "server.port=%u", (unsigned)free_port);
     char out[4096];
     int rc = t_run((char *[]){POOLSRV_BIN, "-c", conf_path, "-o", port, "-o", "limits.max_line=1",
                               NULL}, out, sizeof out, T_MS);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "limits.max_line"));
-    assert_true(t_connect(ntohs(sa.sin_port)) < 0);
+    assert_true(t_connect(free_port) < 0);
 }
 
 static void test_serves_and_poolctl(void **state)
@@ -143,15 +138,8 @@ static void test_serves_and_poolctl(void **state)
 static void test_poolctl_cannot_connect(void **state)
 {
     (void)state;
-    int probe = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    assert_int_equal(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(getsockname(probe, (struct sockaddr *)&sa, &sl), 0);
-    close(probe);
     char port[16], out[1024];
-    snprintf(port, sizeof port, "%u", (unsigned)ntohs(sa.sin_port));
+    snprintf(port, sizeof port, "%u", (unsigned)t_free_port());
     int rc = t_run((char *[]){POOLCTL_BIN, "-p", port, "threads", NULL}, out, sizeof out, T_MS);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "poolctl: connect"));

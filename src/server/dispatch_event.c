@@ -7,11 +7,12 @@
  * a readiness event into a job; the worker reads, runs the handler over the
  * complete lines, writes the replies and parks the connection again.
  *
- * The poller is not a thread of its own but the pool's idle hook: one idle
- * worker at a time waits in epoll_wait, serves the first ready connections
- * itself and queues any beyond a batch for the others (leader/followers),
- * while a sleeping worker takes over the waiting. That saves a thread
- * hand-off on every request, the largest cost of a separate poller.
+ * The poller is not a thread of its own but the pool's idle hook: an idle
+ * worker waits in epoll_wait and serves the ready connections it gets
+ * itself (leader/followers). Connections are spread over one epoll set per
+ * CPU, so that many workers poll at once. That saves a thread hand-off per
+ * request, the largest cost of a separate poller thread; the pool's queue
+ * carries no jobs in this mode (the epoll ready lists play its part).
  *
  * Timeouts are found by a sweep in the poller, which may close only PARKED
  * connections of the shard it holds. A worker parks under the connection's
@@ -33,10 +34,11 @@
 
 enum { CONN_RUNNING = 0, CONN_PARKED = 1 };
 
-#define PS__EVENTS_MAX 64
-/* Ready connections a poller serves itself before queueing the rest for
- * the other workers: a batch costs one thread wake-up, not one each. */
-#define PS__BATCH_OWN 16
+/* Ready connections one poller call takes and serves itself. Anything
+ * else stays in the epoll set for the next poller: handing connections to
+ * other workers through the queue costs a wake-up each, which measured
+ * slower than serving the batch here on every machine size we tried. */
+#define PS__BATCH 64
 #define PS__SWEEP_MS 250
 /* Reads one job may do before the connection goes back behind the others:
  * a client that floods cannot keep a worker. */
@@ -255,7 +257,7 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
 /* The connections one poller call keeps for its own worker. */
 typedef struct event_batch {
     int n;
-    ps_conn *conns[PS__BATCH_OWN];
+    ps_conn *conns[PS__BATCH];
 } event_batch;
 
 static void event_batch_job(void *arg)
@@ -270,18 +272,22 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     /* Filled and run by the same worker, one batch at a time. */
     static _Thread_local event_batch batch;
     ps_server *srv = ctx;
-    struct epoll_event evs[PS__EVENTS_MAX];
+    struct epoll_event evs[PS__BATCH];
 
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
         return 0; /* the stop signal would wake epoll_wait at once */
-    /* The pool lets at most nshards workers in here: one shard is free. */
-    unsigned shard = 0;
+    /* The pool lets at most nshards workers in here: one shard is free.
+     * Start the search at a rotating shard: always trying shard 0 first
+     * would serve it whenever it is free and starve the others. */
+    unsigned shard = (unsigned)(atomic_fetch_add_explicit(&srv->shard_next, 1,
+                                                          memory_order_relaxed) %
+                                srv->nshards);
     for (;; shard = (shard + 1) % srv->nshards) {
         bool expected = false;
         if (atomic_compare_exchange_weak(&srv->shard_taken[shard], &expected, true))
             break;
     }
-    int n = epoll_wait(srv->epfds[shard], evs, PS__EVENTS_MAX, PS__SWEEP_MS);
+    int n = epoll_wait(srv->epfds[shard], evs, PS__BATCH, PS__SWEEP_MS);
     if (n < 0 && errno != EINTR)
         ps_log_error("epoll_wait: %s", strerror(errno));
     batch.n = 0;
@@ -293,15 +299,7 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
          * that runs this job sees everything the last one wrote. */
         atomic_exchange_explicit(&c->state, CONN_RUNNING, memory_order_acq_rel);
         atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
-        if (batch.n < PS__BATCH_OWN) {
-            batch.conns[batch.n++] = c; /* served by this worker itself */
-            continue;
-        }
-        /* The rest go to the queue for the other workers. When it is full
-         * the connection is parked again: level-triggered, it is reported
-         * again, and a worker never blocks on a queue only workers drain. */
-        if (ps_pool_try_submit(srv->pool, event_job, c) != 0)
-            park(srv, c, c->want_write);
+        batch.conns[batch.n++] = c;
     }
     int64_t now = ps__now_ms();
     if (now - srv->last_sweep_ms[shard] >= PS__SWEEP_MS) {

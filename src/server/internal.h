@@ -70,6 +70,7 @@ struct ps_server {
     atomic_bool shard_taken[PS__SHARDS_MAX]; /* a worker waits on it */
     int64_t last_sweep_ms[PS__SHARDS_MAX];   /* used by the taker only */
     unsigned nshards;
+    atomic_uint shard_next;      /* where the next poller starts looking */
     pthread_mutex_t conns_lock;  /* guards the list below */
     struct ps_conn *conns;       /* every event-mode connection */
 

@@ -451,6 +451,7 @@ static void test_silent_clients_cost_no_worker(void **state)
     char reply[4096];
     assert_true(t_admin(ps_server_admin_port(srv), "stats", reply, sizeof reply) > 0);
     assert_true(t_stat(reply, "parked_connections") >= 200);
+    assert_true(t_stat(reply, "event_jobs") >= 10 * 100); /* one per echo at least */
     assert_int_equal(t_stat(reply, "curr_connections"), 210);
     for (int i = 0; i < 200; i++)
         close(silent[i]);

@@ -310,6 +310,7 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     atomic_store(&srv->shard_taken[shard], false);
     if (batch.n == 0)
         return 0;
+    atomic_fetch_add_explicit(&srv->c.event_jobs, (uint64_t)batch.n, memory_order_relaxed);
     *fn = event_batch_job;
     *arg = &batch;
     return 1;

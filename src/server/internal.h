@@ -32,6 +32,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
     atomic_uint_fast64_t parked;       /* event mode: waiting in epoll */
+    atomic_uint_fast64_t event_jobs;   /* event mode: "has input" jobs run */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
 } ps__counters;
 

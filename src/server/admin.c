@@ -212,6 +212,7 @@ static void *admin_main(void *arg)
     ps_server *srv = arg;
     admin_client *clients[PS__ADMIN_MAX_CLIENTS] = {0};
     int nclients = 0;
+    int64_t last_warning = -1000;
 
     for (;;) {
         struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
@@ -267,8 +268,13 @@ static void *admin_main(void *arg)
                     clients[nclients++] = ac;
                 }
             } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-                ps_log_warn("admin accept: %s", strerror(errno));
-                /* Avoid spinning on EMFILE: the stop fd still wakes us. */
+                /* EMFILE and the like: log once a second, and pause so the
+                 * pending connection does not make this loop spin (the stop
+                 * fd still wakes it). */
+                if (now - last_warning >= 1000) {
+                    last_warning = now;
+                    ps_log_warn("admin accept: %s", strerror(errno));
+                }
                 poll(p, 1, 100);
             }
         }

@@ -97,7 +97,7 @@ static void *acceptor_main(void *arg)
 {
     ps_server *srv = arg;
     int64_t paused_until = 0;
-    int64_t last_fd_warning = 0;
+    int64_t last_fd_warning = -1000; /* the first one is always logged */
 
     while (!atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
         struct pollfd p[2] = {

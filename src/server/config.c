@@ -498,6 +498,9 @@ static char *ps__read_line(char *buf, int num, void *stream)
 
     if (nul)
         ps__fail(ld, "syntax error (NUL byte: not a text file?)");
+    else if (ld->line == 1 && len - skip >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
+        /* inih would strip this one too, and with it our view of the line. */
+        ps__fail(ld, "syntax error (a second byte order mark, or one after blanks)");
     else if (total > cap)
         ps__fail(ld, "line too long (%zu characters, at most %zu)", total, cap);
     else if (buf[0] == '[')

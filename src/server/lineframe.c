@@ -1,3 +1,4 @@
+#include <stdint.h>
 #include <string.h>
 
 #include "poolsrv/error.h"
@@ -7,6 +8,8 @@ ssize_t ps_lineframe_next(const char *buf, size_t len, size_t max_line, ps_line 
 {
     /* A line of max_line bytes plus "\r\n" spans max_line + 2 bytes; no need
      * to look further for its '\n'. */
+    if (max_line > SIZE_MAX - 2)
+        max_line = SIZE_MAX - 2; /* keep max_line + 2 from wrapping */
     size_t scan = len < max_line + 2 ? len : max_line + 2;
     const char *nl = memchr(buf, '\n', scan);
     if (nl == NULL) {

@@ -426,3 +426,104 @@ int t_run(char *const argv[], char *out, size_t cap, int timeout_ms)
     }
     return rc;
 }
+
+/* ---- probes for the fault tests ---- */
+
+#include <dirent.h>
+
+long t_proc_rss_kb(int pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long kb = -1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kb = strtol(line + 6, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kb;
+}
+
+int t_proc_fd_count(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+long long t_proc_cpu_ticks(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char *ok = fgets(buf, sizeof buf, f);
+    fclose(f);
+    const char *s = ok ? strrchr(buf, ')') : NULL;
+    unsigned long long ut, st;
+    /* After "(comm)": state, then fields 4..13, then utime and stime. */
+    if (s == NULL ||
+        sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (long long)(ut + st);
+}
+
+int t_connect_nb(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+const char *t_log_problem(const char *log, const char *allow)
+{
+    for (const char *line = log; *line != '\0';) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char buf[1024];
+        size_t n = len < sizeof buf - 1 ? len : sizeof buf - 1;
+        memcpy(buf, line, n);
+        buf[n] = '\0';
+        /* A log line is "TIMESTAMP LEVEL message". */
+        const char *sp = strchr(buf, ' ');
+        bool error_level = sp != NULL && strncmp(sp + 1, "ERROR ", 6) == 0;
+        if (strstr(buf, "Sanitizer") != NULL || strstr(buf, "runtime error") != NULL ||
+            (error_level && (allow == NULL || strstr(buf, allow) == NULL)))
+            return line;
+        line += len + (end ? 1 : 0);
+    }
+    return NULL;
+}
+
+uint64_t t_fnv1a64(uint64_t h, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}

@@ -95,3 +95,31 @@ int t_proc_stop(t_proc *p, int sig, int timeout_ms);
 /* Runs argv to completion (bounded), capturing stdout+stderr into out.
  * Returns the exit status or a negative code. */
 int t_run(char *const argv[], char *out, size_t cap, int timeout_ms);
+
+/* ---- probes for the fault tests (tests/test_faults.c) ---- */
+#ifndef POOLSRV_TESTS_SUPPORT_FAULTS_H
+#define POOLSRV_TESTS_SUPPORT_FAULTS_H
+
+/* VmRSS of process pid in KiB, from /proc/PID/status; -1 if unreadable. */
+long t_proc_rss_kb(int pid);
+
+/* Open descriptors of process pid (entries in /proc/PID/fd); -1 on error. */
+int t_proc_fd_count(int pid);
+
+/* User + system CPU time of process pid in clock ticks; -1 on error. */
+long long t_proc_cpu_ticks(int pid);
+
+/* Starts a non-blocking connect to 127.0.0.1:port and returns the socket
+ * at once (connected or in progress), or -errno. */
+int t_connect_nb(uint16_t port);
+
+/* The first line of a server log that is a sanitizer report ("Sanitizer",
+ * "runtime error") or an ERROR-level log line not containing `allow`
+ * (NULL: no ERROR line allowed); NULL when there is none. Points into log. */
+const char *t_log_problem(const char *log, const char *allow);
+
+/* 64-bit FNV-1a over buf, continuing from h (start with T_FNV1A64_INIT). */
+#define T_FNV1A64_INIT 0xcbf29ce484222325ULL
+uint64_t t_fnv1a64(uint64_t h, const void *buf, size_t len);
+
+#endif

@@ -45,18 +45,7 @@ void ps__conn_close(ps_conn *c)
     if (c->opened && srv->handler->on_close)
         srv->handler->on_close(c, srv->ud);
 
-    /* Closing a socket that still holds unread input makes the kernel send
-     * RST, which can destroy replies the client has not read yet. Send FIN
-     * first, then discard what already arrived, then close. */
-    shutdown(c->fd, SHUT_WR);
-    char sink[4096];
-    for (int i = 0; i < 16; i++) {
-        ssize_t r = recv(c->fd, sink, sizeof sink, MSG_DONTWAIT);
-        if (r > 0 || (r < 0 && errno == EINTR))
-            continue;
-        break;
-    }
-    close(c->fd);
+    ps__linger_close(srv, c->fd);
 
     uint64_t left = atomic_fetch_sub_explicit(&srv->c.curr_connections, 1,
                                               memory_order_relaxed) - 1;

@@ -37,6 +37,7 @@ typedef struct ps__counters {
 } ps__counters;
 
 typedef struct ps__conn_thread ps__conn_thread;
+typedef struct ps__linger ps__linger;
 
 struct ps_server {
     ps_config cfg;
@@ -79,6 +80,8 @@ struct ps_server {
      * they finish and by stop for the rest. */
     pthread_mutex_t threads_lock;
     ps__conn_thread *threads;
+
+    ps__linger *linger;          /* closes sockets whose replies are in flight */
 
     atomic_uint_fast64_t next_conn_id;
     int64_t start_ms;
@@ -150,8 +153,8 @@ struct ps_conn {
  * on, closing it on failure). Returns NULL on ENOMEM. */
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
 
-/* Runs on_close (if opened), closes the socket (FIN, not RST, for input
- * already received), updates counters and frees. */
+/* Runs on_close (if opened), closes the socket through ps__linger_close
+ * (FIN, never RST over undelivered replies), updates counters and frees. */
 void ps__conn_close(ps_conn *conn);
 
 /* Calls the handler's on_open. Returns PS_CONTINUE or PS_CLOSE. */
@@ -180,6 +183,16 @@ size_t ps__conn_pending_output(const ps_conn *conn);
 
 /* Releases buffer memory an idle connection does not need. */
 void ps__conn_shrink(ps_conn *conn);
+
+/* ---- linger.c ---- */
+
+/* Starts the thread that finishes closing sockets (see linger.c). */
+int ps__linger_start(ps_server *srv);
+/* Sends FIN and closes fd once every reply is delivered (or the client is
+ * gone, or send_timeout passes), without making the caller wait. Owns fd. */
+void ps__linger_close(ps_server *srv, int fd);
+/* Waits for lingering sockets up to the stop deadline, then ends the thread. */
+void ps__linger_stop(ps_server *srv);
 
 /* ---- dispatch_connection.c ---- */
 

@@ -59,7 +59,7 @@ static void take_connection(ps_server *srv, int fd, const struct sockaddr *peer)
         atomic_fetch_add_explicit(&srv->c.rejected_max, 1, memory_order_relaxed);
         atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
         ps__write_best_effort(fd, "ERROR too many connections\r\n");
-        close(fd);
+        ps__linger_close(srv, fd); /* so the error is not lost to a reset */
         ps_log_debug("rejected a connection: max_connections (%u) reached",
                      srv->cfg.max_connections);
         return;
@@ -197,6 +197,11 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
             goto fail;
         }
     }
+    rc = ps__linger_start(srv);
+    if (rc != 0) {
+        snprintf(err, errlen, "linger thread: %s", ps_strerror(rc));
+        goto fail;
+    }
     if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
         rc = ps__event_setup(srv, err, errlen);
         if (rc != 0)
@@ -248,6 +253,7 @@ fail:
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
     ps__event_teardown(srv);
+    ps__linger_stop(srv);
     close_fd(&srv->listen_fd);
     close_fd(&srv->admin_fd);
     close_fd(&srv->stop_fd);
@@ -286,6 +292,7 @@ void ps_server_stop(ps_server *srv)
     srv->pool = NULL;
     ps__event_close_all(srv);
     ps__event_teardown(srv);
+    ps__linger_stop(srv); /* last: every connection has handed its socket over */
     close_fd(&srv->stop_fd);
     ps_log_info("stopped: %llu connections served",
                 (unsigned long long)atomic_load(&srv->c.total_connections));

@@ -621,6 +621,19 @@ static void test_admin_commands(void **state)
     close(fd);
     assert_true(t_admin(ap, "threads", reply, sizeof reply) > 0);
 
+    /* Idle admin connections beyond the limit cannot lock the operator out:
+     * the one silent the longest makes room. */
+    int idle[40];
+    for (int i = 0; i < 40; i++) {
+        idle[i] = t_connect(ap);
+        assert_true(idle[i] >= 0);
+    }
+    usleep(100 * 1000);
+    assert_true(t_admin(ap, "threads", reply, sizeof reply) > 0);
+    assert_non_null(strstr(reply, "END\r\n"));
+    for (int i = 0; i < 40; i++)
+        close(idle[i]);
+
     /* Admin words on the data port are echoed, not answered. */
     fd = t_connect_greeted(ps_server_port(srv), T_MS);
     assert_true(fd >= 0);

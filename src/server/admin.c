@@ -217,8 +217,7 @@ static void *admin_main(void *arg)
     for (;;) {
         struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
         p[0] = (struct pollfd){.fd = srv->stop_fd, .events = POLLIN};
-        p[1] = (struct pollfd){.fd = srv->admin_fd,
-                               .events = nclients < PS__ADMIN_MAX_CLIENTS ? POLLIN : 0};
+        p[1] = (struct pollfd){.fd = srv->admin_fd, .events = POLLIN};
         for (int i = 0; i < nclients; i++) {
             admin_client *ac = clients[i];
             /* A client with a reply pending is not read until it takes it. */
@@ -258,6 +257,17 @@ static void *admin_main(void *arg)
             socklen_t sl = sizeof ss;
             int fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
                              SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0 && nclients == PS__ADMIN_MAX_CLIENTS) {
+                /* Full: the client silent the longest makes room, so idle
+                 * connections can never lock the operator out. */
+                int oldest = 0;
+                for (int i = 1; i < nclients; i++)
+                    if (clients[i]->last_ms < clients[oldest]->last_ms)
+                        oldest = i;
+                close(clients[oldest]->fd);
+                free(clients[oldest]);
+                clients[oldest] = clients[--nclients];
+            }
             if (fd >= 0) {
                 admin_client *ac = calloc(1, sizeof *ac);
                 if (ac == NULL) {

@@ -63,6 +63,7 @@ typedef struct ps_server_stats {
     uint64_t send_timeouts;
     uint64_t accept_errors;
     uint64_t admin_commands;
+    uint64_t parked_connections;   /* event mode: waiting in epoll */
     uint64_t uptime_seconds;
 } ps_server_stats;
 

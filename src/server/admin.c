@@ -89,7 +89,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT accept_errors %llu\r\n", (unsigned long long)s.accept_errors);
     add(r, "STAT admin_commands %llu\r\n", (unsigned long long)s.admin_commands);
     add(r, "STAT parked_connections %llu\r\n",
-        (unsigned long long)atomic_load(&srv->c.parked));
+        (unsigned long long)s.parked_connections);
     add(r, "STAT event_jobs %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_jobs));
     add(r, "STAT connection_threads %llu\r\n",
         (unsigned long long)atomic_load(&srv->c.conn_threads));

@@ -116,7 +116,8 @@ ssize_t ps__conn_read(ps_conn *c)
         if (r > 0) {
             c->in_len += (size_t)r;
             c->drained = (size_t)r < room;
-            atomic_fetch_add_explicit(&c->srv->c.bytes_in, (uint64_t)r, memory_order_relaxed);
+            atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_in, (uint64_t)r,
+                                      memory_order_relaxed);
             return r;
         }
         if (r == 0)
@@ -167,7 +168,7 @@ int ps__conn_process(ps_conn *c)
     }
     if (lines > 0) {
         c->last_line_ms = ps__now_ms();
-        atomic_fetch_add_explicit(&srv->c.lines, lines, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
     }
     if (c->in_off == c->in_len)
         c->in_off = c->in_len = 0;
@@ -183,7 +184,8 @@ int ps__conn_flush(ps_conn *c)
     if (w < 0)
         return (int)w;
     c->out_off += (size_t)w;
-    atomic_fetch_add_explicit(&c->srv->c.bytes_out, (uint64_t)w, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
+                              memory_order_relaxed);
     if (c->out_off == c->out_len) {
         c->out_off = c->out_len = 0;
         return 0;

@@ -91,7 +91,7 @@ static void park(ps_server *srv, ps_conn *c, bool want_write)
     c->want_write = want_write;
     struct epoll_event ev = {.events = (want_write ? EPOLLOUT : EPOLLIN) | EPOLLONESHOT,
                              .data.ptr = c};
-    atomic_fetch_add_explicit(&srv->c.parked, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
     int epfd = srv->epfds[c->shard];
     int rc = epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
@@ -100,7 +100,7 @@ static void park(ps_server *srv, ps_conn *c, bool want_write)
     if (rc < 0) {
         int e = errno;
         atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
-        atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
         ps__mutex_unlock(&c->lock);
         ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(e));
         event_close(srv, c, true);
@@ -236,7 +236,7 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
             /* Out of epoll first: no event can hand it to a worker now. */
             epoll_ctl(srv->epfds[c->shard], EPOLL_CTL_DEL, c->fd, NULL);
             atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
-            atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
         }
         ps__mutex_unlock(&c->lock);
         if (expire) {
@@ -298,7 +298,7 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
         /* The exchange pairs with park()'s release store, so the worker
          * that runs this job sees everything the last one wrote. */
         atomic_exchange_explicit(&c->state, CONN_RUNNING, memory_order_acq_rel);
-        atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
         batch.conns[batch.n++] = c;
     }
     int64_t now = ps__now_ms();
@@ -367,7 +367,7 @@ void ps__event_close_all(ps_server *srv)
             poll(&p, 1, (int)(left > 100 ? 100 : left));
         }
         if (atomic_load(&c->state) == CONN_PARKED)
-            atomic_fetch_sub_explicit(&srv->c.parked, 1, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
         ps__conn_close(c);
     }
 }

@@ -16,22 +16,30 @@
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
 #define PS__SHARDS_MAX 64
 
-/* Server counters, C11 atomics updated with relaxed fetch_add. Hot per-line
- * counts are summed in the connection and added once per batch. */
+/* The counters touched on every request, striped: each thread adds to its
+ * own stripe (memcached's per-thread stats), so two cores never fight over
+ * one cache line; readers sum the stripes. */
+#define PS__STRIPES 16
+typedef struct ps__stripe {
+    atomic_uint_fast64_t lines;
+    atomic_uint_fast64_t bytes_in;
+    atomic_uint_fast64_t bytes_out;
+    atomic_int_fast64_t parked; /* event mode: +1 park, -1 wake; sums >= 0 */
+    char pad[64 - 4 * sizeof(atomic_uint_fast64_t)];
+} ps__stripe;
+
+/* Server counters, C11 atomics updated with relaxed fetch_add. */
 typedef struct ps__counters {
+    ps__stripe stripes[PS__STRIPES];
     atomic_uint_fast64_t curr_connections;
     atomic_uint_fast64_t total_connections;
     atomic_uint_fast64_t rejected_busy;
     atomic_uint_fast64_t rejected_max;
-    atomic_uint_fast64_t lines;
-    atomic_uint_fast64_t bytes_in;
-    atomic_uint_fast64_t bytes_out;
     atomic_uint_fast64_t lines_too_long;
     atomic_uint_fast64_t idle_timeouts;
     atomic_uint_fast64_t send_timeouts;
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
-    atomic_uint_fast64_t parked;       /* event mode: waiting in epoll */
     atomic_uint_fast64_t event_jobs;   /* event mode: "has input" jobs run */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
 } ps__counters;
@@ -87,6 +95,9 @@ struct ps_server {
     int64_t start_ms;
     ps__counters c;
 };
+
+/* The calling thread's stripe of srv's counters. */
+ps__stripe *ps__stripe_of(ps_server *srv);
 
 /* ---- net.c ---- */
 

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -17,6 +18,17 @@
 #define PS__ACCEPT_PAUSE_MS 100
 /* Accepts per wake-up before the acceptor looks at the stop signal again. */
 #define PS__ACCEPT_BATCH 64
+
+static atomic_uint ps__stripe_next;
+
+ps__stripe *ps__stripe_of(ps_server *srv)
+{
+    /* Threads take stripes in turn, once: workers spread over them. */
+    static _Thread_local unsigned idx = UINT_MAX;
+    if (idx == UINT_MAX)
+        idx = atomic_fetch_add_explicit(&ps__stripe_next, 1, memory_order_relaxed) % PS__STRIPES;
+    return &srv->c.stripes[idx];
+}
 
 int ps_server_create(ps_server **out, const ps_config *cfg,
                      const ps_handler *handler, void *ud)
@@ -311,15 +323,20 @@ void ps_server_destroy(ps_server *srv)
 void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
 {
     const ps__counters *c = &srv->c;
+    int64_t parked = 0;
     memset(st, 0, sizeof *st);
     st->curr_connections = atomic_load_explicit(&c->curr_connections, memory_order_relaxed);
     st->total_connections = atomic_load_explicit(&c->total_connections, memory_order_relaxed);
     st->rejected_busy = atomic_load_explicit(&c->rejected_busy, memory_order_relaxed);
     st->rejected_max = atomic_load_explicit(&c->rejected_max, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max;
-    st->lines = atomic_load_explicit(&c->lines, memory_order_relaxed);
-    st->bytes_in = atomic_load_explicit(&c->bytes_in, memory_order_relaxed);
-    st->bytes_out = atomic_load_explicit(&c->bytes_out, memory_order_relaxed);
+    for (int i = 0; i < PS__STRIPES; i++) {
+        st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);
+        st->bytes_in += atomic_load_explicit(&c->stripes[i].bytes_in, memory_order_relaxed);
+        st->bytes_out += atomic_load_explicit(&c->stripes[i].bytes_out, memory_order_relaxed);
+        parked += atomic_load_explicit(&c->stripes[i].parked, memory_order_relaxed);
+    }
+    st->parked_connections = parked > 0 ? (uint64_t)parked : 0;
     st->lines_too_long = atomic_load_explicit(&c->lines_too_long, memory_order_relaxed);
     st->idle_timeouts = atomic_load_explicit(&c->idle_timeouts, memory_order_relaxed);
     st->send_timeouts = atomic_load_explicit(&c->send_timeouts, memory_order_relaxed);

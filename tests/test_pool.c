@@ -589,6 +589,112 @@ static void test_many_submitters(void **state)
     assert_int_equal(atomic_load(&g_sum), SUBMITTERS * per);
 }
 
+/* ---- idle hook --------------------------------------------------------- */
+
+/* A work source of the owner's, as the event poller is: items to hand out,
+ * a stop flag, and a record of how many workers waited on it at once. */
+typedef struct source {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned items;             /* waiting to be handed out */
+    bool stop;
+    atomic_uint inside;         /* workers in source_idle now */
+    atomic_uint most_inside;
+    atomic_uint done;           /* jobs run (from the source or submitted) */
+} source_t;
+
+static void source_job(void *arg)
+{
+    source_t *src = arg;
+    atomic_fetch_add(&src->done, 1);
+}
+
+static int source_idle(void *ctx, ps_job_fn *fn, void **arg)
+{
+    source_t *src = ctx;
+    unsigned now = atomic_fetch_add(&src->inside, 1) + 1;
+    unsigned most = atomic_load(&src->most_inside);
+    while (now > most && !atomic_compare_exchange_weak(&src->most_inside, &most, now))
+        ;
+    int got = 0;
+    pthread_mutex_lock(&src->mu);
+    if (src->items == 0 && !src->stop) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_nsec += 20 * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&src->cv, &src->mu, &dl);
+    }
+    if (src->items > 0 && !src->stop) {
+        src->items--;
+        *fn = source_job;
+        *arg = src;
+        got = 1;
+    }
+    pthread_mutex_unlock(&src->mu);
+    atomic_fetch_sub(&src->inside, 1);
+    return got;
+}
+
+static bool wait_done(source_t *src, unsigned want)
+{
+    for (int i = 0; i < WAIT_MS && atomic_load(&src->done) < want; i++) {
+        struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000L};
+        nanosleep(&ms, NULL);
+    }
+    return atomic_load(&src->done) >= want;
+}
+
+/* Up to idle_max idle workers wait on the source; jobs they find run and
+ * are counted like submitted ones; ordinary submits still work. */
+static void test_idle_hook(void **state)
+{
+    (void)state;
+    source_t src = {.items = 0};
+    pthread_mutex_init(&src.mu, NULL);
+    pthread_cond_init(&src.cv, NULL);
+    ps_pool *pool = NULL;
+    ps_pool_opts o = {.workers = 4, .queue_capacity = 16, .idle = source_idle,
+                      .idle_ctx = &src, .idle_max = 2};
+    assert_int_equal(ps_pool_create(&pool, &o), 0);
+
+    pthread_mutex_lock(&src.mu);
+    src.items = 1000;
+    pthread_cond_broadcast(&src.cv);
+    pthread_mutex_unlock(&src.mu);
+    assert_true(wait_done(&src, 1000));
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(ps_pool_submit(pool, source_job, &src), 0);
+    assert_true(wait_done(&src, 1100));
+
+    assert_true(atomic_load(&src.most_inside) >= 1);
+    assert_true(atomic_load(&src.most_inside) <= 2); /* never more than idle_max */
+    /* `completed` counts a job after it returns: give the last ones time. */
+    ps_pool_stats st;
+    ps_pool_get_stats(pool, &st);
+    for (int i = 0; i < WAIT_MS && (st.completed < 1100 || st.busy_threads > 0); i++) {
+        struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000L};
+        nanosleep(&ms, NULL);
+        ps_pool_get_stats(pool, &st);
+    }
+    assert_int_equal(st.completed, 1100);
+    assert_int_equal(st.submitted, 1100);
+    assert_int_equal(st.available_threads, 4);
+
+    /* The owner signals the source to return promptly, then destroys. */
+    pthread_mutex_lock(&src.mu);
+    src.stop = true;
+    pthread_cond_broadcast(&src.cv);
+    pthread_mutex_unlock(&src.mu);
+    ps_pool_destroy(pool);
+    assert_int_equal(atomic_load(&src.inside), 0);
+    pthread_cond_destroy(&src.cv);
+    pthread_mutex_destroy(&src.mu);
+}
+
 #define FX_TEST(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
 
 int main(void)
@@ -602,6 +708,7 @@ int main(void)
         FX_TEST(test_destroy_drains_and_refuses),
         FX_TEST(test_destroy_releases_blocked_submitter),
         FX_TEST(test_many_submitters),
+        cmocka_unit_test(test_idle_hook),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,7 +65,6 @@ int64_t t_now_ms(void);
 /* A loopback port nothing listens on (bound, read back, released). */
 uint16_t t_free_port(void);
 
-#endif
 
 /* ---- running the poolsrv program ---- */
 
@@ -97,8 +96,6 @@ int t_proc_stop(t_proc *p, int sig, int timeout_ms);
 int t_run(char *const argv[], char *out, size_t cap, int timeout_ms);
 
 /* ---- probes for the fault tests (tests/test_faults.c) ---- */
-#ifndef POOLSRV_TESTS_SUPPORT_FAULTS_H
-#define POOLSRV_TESTS_SUPPORT_FAULTS_H
 
 /* VmRSS of process pid in KiB, from /proc/PID/status; -1 if unreadable. */
 long t_proc_rss_kb(int pid);

@@ -13,25 +13,7 @@
 
 #include "poolsrv/pool.h"
 
-/* A failed lock/unlock/wait means a corrupted or misused mutex: a bug, not an
- * error a caller could handle. */
-static inline void ps__lock(pthread_mutex_t *m)
-{
-    if (pthread_mutex_lock(m) != 0)
-        abort();
-}
-
-static inline void ps__unlock(pthread_mutex_t *m)
-{
-    if (pthread_mutex_unlock(m) != 0)
-        abort();
-}
-
-static inline void ps__wait(pthread_cond_t *c, pthread_mutex_t *m)
-{
-    if (pthread_cond_wait(c, m) != 0)
-        abort();
-}
+#include "lock.h"
 
 /* Intrusive node the pool keeps for every live future. `reap` frees the
  * owner without touching the pool (called by destroy after all workers are

@@ -46,13 +46,13 @@ enum { CONN_RUNNING = 0, CONN_PARKED = 1 };
 
 static void list_add(ps_server *srv, ps_conn *c)
 {
-    ps__mutex_lock(&srv->conns_lock);
+    ps__lock(&srv->conns_lock);
     c->prev = NULL;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    ps__mutex_unlock(&srv->conns_lock);
+    ps__unlock(&srv->conns_lock);
 }
 
 /* Caller holds conns_lock. */
@@ -71,15 +71,15 @@ static void list_unlink(ps_server *srv, ps_conn *c)
 static void event_close(ps_server *srv, ps_conn *c, bool linked)
 {
     if (linked) {
-        ps__mutex_lock(&srv->conns_lock);
+        ps__lock(&srv->conns_lock);
         list_unlink(srv, c);
-        ps__mutex_unlock(&srv->conns_lock);
+        ps__unlock(&srv->conns_lock);
     }
     /* The worker that parked this connection may still be inside park()'s
      * unlock when the event it armed hands the connection to us: wait for
      * it to leave before the lock is destroyed with the connection. */
-    ps__mutex_lock(&c->lock);
-    ps__mutex_unlock(&c->lock);
+    ps__lock(&c->lock);
+    ps__unlock(&c->lock);
     ps__conn_close(c); /* closing the fd also removes it from epoll */
 }
 
@@ -87,7 +87,7 @@ static void event_close(ps_server *srv, ps_conn *c, bool linked)
  * it: another worker may already own it. */
 static void park(ps_server *srv, ps_conn *c, bool want_write)
 {
-    ps__mutex_lock(&c->lock);
+    ps__lock(&c->lock);
     c->want_write = want_write;
     struct epoll_event ev = {.events = (want_write ? EPOLLOUT : EPOLLIN) | EPOLLONESHOT,
                              .data.ptr = c};
@@ -101,12 +101,12 @@ static void park(ps_server *srv, ps_conn *c, bool want_write)
         int e = errno;
         atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
         atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-        ps__mutex_unlock(&c->lock);
+        ps__unlock(&c->lock);
         ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(e));
         event_close(srv, c, true);
         return;
     }
-    ps__mutex_unlock(&c->lock);
+    ps__unlock(&c->lock);
 }
 
 /* True when the connection waiting for what it wants (input, or room for
@@ -222,13 +222,13 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
 {
     ps_conn *expired = NULL;
 
-    ps__mutex_lock(&srv->conns_lock);
+    ps__lock(&srv->conns_lock);
     for (ps_conn *c = srv->conns, *next; c != NULL; c = next) {
         next = c->next;
         if (c->shard != shard ||
             atomic_load_explicit(&c->state, memory_order_acquire) != CONN_PARKED)
             continue;
-        ps__mutex_lock(&c->lock);
+        ps__lock(&c->lock);
         bool expire = false;
         if (atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED)
             expire = deadline_passed(srv, c, now);
@@ -238,14 +238,14 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
             atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
             atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
         }
-        ps__mutex_unlock(&c->lock);
+        ps__unlock(&c->lock);
         if (expire) {
             list_unlink(srv, c);
             c->next = expired;
             expired = c;
         }
     }
-    ps__mutex_unlock(&srv->conns_lock);
+    ps__unlock(&srv->conns_lock);
 
     while (expired != NULL) {
         ps_conn *c = expired;

@@ -51,19 +51,19 @@ int ps__thread_take(ps_server *srv, ps_conn *conn)
         free(t);
         return -rc;
     }
-    ps__mutex_lock(&srv->threads_lock);
+    ps__lock(&srv->threads_lock);
     t->next = srv->threads;
     srv->threads = t;
-    ps__mutex_unlock(&srv->threads_lock);
+    ps__unlock(&srv->threads_lock);
     return 0;
 }
 
 void ps__thread_reap(ps_server *srv, bool all)
 {
-    ps__mutex_lock(&srv->threads_lock);
+    ps__lock(&srv->threads_lock);
     ps__conn_thread *list = srv->threads, *keep = NULL, *done = NULL;
     srv->threads = NULL;
-    ps__mutex_unlock(&srv->threads_lock);
+    ps__unlock(&srv->threads_lock);
 
     while (list != NULL) {
         ps__conn_thread *t = list;
@@ -84,12 +84,12 @@ void ps__thread_reap(ps_server *srv, bool all)
         free(t);
     }
     if (keep != NULL) {
-        ps__mutex_lock(&srv->threads_lock);
+        ps__lock(&srv->threads_lock);
         ps__conn_thread *tail = keep;
         while (tail->next != NULL)
             tail = tail->next;
         tail->next = srv->threads;
         srv->threads = keep;
-        ps__mutex_unlock(&srv->threads_lock);
+        ps__unlock(&srv->threads_lock);
     }
 }

@@ -12,6 +12,7 @@
 #include "poolsrv/config.h"
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
+#include "../pool/lock.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
 #define PS__SHARDS_MAX 64
@@ -121,9 +122,6 @@ void ps__write_best_effort(int fd, const char *msg);
 /* Milliseconds on the monotonic clock. */
 int64_t ps__now_ms(void);
 
-/* Aborts: a failed pthread mutex call is a bug, not an error path. */
-void ps__mutex_lock(pthread_mutex_t *m);
-void ps__mutex_unlock(pthread_mutex_t *m);
 
 /* ---- conn.c ---- */
 
@@ -241,7 +239,7 @@ int ps__admin_start(ps_server *srv);
 void ps__admin_join(ps_server *srv);
 
 /* Writes the reply to one admin command line into buf (NUL-terminated).
- * Returns PS_CONTINUE, or PS_CLOSE for quit. Exposed for tests. */
+ * Returns PS_CONTINUE, or PS_CLOSE for quit. */
 int ps__admin_command(ps_server *srv, const char *line, size_t len,
                       char *buf, size_t buflen);
 

@@ -72,12 +72,12 @@ static void *linger_main(void *arg)
         abort(); /* a few KiB at start-up */
 
     for (;;) {
-        ps__mutex_lock(&l->lock);
+        ps__lock(&l->lock);
         int n = l->count;
         bool stopping = l->stopping;
         for (int i = 0; i < n; i++)
             p[i + 1] = (struct pollfd){.fd = l->items[i].fd, .events = POLLIN};
-        ps__mutex_unlock(&l->lock);
+        ps__unlock(&l->lock);
         if (stopping && n == 0)
             break;
 
@@ -95,7 +95,7 @@ static void *linger_main(void *arg)
          * ones polled; new ones were appended after them. */
         int64_t now = ps__now_ms();
         int64_t stop_deadline = atomic_load(&srv->stop_deadline_ms);
-        ps__mutex_lock(&l->lock);
+        ps__lock(&l->lock);
         for (int i = n - 1; i >= 0; i--) {
             ps__lingering *it = &l->items[i];
             bool late = now >= it->deadline_ms || (l->stopping && now >= stop_deadline);
@@ -104,7 +104,7 @@ static void *linger_main(void *arg)
                 *it = l->items[--l->count];
             }
         }
-        ps__mutex_unlock(&l->lock);
+        ps__unlock(&l->lock);
     }
     free(p);
     return NULL;
@@ -143,7 +143,7 @@ void ps__linger_close(ps_server *srv, int fd)
         close(fd);
         return;
     }
-    ps__mutex_lock(&l->lock);
+    ps__lock(&l->lock);
     if (l->count < PS__LINGER_MAX) {
         l->items[l->count++] = (ps__lingering){
             .fd = fd,
@@ -151,7 +151,7 @@ void ps__linger_close(ps_server *srv, int fd)
         };
         fd = -1;
     }
-    ps__mutex_unlock(&l->lock);
+    ps__unlock(&l->lock);
     if (fd >= 0) {
         close(fd); /* too many lingering already */
         return;
@@ -165,9 +165,9 @@ void ps__linger_stop(ps_server *srv)
     ps__linger *l = srv->linger;
     if (l == NULL)
         return;
-    ps__mutex_lock(&l->lock);
+    ps__lock(&l->lock);
     l->stopping = true;
-    ps__mutex_unlock(&l->lock);
+    ps__unlock(&l->lock);
     uint64_t one = 1;
     (void)!write(l->wake_fd, &one, sizeof one);
     pthread_join(l->thread, NULL);

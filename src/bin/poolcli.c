@@ -306,10 +306,16 @@ static bool ps_cli_parse_int(const char *s, long lo, long hi, long *out)
     return true;
 }
 
-/* The -e lines and the send queue live for the whole run; static, so that
- * every exit path (ps_cli_die included) leaves them reachable, not leaked. */
+/* The -e lines and the send queue live for the whole run; every exit path
+ * (ps_cli_die included) frees them at exit. */
 static const char **ps_cli_lines;
 static ps_cli_buf ps_cli_out;
+
+static void ps_cli_free_all(void)
+{
+    free(ps_cli_lines);
+    free(ps_cli_out.data);
+}
 
 int main(int argc, char **argv)
 {
@@ -322,6 +328,8 @@ int main(int argc, char **argv)
 
     if (!lines)
         ps_cli_die("out of memory");
+    if (atexit(ps_cli_free_all) != 0)
+        ps_cli_die("atexit failed");
     int opt;
     while ((opt = getopt(argc, argv, "H:p:e:t:h")) != -1) {
         long v;

@@ -9,6 +9,54 @@
 
 #define PS__READ_CHUNK 16384
 #define PS__OUT_HIGH_WATER (256 * 1024)
+#define PS__OUT_MIN 4096
+
+/* A worker's scratch buffers (event mode), lent to the connection it
+ * serves. Allocated on a thread's first use and freed when it exits. */
+typedef struct ps__scratch {
+    char in[PS__READ_CHUNK];
+    char out[PS__READ_CHUNK];
+} ps__scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static bool scratch_ok;
+
+static void scratch_key_init(void)
+{
+    scratch_ok = pthread_key_create(&scratch_key, free) == 0;
+}
+
+/* The calling thread's scratch buffers, or NULL (then nothing is lent). */
+static ps__scratch *scratch(void)
+{
+    static _Thread_local ps__scratch *mine;
+    if (mine != NULL)
+        return mine;
+    pthread_once(&scratch_once, scratch_key_init);
+    if (!scratch_ok)
+        return NULL;
+    ps__scratch *s = malloc(sizeof *s);
+    if (s != NULL && pthread_setspecific(scratch_key, s) != 0) {
+        free(s);
+        s = NULL;
+    }
+    mine = s;
+    return s;
+}
+
+/* Moves a buffer's bytes [off, len) to the start of a new buffer of cap
+ * bytes (cap >= len - off). The old one is freed unless borrowed. */
+static char *move_to_own(char *buf, size_t off, size_t len, size_t cap, bool borrowed)
+{
+    char *p = malloc(cap);
+    if (p == NULL)
+        return NULL;
+    memcpy(p, buf + off, len - off);
+    if (!borrowed)
+        free(buf);
+    return p;
+}
 
 
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
@@ -18,15 +66,13 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
         close(fd);
         return NULL;
     }
-    if (pthread_mutex_init(&c->lock, NULL) != 0) {
-        free(c);
-        close(fd);
-        return NULL;
-    }
     c->srv = srv;
     c->fd = fd;
     c->id = atomic_fetch_add_explicit(&srv->next_conn_id, 1, memory_order_relaxed) + 1;
-    c->last_line_ms = ps__now_ms();
+    atomic_init(&c->last_line_ms, ps__now_ms());
+    atomic_init(&c->state, 0);
+    atomic_init(&c->want_write, false);
+    atomic_init(&c->write_wait_ms, 0);
     ps__format_addr(peer, c->peer, sizeof c->peer);
     return c;
 }
@@ -34,12 +80,12 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
 int ps__conn_open(ps_conn *c)
 {
     c->opened = true;
-    c->last_line_ms = ps__now_ms();
+    atomic_store_explicit(&c->last_line_ms, ps__now_ms(), memory_order_relaxed);
     const ps_handler *h = c->srv->handler;
     return h->on_open ? h->on_open(c, c->srv->ud) : PS_CONTINUE;
 }
 
-void ps__conn_close(ps_conn *c)
+void ps__conn_end(ps_conn *c)
 {
     ps_server *srv = c->srv;
     if (c->opened && srv->handler->on_close)
@@ -51,14 +97,30 @@ void ps__conn_close(ps_conn *c)
                                               memory_order_relaxed) - 1;
     ps_log_info("connection %llu from %s closed (%llu active)",
                 (unsigned long long)c->id, c->peer, (unsigned long long)left);
-    pthread_mutex_destroy(&c->lock);
-    free(c->in);
-    free(c->out);
+    if (!c->in_borrowed)
+        free(c->in);
+    if (!c->out_borrowed)
+        free(c->out);
+    c->in = c->out = NULL;
+    c->in_borrowed = c->out_borrowed = false;
+}
+
+void ps__conn_close(ps_conn *c)
+{
+    ps__conn_end(c);
     free(c);
 }
 
 int ps_conn_send(ps_conn *c, const void *data, size_t len)
 {
+    if (c->out == NULL && c->borrow) {
+        ps__scratch *s = scratch();
+        if (s != NULL) {
+            c->out = s->out;
+            c->out_cap = sizeof s->out;
+            c->out_borrowed = true;
+        }
+    }
     if (c->out_len + len > c->out_cap) {
         /* Reuse the space in front of the unwritten bytes first. */
         if (c->out_off > 0) {
@@ -67,14 +129,17 @@ int ps_conn_send(ps_conn *c, const void *data, size_t len)
             c->out_off = 0;
         }
         if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 4096;
+            size_t cap = c->out_cap ? c->out_cap : PS__OUT_MIN;
             while (cap < c->out_len + len)
                 cap *= 2;
-            char *p = realloc(c->out, cap);
+            char *p = c->out_borrowed
+                          ? move_to_own(c->out, 0, c->out_len, cap, true)
+                          : realloc(c->out, cap);
             if (p == NULL)
                 return -ENOMEM;
             c->out = p;
             c->out_cap = cap;
+            c->out_borrowed = false;
         }
     }
     memcpy(c->out + c->out_len, data, len);
@@ -90,6 +155,14 @@ size_t ps__conn_pending_output(const ps_conn *c) { return c->out_len - c->out_of
 
 ssize_t ps__conn_read(ps_conn *c)
 {
+    if (c->in == NULL && c->borrow) {
+        ps__scratch *s = scratch();
+        if (s != NULL) {
+            c->in = s->in;
+            c->in_cap = sizeof s->in;
+            c->in_borrowed = true;
+        }
+    }
     if (c->in_off > 0) {
         memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
         c->in_len -= c->in_off;
@@ -99,16 +172,20 @@ ssize_t ps__conn_read(ps_conn *c)
         /* Grow only as far as one maximal partial line plus a read: the
          * framer rejects anything longer, so this bounds memory. */
         size_t limit = c->srv->cfg.max_line + 2 + PS__READ_CHUNK;
-        size_t cap = c->in_cap ? c->in_cap * 2 : PS__READ_CHUNK;
+        size_t cap = c->in_cap * 2;
+        if (cap < PS__READ_CHUNK)
+            cap = PS__READ_CHUNK;
         if (cap > limit)
             cap = limit;
         if (cap <= c->in_len)
             return -ENOBUFS;
-        char *p = realloc(c->in, cap);
+        char *p = c->in_borrowed ? move_to_own(c->in, 0, c->in_len, cap, true)
+                                 : realloc(c->in, cap);
         if (p == NULL)
             return -ENOMEM;
         c->in = p;
         c->in_cap = cap;
+        c->in_borrowed = false;
     }
     for (;;) {
         size_t room = c->in_cap - c->in_len;
@@ -167,7 +244,7 @@ int ps__conn_process(ps_conn *c)
         }
     }
     if (lines > 0) {
-        c->last_line_ms = ps__now_ms();
+        atomic_store_explicit(&c->last_line_ms, ps__now_ms(), memory_order_relaxed);
         atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
     }
     if (c->in_off == c->in_len)
@@ -193,16 +270,40 @@ int ps__conn_flush(ps_conn *c)
     return -EAGAIN;
 }
 
-void ps__conn_shrink(ps_conn *c)
+int ps__conn_shrink(ps_conn *c)
 {
     if (c->in_len == c->in_off) {
-        free(c->in);
+        if (!c->in_borrowed)
+            free(c->in);
         c->in = NULL;
         c->in_off = c->in_len = c->in_cap = 0;
+        c->in_borrowed = false;
+    } else if (c->in_borrowed) {
+        /* A partial line: keep it, in a buffer of the connection's own. */
+        size_t keep = c->in_len - c->in_off;
+        char *p = move_to_own(c->in, c->in_off, c->in_len, keep, true);
+        if (p == NULL)
+            return -ENOMEM;
+        c->in = p;
+        c->in_off = 0;
+        c->in_len = c->in_cap = keep;
+        c->in_borrowed = false;
     }
     if (c->out_len == c->out_off) {
-        free(c->out);
+        if (!c->out_borrowed)
+            free(c->out);
         c->out = NULL;
         c->out_off = c->out_len = c->out_cap = 0;
+        c->out_borrowed = false;
+    } else if (c->out_borrowed) {
+        size_t keep = c->out_len - c->out_off;
+        char *p = move_to_own(c->out, c->out_off, c->out_len, keep, true);
+        if (p == NULL)
+            return -ENOMEM;
+        c->out = p;
+        c->out_off = 0;
+        c->out_len = c->out_cap = keep;
+        c->out_borrowed = false;
     }
+    return 0;
 }

@@ -69,7 +69,7 @@ static int flush_all(ps_conn *c, ps_server *srv)
 static int wait_input(ps_conn *c, ps_server *srv)
 {
     int64_t deadline = srv->cfg.idle_timeout > 0
-                           ? c->last_line_ms + (int64_t)srv->cfg.idle_timeout * 1000
+                           ? ps__conn_last_line(c) + (int64_t)srv->cfg.idle_timeout * 1000
                            : -1;
     for (;;) {
         struct pollfd p[2] = {

@@ -1,25 +1,33 @@
 /*
  * dispatch = event: the seed's asynchronous server, done with epoll.
  *
- * A connection is in one of two hands. PARKED: registered in epoll with
- * EPOLLONESHOT, owned by nobody, costing no thread. RUNNING: a job in the
- * pool's queue or on a worker, owned by that worker alone. The poller turns
- * a readiness event into a job; the worker reads, runs the handler over the
- * complete lines, writes the replies and parks the connection again.
+ * Every connection is registered once, edge-triggered, for input and for
+ * room to write, and never re-armed. Its `state` says who owns it:
+ *   PARKED         nobody: the next event hands it to the poller that gets
+ *                  it. An idle connection costs no worker and no thread.
+ *   RUNNING        one worker, alone: it reads, runs the handler over the
+ *                  complete lines, writes the replies.
+ *   RUNNING|AGAIN  an event came while it was being served.
+ * The owner lets go with a compare-and-swap RUNNING -> PARKED, which fails
+ * when AGAIN is set: the owner then serves it again, so no edge is lost and
+ * no epoll_ctl is needed per request.
  *
  * The poller is not a thread of its own but the pool's idle hook: an idle
  * worker waits in epoll_wait and serves the ready connections it gets
  * itself (leader/followers). Connections are spread over one epoll set per
  * CPU, so that many workers poll at once. That saves a thread hand-off per
  * request, the largest cost of a separate poller thread; the pool's queue
- * carries no jobs in this mode (the epoll ready lists play its part).
+ * carries only connections that used up their read budget (the epoll
+ * ready lists play its part otherwise).
  *
- * Timeouts are found by a sweep in the poller, which may close only PARKED
- * connections of the shard it holds. A worker parks under the connection's
- * lock and the sweep checks under it too, so a connection is never closed by
- * the sweep while a worker is still re-arming it. Events from a shard become
- * jobs while its poller still holds it, before its sweep, so the two never
- * race either.
+ * A poller may hold a pointer from epoll_wait to a connection that its
+ * owner is closing. So a closed connection leaves epoll first and its
+ * object is freed later, by the shard's next poller: pollers of a shard
+ * hold its flag from epoll_wait until they have claimed what it returned,
+ * so whoever takes the flag next knows nobody holds such a pointer.
+ *
+ * Timeouts are found by a sweep in the poller: it claims a PARKED
+ * connection past its deadline the way an event would, and closes it.
  */
 #include <errno.h>
 #include <poll.h>
@@ -32,13 +40,17 @@
 #include "internal.h"
 #include "poolsrv/log.h"
 
-enum { CONN_RUNNING = 0, CONN_PARKED = 1 };
+enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 
+#define PS__EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 /* Ready connections one poller call takes and serves itself. Anything
  * else stays in the epoll set for the next poller: handing connections to
  * other workers through the queue costs a wake-up each, which measured
  * slower than serving the batch here on every machine size we tried. */
 #define PS__BATCH 64
+/* A worker's batch: what it polled, and connections waiting their turn
+ * again after their read budget. */
+#define PS__RING (2 * PS__BATCH)
 #define PS__SWEEP_MS 250
 /* Reads one job may do before the connection goes back behind the others:
  * a client that floods cannot keep a worker. */
@@ -67,62 +79,104 @@ static void list_unlink(ps_server *srv, ps_conn *c)
     c->prev = c->next = NULL;
 }
 
-/* Closes a connection its caller owns (RUNNING, or unlinked by the sweep). */
-static void event_close(ps_server *srv, ps_conn *c, bool linked)
+/* An event for c: takes it when it is parked (true), or else tells its
+ * owner to look again. The acquire pairs with let_go's release, so the
+ * new owner sees everything the last one wrote. */
+static bool claim(ps_server *srv, ps_conn *c)
 {
-    if (linked) {
-        ps__lock(&srv->conns_lock);
-        list_unlink(srv, c);
-        ps__unlock(&srv->conns_lock);
+    int s = atomic_load_explicit(&c->state, memory_order_relaxed);
+    for (;;) {
+        int next = s == CONN_PARKED ? CONN_RUNNING : (s | CONN_AGAIN);
+        if (next == s)
+            return false; /* the owner has been told already */
+        if (atomic_compare_exchange_weak_explicit(&c->state, &s, next, memory_order_acquire,
+                                                  memory_order_relaxed))
+            break;
     }
-    /* The worker that parked this connection may still be inside park()'s
-     * unlock when the event it armed hands the connection to us: wait for
-     * it to leave before the lock is destroyed with the connection. */
-    ps__lock(&c->lock);
-    ps__unlock(&c->lock);
-    ps__conn_close(c); /* closing the fd also removes it from epoll */
+    if (s != CONN_PARKED)
+        return false;
+    atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
+    return true;
 }
 
-/* Hands the connection back to epoll. After this the caller must not touch
- * it: another worker may already own it. */
-static void park(ps_server *srv, ps_conn *c, bool want_write)
+/* Takes a parked connection without an event (the sweep). */
+static bool claim_parked(ps_server *srv, ps_conn *c)
 {
-    ps__lock(&c->lock);
-    c->want_write = want_write;
-    struct epoll_event ev = {.events = (want_write ? EPOLLOUT : EPOLLIN) | EPOLLONESHOT,
-                             .data.ptr = c};
+    int s = CONN_PARKED;
+    if (!atomic_compare_exchange_strong_explicit(&c->state, &s, CONN_RUNNING,
+                                                 memory_order_acquire, memory_order_relaxed))
+        return false;
+    atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
+    return true;
+}
+
+/* Lets go of c. False when an event came while it was served: the caller
+ * still owns it and serves it again. After true it must not touch c:
+ * another worker may already own it. */
+static bool let_go(ps_server *srv, ps_conn *c)
+{
+    /* Counted first, so the parked sum never dips below zero. */
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-    atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
-    int epfd = srv->epfds[c->shard];
-    int rc = epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-    if (rc < 0 && errno == ENOENT)
-        rc = epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
-    if (rc < 0) {
-        int e = errno;
-        atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
-        atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-        ps__unlock(&c->lock);
-        ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(e));
-        event_close(srv, c, true);
-        return;
+    int s = CONN_RUNNING;
+    if (atomic_compare_exchange_strong_explicit(&c->state, &s, CONN_PARKED,
+                                                memory_order_release, memory_order_relaxed))
+        return true;
+    atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
+    /* Only the owner changes RUNNING|AGAIN. */
+    atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
+    /* Whatever raised that event (maybe an end of stream behind the input
+     * just read) raises no other: read until the socket says so. */
+    c->read_to_end = true;
+    return false;
+}
+
+/* Frees the connections closed on a shard. The caller holds the shard. */
+static void reap(ps__shard *sh)
+{
+    ps_conn *c = atomic_exchange_explicit(&sh->graves, NULL, memory_order_acquire);
+    while (c != NULL) {
+        ps_conn *next = c->next;
+        free(c);
+        c = next;
     }
-    ps__unlock(&c->lock);
+}
+
+/* Closes a connection its caller owns. */
+static void event_close(ps_server *srv, ps_conn *c)
+{
+    /* Out of epoll first: the socket itself may stay open a while (it
+     * lingers until the client has every reply). */
+    epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    ps__lock(&srv->conns_lock);
+    list_unlink(srv, c);
+    ps__unlock(&srv->conns_lock);
+    ps__conn_end(c);
+    /* A poller of the shard may still hold a pointer from epoll_wait: the
+     * shard's next poller frees the object. */
+    _Atomic(ps_conn *) *grave = &srv->shards[c->shard].graves;
+    ps_conn *head = atomic_load_explicit(grave, memory_order_relaxed);
+    do
+        c->next = head;
+    while (!atomic_compare_exchange_weak_explicit(grave, &head, c, memory_order_release,
+                                                  memory_order_relaxed));
 }
 
 /* True when the connection waiting for what it wants (input, or room for
- * output) has waited past its deadline. */
+ * output) has waited past its deadline. Reads only atomics: the sweep
+ * calls it on connections it does not own. */
 static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 {
-    if (c->want_write)
-        return now - c->write_wait_ms >= (int64_t)srv->cfg.send_timeout * 1000;
+    if (atomic_load_explicit(&c->want_write, memory_order_relaxed))
+        return now - atomic_load_explicit(&c->write_wait_ms, memory_order_relaxed) >=
+               (int64_t)srv->cfg.send_timeout * 1000;
     return srv->cfg.idle_timeout > 0 &&
-           now - c->last_line_ms >= (int64_t)srv->cfg.idle_timeout * 1000;
+           now - ps__conn_last_line(c) >= (int64_t)srv->cfg.idle_timeout * 1000;
 }
 
 /* Counts, logs and closes a connection found past its deadline. */
-static void close_timed_out(ps_server *srv, ps_conn *c, bool linked)
+static void close_timed_out(ps_server *srv, ps_conn *c)
 {
-    if (c->want_write) {
+    if (atomic_load_explicit(&c->want_write, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
         ps_log_info("connection %llu from %s: not reading for %us, closing",
                     (unsigned long long)c->id, c->peer, srv->cfg.send_timeout);
@@ -131,32 +185,19 @@ static void close_timed_out(ps_server *srv, ps_conn *c, bool linked)
         ps_log_info("connection %llu from %s: idle for %us, closing",
                     (unsigned long long)c->id, c->peer, srv->cfg.idle_timeout);
     }
-    event_close(srv, c, linked);
+    event_close(srv, c);
 }
 
-/* Parks the connection, unless its deadline has passed: a client that
- * keeps the connection busy (trickling bytes, taking one byte of output at
- * a time) is seldom parked when the sweep looks, so the job checks too. */
-static void park_or_expire(ps_server *srv, ps_conn *c, bool want_write)
-{
-    c->want_write = want_write;
-    if (deadline_passed(srv, c, ps__now_ms())) {
-        close_timed_out(srv, c, true);
-        return;
-    }
-    park(srv, c, want_write);
-}
+enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE };
 
-/* The job: serve what the connection has now, then park it. */
-static void event_job(void *arg)
+/* Serves what the connection has now. Returns what it waits for next:
+ * input, room for output, its turn (read budget used up), or its close. */
+static int serve(ps_server *srv, ps_conn *c)
 {
-    ps_conn *c = arg;
-    ps_server *srv = c->srv;
-    bool close_after_flush = false;
-
     if (c->open_pending) {
         c->open_pending = false;
-        close_after_flush = ps__conn_open(c) != PS_CONTINUE;
+        if (ps__conn_open(c) != PS_CONTINUE)
+            c->closing = true;
     }
     for (int reads = 0;;) {
         size_t before = ps__conn_pending_output(c);
@@ -164,107 +205,211 @@ static void event_job(void *arg)
         if (f == -EAGAIN) {
             /* Backpressure: no input is read until the client takes its
              * replies. The send deadline restarts when bytes move. */
-            if (!c->want_write || ps__conn_pending_output(c) < before)
-                c->write_wait_ms = ps__now_ms();
-            park_or_expire(srv, c, true); /* when stopping, close_all flushes it */
-            return;
+            if (!atomic_load_explicit(&c->want_write, memory_order_relaxed) ||
+                ps__conn_pending_output(c) < before)
+                atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
+            atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
+            return SERVE_WRITE; /* when stopping, close_all flushes it */
         }
-        c->want_write = false;
-        if (f < 0 || close_after_flush)
-            break;
+        atomic_store_explicit(&c->want_write, false, memory_order_relaxed);
+        if (f < 0 || c->closing)
+            return SERVE_CLOSE;
         if (ps__conn_has_line(c)) {
-            close_after_flush = ps__conn_process(c) != PS_CONTINUE;
+            if (ps__conn_process(c) != PS_CONTINUE)
+                c->closing = true;
             continue;
         }
         if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
-            break; /* every line in hand is answered */
+            return SERVE_CLOSE; /* every line in hand is answered */
         /* After a short read the socket is empty: skip the read that would
-         * only say EAGAIN. After the budget, the connection goes back
-         * behind the others. Either way level-triggered epoll reports any
-         * input still waiting, so the poller queues it again at once. */
-        if ((reads > 0 && c->drained) || reads == PS__READ_BUDGET) {
-            ps__conn_shrink(c); /* an idle connection holds no buffers */
-            park_or_expire(srv, c, false);
-            return;
-        }
+         * only say EAGAIN (input arriving after it raises a new edge). Not
+         * when the event said the stream ended: that end, read after the
+         * last bytes, raises no edge of its own. */
+        if (reads > 0 && c->drained && !c->read_to_end)
+            return SERVE_READ;
+        if (reads == PS__READ_BUDGET)
+            return SERVE_BUDGET;
         reads++;
         ssize_t r = ps__conn_read(c);
-        if (r == -EAGAIN) {
-            ps__conn_shrink(c);
-            park_or_expire(srv, c, false);
-            return;
-        }
+        if (r == -EAGAIN)
+            return SERVE_READ;
         if (r <= 0)
-            break;
-        close_after_flush = ps__conn_process(c) != PS_CONTINUE;
+            return SERVE_CLOSE;
+        if (ps__conn_process(c) != PS_CONTINUE)
+            c->closing = true;
     }
-    event_close(srv, c, true);
+}
+
+/* Serves the connection until it waits, then lets go of it. Returns true
+ * when it used up its read budget: the caller still owns it and gives it
+ * another turn after the others. */
+static bool event_serve(ps_server *srv, ps_conn *c)
+{
+    for (;;) {
+        int r = serve(srv, c);
+        if (r == SERVE_CLOSE)
+            break;
+        /* An idle connection holds no buffers, and none of the worker's. */
+        if (ps__conn_shrink(c) < 0) {
+            ps_log_error("connection %llu from %s: out of memory, closing",
+                         (unsigned long long)c->id, c->peer);
+            break;
+        }
+        if (r == SERVE_BUDGET)
+            return true;
+        /* A client that keeps the connection busy (trickling bytes, taking
+         * one byte of output at a time) is seldom parked when the sweep
+         * looks, so the job checks the deadline too. */
+        if (deadline_passed(srv, c, ps__now_ms())) {
+            close_timed_out(srv, c);
+            return false;
+        }
+        if (let_go(srv, c))
+            return false;
+    }
+    event_close(srv, c);
+    return false;
 }
 
 int ps__event_take(ps_server *srv, ps_conn *c)
 {
-    /* The new connection is parked for "writable", which it is at once:
-     * the poller queues its opening job like any other, waiting for room
-     * in the queue instead of turning the client away when it is full. */
+    /* The new socket is writable at once: registering it raises the event
+     * that runs its opening job on a poller, like any other. */
     c->open_pending = true;
-    c->write_wait_ms = ps__now_ms();
+    c->borrow = true;
+    atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
+    atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
     c->shard = (unsigned)(c->id % srv->nshards);
+    atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
+    atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
     list_add(srv, c);
-    park(srv, c, true);
-    return 0;
+    struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
+    if (epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+        return 0;
+    int e = errno;
+    ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(e));
+    /* Never in epoll: unless the sweep took it (and will close it), it is
+     * the caller's to reject. */
+    if (!claim_parked(srv, c))
+        return 0;
+    ps__lock(&srv->conns_lock);
+    list_unlink(srv, c);
+    ps__unlock(&srv->conns_lock);
+    return -e;
 }
 
 /* Closes the shard's parked connections past their idle or send deadline.
- * The caller holds the shard: no other worker is between epoll_wait on it
- * and taking what it returned, so no event can hand a connection found
- * PARKED here to a worker while the sweep decides. */
+ * The caller holds the shard. */
 static void sweep(ps_server *srv, unsigned shard, int64_t now)
 {
-    ps_conn *expired = NULL;
+    ps_conn *mine[PS__BATCH];
+    int n = 0;
 
     ps__lock(&srv->conns_lock);
-    for (ps_conn *c = srv->conns, *next; c != NULL; c = next) {
-        next = c->next;
-        if (c->shard != shard ||
-            atomic_load_explicit(&c->state, memory_order_acquire) != CONN_PARKED)
-            continue;
-        ps__lock(&c->lock);
-        bool expire = false;
-        if (atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED)
-            expire = deadline_passed(srv, c, now);
-        if (expire) {
-            /* Out of epoll first: no event can hand it to a worker now. */
-            epoll_ctl(srv->epfds[c->shard], EPOLL_CTL_DEL, c->fd, NULL);
-            atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
-            atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-        }
-        ps__unlock(&c->lock);
-        if (expire) {
-            list_unlink(srv, c);
-            c->next = expired;
-            expired = c;
-        }
+    for (ps_conn *c = srv->conns; c != NULL && n < PS__BATCH; c = c->next) {
+        if (c->shard == shard &&
+            atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED &&
+            deadline_passed(srv, c, now) && claim_parked(srv, c))
+            mine[n++] = c;
     }
     ps__unlock(&srv->conns_lock);
 
-    while (expired != NULL) {
-        ps_conn *c = expired;
-        expired = c->next;
-        close_timed_out(srv, c, false);
+    for (int i = 0; i < n; i++) {
+        ps_conn *c = mine[i];
+        /* Owned now: the last owner's writes are visible, look again. */
+        if (deadline_passed(srv, c, now))
+            close_timed_out(srv, c);
+        else if (!let_go(srv, c))
+            while (event_serve(srv, c)) /* an event came in between */
+                ;
     }
 }
 
-/* The connections one poller call keeps for its own worker. */
+/* A worker's connections to serve, in order (a ring). */
 typedef struct event_batch {
-    int n;
-    ps_conn *conns[PS__BATCH];
+    ps_server *srv;
+    unsigned head, count;
+    struct {
+        ps_conn *conn;
+        bool turn; /* back after its read budget */
+    } at[PS__RING];
 } event_batch;
+
+static void batch_push(event_batch *b, ps_conn *c, bool turn)
+{
+    unsigned i = (b->head + b->count++) % PS__RING;
+    b->at[i].conn = c;
+    b->at[i].turn = turn;
+}
+
+/* Polls a shard the caller holds: claims what epoll_wait reports into b. */
+static void poll_shard(ps_server *srv, unsigned shard, event_batch *b, int timeout_ms)
+{
+    ps__shard *sh = &srv->shards[shard];
+    struct epoll_event evs[PS__BATCH];
+    int room = (int)(PS__RING - b->count);
+
+    reap(sh);
+    if (room > PS__BATCH)
+        room = PS__BATCH;
+    if (room == 0)
+        return;
+    int n = epoll_wait(sh->epfd, evs, room, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        ps_log_error("epoll_wait: %s", strerror(errno));
+    unsigned before = b->count;
+    for (int i = 0; i < n; i++) {
+        ps_conn *c = evs[i].data.ptr;
+        if (c == NULL || !claim(srv, c)) /* NULL: the stop signal */
+            continue;
+        /* An end of stream behind the input raises no edge of its own. */
+        c->read_to_end = (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+        batch_push(b, c, false);
+    }
+    if (b->count > before)
+        atomic_fetch_add_explicit(&srv->c.event_jobs, b->count - before, memory_order_relaxed);
+}
+
+static bool take_shard(ps_server *srv, unsigned shard)
+{
+    bool expected = false;
+    return atomic_compare_exchange_strong(&srv->shards[shard].taken, &expected, true);
+}
+
+static void release_shard(ps_server *srv, unsigned shard)
+{
+    atomic_store(&srv->shards[shard].taken, false);
+}
 
 static void event_batch_job(void *arg)
 {
     event_batch *b = arg;
-    for (int i = 0; i < b->n; i++)
-        event_job(b->conns[i]);
+    ps_server *srv = b->srv;
+    while (b->count > 0) {
+        ps_conn *c = b->at[b->head].conn;
+        bool turn = b->at[b->head].turn;
+        b->head = (b->head + 1) % PS__RING;
+        b->count--;
+        if (turn) {
+            /* Behind the others: those this worker holds, and those its
+             * shard has ready now, unless another worker polls it. */
+            if (take_shard(srv, c->shard)) {
+                poll_shard(srv, c->shard, b, 0);
+                release_shard(srv, c->shard);
+            }
+            if (b->count > 0) {
+                batch_push(b, c, false);
+                continue;
+            }
+        }
+        if (event_serve(srv, c)) {
+            if (b->count < PS__RING)
+                batch_push(b, c, true);
+            else
+                while (event_serve(srv, c)) /* no room: serve on */
+                    ;
+        }
+    }
 }
 
 int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
@@ -272,7 +417,6 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     /* Filled and run by the same worker, one batch at a time. */
     static _Thread_local event_batch batch;
     ps_server *srv = ctx;
-    struct epoll_event evs[PS__BATCH];
 
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
         return 0; /* the stop signal would wake epoll_wait at once */
@@ -282,35 +426,21 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     unsigned shard = (unsigned)(atomic_fetch_add_explicit(&srv->shard_next, 1,
                                                           memory_order_relaxed) %
                                 srv->nshards);
-    for (;; shard = (shard + 1) % srv->nshards) {
-        bool expected = false;
-        if (atomic_compare_exchange_weak(&srv->shard_taken[shard], &expected, true))
-            break;
-    }
-    int n = epoll_wait(srv->epfds[shard], evs, PS__BATCH, PS__SWEEP_MS);
-    if (n < 0 && errno != EINTR)
-        ps_log_error("epoll_wait: %s", strerror(errno));
-    batch.n = 0;
-    for (int i = 0; i < n; i++) {
-        ps_conn *c = evs[i].data.ptr;
-        if (c == NULL)
-            continue; /* the stop signal */
-        /* The exchange pairs with park()'s release store, so the worker
-         * that runs this job sees everything the last one wrote. */
-        atomic_exchange_explicit(&c->state, CONN_RUNNING, memory_order_acq_rel);
-        atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-        batch.conns[batch.n++] = c;
-    }
+    while (!take_shard(srv, shard))
+        shard = (shard + 1) % srv->nshards;
+    batch.srv = srv;
+    batch.head = batch.count = 0;
+    poll_shard(srv, shard, &batch, PS__SWEEP_MS);
+    ps__shard *sh = &srv->shards[shard];
     int64_t now = ps__now_ms();
-    if (now - srv->last_sweep_ms[shard] >= PS__SWEEP_MS) {
-        srv->last_sweep_ms[shard] = now;
+    if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {
+        sh->last_sweep_ms = now;
         sweep(srv, shard, now);
     }
     /* Another worker may wait on this shard while this one serves. */
-    atomic_store(&srv->shard_taken[shard], false);
-    if (batch.n == 0)
+    release_shard(srv, shard);
+    if (batch.count == 0)
         return 0;
-    atomic_fetch_add_explicit(&srv->c.event_jobs, (uint64_t)batch.n, memory_order_relaxed);
     *fn = event_batch_job;
     *arg = &batch;
     return 1;
@@ -338,22 +468,27 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
             ps__event_teardown(srv);
             return -e;
         }
-        srv->last_sweep_ms[srv->nshards] = ps__now_ms();
-        srv->epfds[srv->nshards++] = fd;
+        ps__shard *sh = &srv->shards[srv->nshards++];
+        sh->epfd = fd;
+        sh->last_sweep_ms = ps__now_ms();
+        atomic_init(&sh->taken, false);
+        atomic_init(&sh->graves, NULL);
     }
     return 0;
 }
 
 void ps__event_teardown(ps_server *srv)
 {
-    for (unsigned i = 0; i < srv->nshards; i++)
-        close(srv->epfds[i]);
+    for (unsigned i = 0; i < srv->nshards; i++) {
+        reap(&srv->shards[i]);
+        close(srv->shards[i].epfd);
+    }
     srv->nshards = 0;
 }
 
 void ps__event_close_all(ps_server *srv)
 {
-    /* Single-threaded now: every worker is gone. */
+    /* Single-threaded now: every worker is gone, every connection parked. */
     int64_t deadline = atomic_load(&srv->stop_deadline_ms);
     while (srv->conns != NULL) {
         ps_conn *c = srv->conns;
@@ -368,6 +503,9 @@ void ps__event_close_all(ps_server *srv)
         }
         if (atomic_load(&c->state) == CONN_PARKED)
             atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
+        epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
         ps__conn_close(c);
     }
+    for (unsigned i = 0; i < srv->nshards; i++)
+        reap(&srv->shards[i]);
 }

@@ -46,6 +46,16 @@ typedef struct ps__counters {
 } ps__counters;
 
 typedef struct ps__conn_thread ps__conn_thread;
+
+/* One epoll set of event mode and what belongs to it. */
+typedef struct ps__shard {
+    int epfd;
+    atomic_bool taken;       /* a worker polls it */
+    int64_t last_sweep_ms;   /* used by the taker only */
+    /* Closed connections a poller of the shard may still hold a pointer
+     * to; freed by the shard's next poller (see dispatch_event.c). */
+    _Atomic(struct ps_conn *) graves;
+} ps__shard;
 typedef struct ps__linger ps__linger;
 
 struct ps_server {
@@ -74,12 +84,9 @@ struct ps_server {
     bool started;
     bool stopped;
 
-    /* dispatch = event */
-    /* Connections are spread over shards, one epoll set each, so that as
-     * many workers as there are CPUs can wait for input at once. */
-    int epfds[PS__SHARDS_MAX];
-    atomic_bool shard_taken[PS__SHARDS_MAX]; /* a worker waits on it */
-    int64_t last_sweep_ms[PS__SHARDS_MAX];   /* used by the taker only */
+    /* dispatch = event: connections are spread over shards, one epoll set
+     * each, so that as many workers as there are CPUs can wait at once. */
+    ps__shard shards[PS__SHARDS_MAX];
     unsigned nshards;
     atomic_uint shard_next;      /* where the next poller starts looking */
     pthread_mutex_t conns_lock;  /* guards the list below */
@@ -134,21 +141,27 @@ struct ps_conn {
     void *data;
     /* Monotonic time of the last complete line (or of the open): the idle
      * deadline counts from it, so a client trickling bytes without a
-     * newline does not push its deadline forward. */
-    int64_t last_line_ms;
+     * newline does not push its deadline forward. Atomic (relaxed) because
+     * the event sweep reads it without owning the connection. */
+    _Atomic int64_t last_line_ms;
     char peer[PS__ADDR_MAX];
 
-    /* dispatch = event: who owns the connection now (see dispatch_event.c),
-     * guarded by `lock` against the timeout sweep. */
-    pthread_mutex_t lock;
+    /* dispatch = event: who owns the connection now (see dispatch_event.c). */
     atomic_int state;
-    bool want_write;        /* parked for EPOLLOUT, not EPOLLIN */
     bool open_pending;      /* on_open not run yet */
+    bool closing;           /* closes once its output is written */
+    bool read_to_end;       /* an end of stream may be waiting: read on */
     bool drained;           /* the last read took less than it asked for */
-    unsigned shard;         /* which epoll set it parks in */
-    int64_t write_wait_ms;  /* when output last stopped moving */
+    unsigned shard;         /* which epoll set it is registered in */
+    atomic_bool want_write; /* waits for room for output, not for input */
+    _Atomic int64_t write_wait_ms; /* when output last stopped moving */
     struct ps_conn *prev, *next; /* the server's list of event connections */
 
+    /* Event mode lends a worker's scratch buffers to the connection it
+     * serves, so that a request and its reply allocate nothing; what is
+     * left in them when the worker lets go is copied out (ps__conn_shrink). */
+    bool borrow;
+    bool in_borrowed, out_borrowed;
     /* Input: bytes [in_off, in_len) are unframed. */
     char *in;
     size_t in_off, in_len, in_cap;
@@ -165,6 +178,10 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
 /* Runs on_close (if opened), closes the socket through ps__linger_close
  * (FIN, never RST over undelivered replies), updates counters and frees. */
 void ps__conn_close(ps_conn *conn);
+
+/* ps__conn_close without freeing the object itself, for callers that must
+ * keep it readable a while longer (event mode; free() it later). */
+void ps__conn_end(ps_conn *conn);
 
 /* Calls the handler's on_open. Returns PS_CONTINUE or PS_CLOSE. */
 int ps__conn_open(ps_conn *conn);
@@ -190,8 +207,17 @@ int ps__conn_flush(ps_conn *conn);
 size_t ps__conn_pending_output(const ps_conn *conn);
 
 
-/* Releases buffer memory an idle connection does not need. */
-void ps__conn_shrink(ps_conn *conn);
+/* Called before the serving thread lets go of the connection: frees the
+ * buffers that hold nothing and moves what is left in borrowed scratch
+ * buffers into buffers of the connection's own. Returns 0, or -ENOMEM
+ * (the connection still holds the borrowed buffers: close it). */
+int ps__conn_shrink(ps_conn *conn);
+
+/* Last idle-deadline reference (ms); see last_line_ms. */
+static inline int64_t ps__conn_last_line(const ps_conn *c)
+{
+    return atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
+}
 
 /* ---- linger.c ---- */
 

@@ -209,6 +209,68 @@ static void test_half_close_gets_every_reply(void **state)
     ps_server_destroy(srv);
 }
 
+/* A handler whose "big" reply (4 MiB, more than the socket buffers take)
+ * closes the connection: it counts the lines it is given. */
+enum { BIG_REPLY = 4 * 1024 * 1024 };
+
+static atomic_int big_lines;
+
+static int big_on_line(ps_conn *c, const ps_line *line, void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&big_lines, 1);
+    if (line->len == 3 && memcmp(line->data, "big", 3) == 0) {
+        static char reply[BIG_REPLY];
+        memset(reply, 'x', sizeof reply - 1);
+        reply[sizeof reply - 1] = '\n';
+        ps_conn_send(c, reply, sizeof reply);
+        return PS_CLOSE;
+    }
+    ps_conn_send(c, "?\n", 2);
+    return PS_CONTINUE;
+}
+
+/* The handler asks to close with a reply the client is slow to take: the
+ * reply is written in full, then the connection closes, and the line sent
+ * after the closing one never reaches the handler (even though the reply
+ * had to wait for room while that line was already in hand). */
+static void test_close_after_a_reply_that_waits(void **state)
+{
+    (void)state;
+    static const ps_handler big = {.on_line = big_on_line};
+    ps_config cfg;
+    t_config(&cfg);
+    atomic_store(&big_lines, 0);
+    ps_server *srv = NULL;
+    assert_int_equal(ps_server_create(&srv, &cfg, &big, NULL), 0);
+    char err[256];
+    assert_int_equal(ps_server_start(srv, err, sizeof err), 0);
+    int fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "big\nafter\n"), 0);
+    usleep(200 * 1000); /* the reply fills the socket buffers and waits */
+    static char in[BIG_REPLY + 64];
+    size_t got = 0;
+    int end = -ETIMEDOUT;
+    int64_t deadline = t_now_ms() + T_MS;
+    while (got < sizeof in && t_now_ms() < deadline) {
+        if (!t_readable(fd, T_MS))
+            break;
+        ssize_t r = recv(fd, in + got, sizeof in - got, 0);
+        if (r <= 0) {
+            end = r == 0 ? 0 : -errno;
+            break;
+        }
+        got += (size_t)r;
+    }
+    assert_int_equal(end, 0);
+    assert_int_equal(got, BIG_REPLY);
+    assert_int_equal(in[BIG_REPLY - 1], '\n');
+    assert_int_equal(atomic_load(&big_lines), 1);
+    close(fd);
+    ps_server_destroy(srv);
+}
+
 /* 30 clients, 25 workers: 25 are greeted at once, 5 wait in the queue, and
  * one of those is served as soon as a served client leaves. */
 static void test_clients_wait_for_a_worker(void **state)
@@ -866,6 +928,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_line_too_long),
         cmocka_unit_test(test_pipelined_lines_in_order),
         cmocka_unit_test(test_half_close_gets_every_reply),
+        cmocka_unit_test(test_close_after_a_reply_that_waits),
         cmocka_unit_test(test_clients_wait_for_a_worker),
         cmocka_unit_test(test_queue_full_rejects_busy),
         cmocka_unit_test(test_max_connections),

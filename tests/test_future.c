@@ -20,95 +20,20 @@
 
 #include "poolsrv/future.h"
 #include "poolsrv/pool.h"
+#include "gate.h"
 
 #define WAIT_MS 5000
 
 /* ---- helpers ----------------------------------------------------------- */
 
-typedef struct sync {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;          /* CLOCK_MONOTONIC; broadcast on any change */
-    bool open;                  /* the gate */
-    unsigned entered;           /* gated functions that reached the gate */
-    unsigned calls;             /* callbacks run */
-    atomic_uint errors;         /* worker-side problems, checked by the test */
-} sync_t;
-
-static void sync_init(sync_t *s)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, &a);
-    pthread_condattr_destroy(&a);
-    s->open = false;
-    s->entered = 0;
-    s->calls = 0;
-    atomic_init(&s->errors, 0);
-}
-
-static void sync_fini(sync_t *s)
-{
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-}
-
-static struct timespec deadline_in(long ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
-/* Waits up to WAIT_MS for *field >= want; true if reached. */
-static bool sync_wait(sync_t *s, const unsigned *field, unsigned want)
-{
-    struct timespec dl = deadline_in(WAIT_MS);
-    pthread_mutex_lock(&s->mu);
-    while (*field < want) {
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT)
-            break;
-    }
-    bool ok = *field >= want;
-    pthread_mutex_unlock(&s->mu);
-    return ok;
-}
-
-static void sync_open(sync_t *s)
-{
-    pthread_mutex_lock(&s->mu);
-    s->open = true;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
-
-/* Called with s->mu held: waits (bounded) for the gate. */
-static void pass_gate_locked(sync_t *s)
-{
-    struct timespec dl = deadline_in(2 * WAIT_MS);
-    while (!s->open) {
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
-            atomic_fetch_add(&s->errors, 1);
-            return;
-        }
-    }
-}
-
 /* Async fn: arrive, wait for the gate, return the sync as the result. */
 static void *gate_fn(void *arg)
 {
-    sync_t *s = arg;
+    t_gate *s = arg;
     pthread_mutex_lock(&s->mu);
     s->entered++;
     pthread_cond_broadcast(&s->cv);
-    pass_gate_locked(s);
+    t_gate_pass_locked(s, 2 * WAIT_MS);
     pthread_mutex_unlock(&s->mu);
     return s;
 }
@@ -120,13 +45,13 @@ static void *triple_fn(void *arg)
 
 typedef struct blocked_begin {
     ps_pool *pool;
-    sync_t *s;
+    t_gate *s;
     ps_future *f;
     int rc;
 } blocked_begin_t;
 
 typedef struct end_rec {
-    sync_t *s;
+    t_gate *s;
     int rc, rc_again;
     void *res;
 } end_rec;
@@ -134,7 +59,7 @@ typedef struct end_rec {
 /* Per-test state on the heap: it outlives the test function, so workers and
  * helpers still running after a failed assert never touch a dead frame. */
 typedef struct fx {
-    sync_t s;
+    t_gate s;
     ps_pool *pool;              /* destroyed by teardown unless NULL */
     blocked_begin_t bb;
     end_rec er;
@@ -147,7 +72,7 @@ static int fx_setup(void **state)
     fx_t *fx = calloc(1, sizeof(*fx));
     if (fx == NULL)
         return -1;
-    sync_init(&fx->s);
+    t_gate_init(&fx->s);
     *state = fx;
     return 0;
 }
@@ -162,10 +87,10 @@ static void fx_join(fx_t *fx)
 static int fx_teardown(void **state)
 {
     fx_t *fx = *state;
-    sync_open(&fx->s);
+    t_gate_open(&fx->s);
     fx_join(fx);
     ps_pool_destroy(fx->pool);  /* also frees futures the test left */
-    sync_fini(&fx->s);
+    t_gate_fini(&fx->s);
     free(fx);
     return 0;
 }
@@ -338,13 +263,13 @@ static void test_many_concurrent_futures(void **state)
 static void test_wait_times_out_before_completion(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 4);
     ps_future *f = NULL;
     void *res = NULL;
 
     assert_int_equal(ps_future_begin(&f, pool, gate_fn, s, NULL, NULL), 0);
-    assert_true(sync_wait(s, &s->entered, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
 
     assert_int_equal(ps_future_wait(f, 0), -ETIMEDOUT);
     assert_int_equal(ps_future_wait(f, 50), -ETIMEDOUT);
@@ -354,7 +279,7 @@ static void test_wait_times_out_before_completion(void **state)
     assert_int_equal(st.futures_begun, 1);
     assert_int_equal(st.futures_completed, 0);
 
-    sync_open(s);
+    t_gate_open(s);
     assert_int_equal(ps_future_wait(f, WAIT_MS), 0);
     assert_true(ps_future_is_completed(f));
     ps_pool_get_stats(pool, &st);
@@ -369,7 +294,7 @@ static void test_wait_times_out_before_completion(void **state)
 #define CB_FUTURES 100
 
 typedef struct cb_rec {
-    sync_t *s;
+    t_gate *s;
     ps_future *handle;          /* as returned by begin (set before the job) */
     unsigned calls;
     bool saw_completed;
@@ -385,7 +310,7 @@ static void record_cb(ps_future *f, void *state)
     r->seen_state = ps_future_state(f);
     r->saw_completed = ps_future_is_completed(f);
     r->saw_handle = (f == r->handle);
-    r->s->calls++;
+    r->s->done++;
     pthread_cond_broadcast(&r->s->cv);
     pthread_mutex_unlock(&r->s->mu);
 }
@@ -393,7 +318,7 @@ static void record_cb(ps_future *f, void *state)
 static void test_callback_runs_once_with_state(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 3, 16);
     static cb_rec recs[CB_FUTURES];
 
@@ -402,7 +327,7 @@ static void test_callback_runs_once_with_state(void **state)
         assert_int_equal(ps_future_begin(&recs[i].handle, pool, triple_fn,
                                          (void *)i, record_cb, &recs[i]), 0);
     }
-    assert_true(sync_wait(s, &s->calls, CB_FUTURES));
+    assert_true(t_gate_wait(s, &s->done, CB_FUTURES, WAIT_MS));
     for (uintptr_t i = 0; i < CB_FUTURES; i++) {
         void *res = NULL;
         assert_int_equal(ps_future_end(&recs[i].handle, &res), 0);
@@ -411,7 +336,7 @@ static void test_callback_runs_once_with_state(void **state)
     ps_pool_destroy(pool); /* every callback has returned now */
     fx->pool = NULL;
 
-    assert_int_equal(s->calls, CB_FUTURES);
+    assert_int_equal(s->done, CB_FUTURES);
     for (int i = 0; i < CB_FUTURES; i++) {
         assert_int_equal(recs[i].calls, 1);
         assert_ptr_equal(recs[i].seen_state, &recs[i]);
@@ -431,7 +356,7 @@ static void end_in_cb(ps_future *f, void *state)
     r->rc = rc;
     r->rc_again = again;
     r->res = res;
-    r->s->calls++;
+    r->s->done++;
     pthread_cond_broadcast(&r->s->cv);
     pthread_mutex_unlock(&r->s->mu);
 }
@@ -439,7 +364,7 @@ static void end_in_cb(ps_future *f, void *state)
 static void test_end_from_callback(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 2, 8);
     end_rec *r = &fx->er;
     ps_future *f = NULL;
@@ -448,7 +373,7 @@ static void test_end_from_callback(void **state)
     assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)5, end_in_cb,
                                      r), 0);
     f = NULL; /* the callback owns the end; the handle is not ours to use */
-    assert_true(sync_wait(s, &s->calls, 1));
+    assert_true(t_gate_wait(s, &s->done, 1, WAIT_MS));
     ps_pool_destroy(pool);
     fx->pool = NULL;
 
@@ -462,14 +387,14 @@ static void test_end_from_callback(void **state)
  * the callback. */
 static void gated_cb(ps_future *f, void *state)
 {
-    sync_t *s = state;
+    t_gate *s = state;
     pthread_mutex_lock(&s->mu);
     s->entered++;
     pthread_cond_broadcast(&s->cv);
-    pass_gate_locked(s);
+    t_gate_pass_locked(s, 2 * WAIT_MS);
     if (ps_future_state(f) != s || !ps_future_is_completed(f))
         atomic_fetch_add(&s->errors, 1);
-    s->calls++;
+    s->done++;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -477,20 +402,20 @@ static void gated_cb(ps_future *f, void *state)
 static void test_end_while_callback_runs(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 4);
     ps_future *f = NULL;
     void *res = NULL;
 
     assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)7, gated_cb,
                                      s), 0);
-    assert_true(sync_wait(s, &s->entered, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     assert_true(ps_future_is_completed(f));
     assert_int_equal(ps_future_end(&f, &res), 0); /* callback still running */
     assert_int_equal((uintptr_t)res, 21);
 
-    sync_open(s);
-    assert_true(sync_wait(s, &s->calls, 1));
+    t_gate_open(s);
+    assert_true(t_gate_wait(s, &s->done, 1, WAIT_MS));
     ps_pool_destroy(pool);
     fx->pool = NULL;
     assert_int_equal(atomic_load(&s->errors), 0);
@@ -501,12 +426,12 @@ static void test_end_while_callback_runs(void **state)
 static void test_try_begin_full_queue(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 1);
     ps_future *gated = NULL, *queued = NULL, *refused = (ps_future *)s;
 
     assert_int_equal(ps_future_begin(&gated, pool, gate_fn, s, NULL, NULL), 0);
-    assert_true(sync_wait(s, &s->entered, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     assert_int_equal(ps_future_try_begin(&queued, pool, triple_fn, (void *)3,
                                          NULL, NULL), 0);
     assert_int_equal(ps_future_try_begin(&refused, pool, triple_fn, (void *)4,
@@ -518,7 +443,7 @@ static void test_try_begin_full_queue(void **state)
     assert_int_equal(st.rejected, 1);
     assert_int_equal(st.futures_begun, 2); /* the refused one is not begun */
 
-    sync_open(s);
+    t_gate_open(s);
     void *res = NULL;
     assert_int_equal(ps_future_end(&queued, &res), 0);
     assert_int_equal((uintptr_t)res, 9);
@@ -535,7 +460,7 @@ static void *blocked_begin_main(void *arg)
     pthread_mutex_lock(&b->s->mu);
     b->rc = rc;
     b->f = f;
-    b->s->calls++;
+    b->s->done++;
     pthread_cond_broadcast(&b->s->cv);
     pthread_mutex_unlock(&b->s->mu);
     return NULL;
@@ -544,12 +469,12 @@ static void *blocked_begin_main(void *arg)
 static void test_begin_after_shutdown(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 1);
     ps_future *gated = NULL, *queued = NULL, *late = (ps_future *)s;
 
     assert_int_equal(ps_future_begin(&gated, pool, gate_fn, s, NULL, NULL), 0);
-    assert_true(sync_wait(s, &s->entered, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     assert_int_equal(ps_future_begin(&queued, pool, triple_fn, (void *)1, NULL,
                                      NULL), 0);
 
@@ -562,7 +487,7 @@ static void test_begin_after_shutdown(void **state)
     assert_int_equal(ps_future_begin(&late, pool, triple_fn, NULL, NULL, NULL),
                      PS_ESHUTDOWN);
     assert_null(late);
-    assert_true(sync_wait(s, &s->calls, 1));
+    assert_true(t_gate_wait(s, &s->done, 1, WAIT_MS));
     pthread_mutex_lock(&s->mu);
     int brc = b->rc;
     ps_future *bf = b->f;
@@ -571,7 +496,7 @@ static void test_begin_after_shutdown(void **state)
     assert_null(bf);
 
     /* gated and queued are never ended: destroy runs and frees them. */
-    sync_open(s);
+    t_gate_open(s);
     fx_join(fx);
     assert_int_equal(atomic_load(&s->errors), 0);
 }
@@ -589,7 +514,7 @@ static void record_end_cb(ps_future *f, void *state)
 static void test_destroy_with_unended_futures(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     /* 60 queued exactly fill the ring: fx_start_destroy needs a full queue. */
     ps_pool *pool = fx_pool(fx, 2, 60);
     static cb_rec recs[40];
@@ -598,7 +523,7 @@ static void test_destroy_with_unended_futures(void **state)
     for (int i = 0; i < 2; i++)
         assert_int_equal(ps_future_begin(&gated[i], pool, gate_fn, s, NULL,
                                          NULL), 0);
-    assert_true(sync_wait(s, &s->entered, 2));
+    assert_true(t_gate_wait(s, &s->entered, 2, WAIT_MS));
     /* Queued behind the gate: with a recording callback, with one that
      * ends the future, and without a callback. None ended by the test. */
     for (uintptr_t i = 0; i < 40; i++) {
@@ -619,12 +544,12 @@ static void test_destroy_with_unended_futures(void **state)
 
     /* destroy begins with every future unfinished, then drains them. */
     assert_true(fx_start_destroy(fx));
-    sync_open(s);
+    t_gate_open(s);
     fx_join(fx);
 
     /* Every job ran, every callback ran once; the never-ended futures were
      * freed by destroy (LeakSanitizer checks at exit). */
-    assert_int_equal(s->calls, 40);
+    assert_int_equal(s->done, 40);
     for (int i = 0; i < 40; i++) {
         assert_int_equal(recs[i].calls, 1);
         assert_true(recs[i].saw_completed);

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "poolsrv/pool.h"
+#include "gate.h"
 
 #define WAIT_MS 5000
 /* How long a submit must stay blocked to count as "blocked". Only a
@@ -29,100 +30,15 @@
 
 /* ---- helpers ----------------------------------------------------------- */
 
-/* A gate jobs wait behind, plus counters the test waits on. */
-typedef struct sync {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;          /* CLOCK_MONOTONIC; broadcast on any change */
-    bool open;
-    unsigned entered;           /* gate jobs that reached the gate */
-    unsigned done;              /* jobs finished (gate or counting) */
-    atomic_uint errors;         /* a worker-side wait timed out */
-} sync_t;
-
-static void sync_init(sync_t *s)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, &a);
-    pthread_condattr_destroy(&a);
-    s->open = false;
-    s->entered = 0;
-    s->done = 0;
-    atomic_init(&s->errors, 0);
-}
-
-static void sync_fini(sync_t *s)
-{
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-}
-
-static struct timespec deadline_in(long ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
-/* Waits (s->mu held) until *field >= want or ms pass; true if reached. */
-static bool wait_at_least(sync_t *s, const unsigned *field, unsigned want,
-                          long ms)
-{
-    struct timespec dl = deadline_in(ms);
-    while (*field < want) {
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT)
-            return *field >= want;
-    }
-    return true;
-}
-
-static bool sync_wait_entered(sync_t *s, unsigned want)
-{
-    pthread_mutex_lock(&s->mu);
-    bool ok = wait_at_least(s, &s->entered, want, WAIT_MS);
-    pthread_mutex_unlock(&s->mu);
-    return ok;
-}
-
-static bool sync_wait_done(sync_t *s, unsigned want)
-{
-    pthread_mutex_lock(&s->mu);
-    bool ok = wait_at_least(s, &s->done, want, WAIT_MS);
-    pthread_mutex_unlock(&s->mu);
-    return ok;
-}
-
-static void sync_open(sync_t *s)
-{
-    pthread_mutex_lock(&s->mu);
-    s->open = true;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
-
 /* Job: announce arrival, wait for the gate (bounded), count as done. */
 static void gate_job(void *arg)
 {
-    sync_t *s = arg;
-    struct timespec dl = deadline_in(2 * WAIT_MS);
+    t_gate *s = arg;
 
     pthread_mutex_lock(&s->mu);
     s->entered++;
     pthread_cond_broadcast(&s->cv);
-    while (!s->open) {
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
-            atomic_fetch_add(&s->errors, 1);
-            break;
-        }
-    }
+    t_gate_pass_locked(s, 2 * WAIT_MS);
     s->done++;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -131,7 +47,7 @@ static void gate_job(void *arg)
 /* Job: count as done. */
 static void count_job(void *arg)
 {
-    sync_t *s = arg;
+    t_gate *s = arg;
     pthread_mutex_lock(&s->mu);
     s->done++;
     pthread_cond_broadcast(&s->cv);
@@ -161,7 +77,7 @@ static bool wait_busy(ps_pool *pool, unsigned want)
 /* A thread that calls submit (blocking) and reports when it returned. */
 typedef struct submitter {
     ps_pool *pool;
-    sync_t *s;                  /* reports through s->mu / s->cv */
+    t_gate *s;                  /* reports through s->mu / s->cv */
     ps_job_fn fn;
     void *arg;
     bool returned;
@@ -171,7 +87,7 @@ typedef struct submitter {
 /* Per-test state on the heap: it outlives the test function, so threads
  * still running after a failed assert never touch a dead stack frame. */
 typedef struct fx {
-    sync_t s;
+    t_gate s;
     ps_pool *pool;              /* destroyed by teardown unless NULL */
     submitter_t sub;
     pthread_t threads[8];       /* helper threads teardown joins */
@@ -184,7 +100,7 @@ static int fx_setup(void **state)
     fx_t *fx = calloc(1, sizeof(*fx));
     if (fx == NULL)
         return -1;
-    sync_init(&fx->s);
+    t_gate_init(&fx->s);
     atomic_init(&fx->stop, false);
     *state = fx;
     return 0;
@@ -201,10 +117,10 @@ static int fx_teardown(void **state)
 {
     fx_t *fx = *state;
     atomic_store(&fx->stop, true);
-    sync_open(&fx->s);          /* frees gated workers and, with them, slots */
+    t_gate_open(&fx->s);          /* frees gated workers and, with them, slots */
     fx_join(fx);                /* includes a destroyer thread, if any */
     ps_pool_destroy(fx->pool);  /* releases a submitter still blocked */
-    sync_fini(&fx->s);
+    t_gate_fini(&fx->s);
     free(fx);
     return 0;
 }
@@ -267,7 +183,7 @@ static submitter_t *fx_submitter(fx_t *fx, ps_job_fn fn, void *arg)
 /* Waits up to ms for the submitter to return; true if it did. */
 static bool submitter_wait(submitter_t *t, long ms)
 {
-    struct timespec dl = deadline_in(ms);
+    struct timespec dl = t_deadline_in(ms);
     pthread_mutex_lock(&t->s->mu);
     while (!t->returned) {
         if (pthread_cond_timedwait(&t->s->cv, &t->s->mu, &dl) == ETIMEDOUT)
@@ -314,13 +230,13 @@ static void test_create_bad_opts(void **state)
 static void test_jobs_run_counters_add_up(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 8);
     ps_pool_stats st;
 
     /* One worker held at the gate, five jobs queued behind it. */
     assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
-    assert_true(sync_wait_entered(s, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     for (int i = 0; i < 5; i++)
         assert_int_equal(ps_pool_submit(pool, count_job, s), 0);
 
@@ -331,8 +247,8 @@ static void test_jobs_run_counters_add_up(void **state)
     assert_int_equal(st.queue_depth, 5);
     assert_int_equal(st.submitted, st.completed + st.queue_depth + st.busy_threads);
 
-    sync_open(s);
-    assert_true(sync_wait_done(s, 6));
+    t_gate_open(s);
+    assert_true(t_gate_wait(s, &s->done, 6, WAIT_MS));
     assert_true(wait_busy(pool, 0));
     ps_pool_get_stats(pool, &st);
     assert_int_equal(st.submitted, 6);
@@ -344,7 +260,7 @@ static void test_jobs_run_counters_add_up(void **state)
     pool = fx_pool(fx, 4, 16);
     for (int i = 0; i < 1000; i++)
         assert_int_equal(ps_pool_submit(pool, count_job, s), 0);
-    assert_true(sync_wait_done(s, 1006));
+    assert_true(t_gate_wait(s, &s->done, 1006, WAIT_MS));
     assert_true(wait_busy(pool, 0));
     ps_pool_get_stats(pool, &st);
     assert_int_equal(st.submitted, 1000);
@@ -356,13 +272,13 @@ static void test_jobs_run_counters_add_up(void **state)
 static void test_try_submit_full_queue(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 2, 4);
     ps_pool_stats st;
 
     assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
     assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
-    assert_true(sync_wait_entered(s, 2));
+    assert_true(t_gate_wait(s, &s->entered, 2, WAIT_MS));
     for (int i = 0; i < 4; i++)
         assert_int_equal(ps_pool_try_submit(pool, count_job, s), 0);
 
@@ -376,11 +292,11 @@ static void test_try_submit_full_queue(void **state)
     assert_int_equal(st.queue_depth, 4);
     assert_int_equal(st.available_threads, 0);
 
-    sync_open(s);
-    assert_true(sync_wait_done(s, 6));
+    t_gate_open(s);
+    assert_true(t_gate_wait(s, &s->done, 6, WAIT_MS));
     /* Room again: try_submit accepts. */
     assert_int_equal(ps_pool_try_submit(pool, count_job, s), 0);
-    assert_true(sync_wait_done(s, 7));
+    assert_true(t_gate_wait(s, &s->done, 7, WAIT_MS));
     ps_pool_get_stats(pool, &st);
     assert_int_equal(st.rejected, 2);
     assert_int_equal(st.submitted, 7);
@@ -390,34 +306,34 @@ static void test_try_submit_full_queue(void **state)
 static void test_submit_blocks_while_full(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 1);
 
     assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
-    assert_true(sync_wait_entered(s, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     assert_int_equal(ps_pool_submit(pool, count_job, s), 0); /* fills it */
 
     submitter_t *t = fx_submitter(fx, count_job, s);
     /* The gate is closed, so no slot can free: the submit must not return. */
     assert_false(submitter_wait(t, BLOCKED_MS));
 
-    sync_open(s);
+    t_gate_open(s);
     assert_true(submitter_wait(t, WAIT_MS));
     assert_int_equal(t->rc, 0);
-    assert_true(sync_wait_done(s, 3));
+    assert_true(t_gate_wait(s, &s->done, 3, WAIT_MS));
     assert_int_equal(atomic_load(&s->errors), 0);
 }
 
 static void test_busy_and_available_threads(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 4, 8);
     ps_pool_stats st;
 
     for (int i = 0; i < 3; i++)
         assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
-    assert_true(sync_wait_entered(s, 3));
+    assert_true(t_gate_wait(s, &s->entered, 3, WAIT_MS));
 
     ps_pool_get_stats(pool, &st);
     assert_int_equal(st.max_threads, 4);
@@ -426,8 +342,8 @@ static void test_busy_and_available_threads(void **state)
     assert_int_equal(ps_pool_available_threads(pool), 1);
     assert_int_equal(ps_pool_max_threads(pool), 4);
 
-    sync_open(s);
-    assert_true(sync_wait_done(s, 3));
+    t_gate_open(s);
+    assert_true(t_gate_wait(s, &s->done, 3, WAIT_MS));
     assert_true(wait_busy(pool, 0));
     assert_int_equal(ps_pool_available_threads(pool), 4);
     assert_int_equal(atomic_load(&s->errors), 0);
@@ -438,11 +354,11 @@ static void test_busy_and_available_threads(void **state)
 static void test_destroy_drains_and_refuses(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 50);
 
     assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
-    assert_true(sync_wait_entered(s, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     for (int i = 0; i < 50; i++)
         assert_int_equal(ps_pool_submit(pool, count_job, s), 0);
 
@@ -466,7 +382,7 @@ static void test_destroy_drains_and_refuses(void **state)
     pthread_mutex_unlock(&s->mu);
     assert_int_equal(done_before, 0);
 
-    sync_open(s);
+    t_gate_open(s);
     fx_join(fx);
     /* destroy returned: every queued job ran. */
     assert_int_equal(s->done, 51);
@@ -476,11 +392,11 @@ static void test_destroy_drains_and_refuses(void **state)
 static void test_destroy_releases_blocked_submitter(void **state)
 {
     fx_t *fx = *state;
-    sync_t *s = &fx->s;
+    t_gate *s = &fx->s;
     ps_pool *pool = fx_pool(fx, 1, 1);
 
     assert_int_equal(ps_pool_submit(pool, gate_job, s), 0);
-    assert_true(sync_wait_entered(s, 1));
+    assert_true(t_gate_wait(s, &s->entered, 1, WAIT_MS));
     assert_int_equal(ps_pool_submit(pool, count_job, s), 0);
 
     submitter_t *t = fx_submitter(fx, count_job, s);
@@ -491,7 +407,7 @@ static void test_destroy_releases_blocked_submitter(void **state)
     assert_true(submitter_wait(t, WAIT_MS));
     assert_int_equal(t->rc, PS_ESHUTDOWN);
 
-    sync_open(s);
+    t_gate_open(s);
     fx_join(fx);
     assert_int_equal(s->done, 2); /* gate + the queued job; not the refused one */
     assert_int_equal(atomic_load(&s->errors), 0);
@@ -538,8 +454,8 @@ static void *watch_main(void *arg)
 {
     watcher_t *w = arg;
     const uint64_t total = (uint64_t)SUBMITTERS * JOBS_PER_SUBMITTER;
-    const time_t give_up = deadline_in(6 * WAIT_MS).tv_sec;
-    while (!atomic_load(w->stop) && deadline_in(0).tv_sec < give_up) {
+    const time_t give_up = t_deadline_in(6 * WAIT_MS).tv_sec;
+    while (!atomic_load(w->stop) && t_deadline_in(0).tv_sec < give_up) {
         ps_pool_stats st;
         ps_pool_get_stats(w->pool, &st);
         if (st.busy_threads > st.max_threads ||

@@ -17,8 +17,9 @@
  * itself (leader/followers). Connections are spread over one epoll set per
  * CPU, so that many workers poll at once. That saves a thread hand-off per
  * request, the largest cost of a separate poller thread; the pool's queue
- * carries only connections that used up their read budget (the epoll
- * ready lists play its part otherwise).
+ * carries no jobs in this mode (the epoll ready lists play its part). A
+ * connection that used up its read budget gets its next turn from the same
+ * worker, after what that worker holds and what its shard has ready.
  *
  * A poller may hold a pointer from epoll_wait to a connection that its
  * owner is closing. So a closed connection leaves epoll first and its

@@ -270,40 +270,33 @@ int ps__conn_flush(ps_conn *c)
     return -EAGAIN;
 }
 
+/* One buffer of ps__conn_shrink: freed when empty; what is left in a
+ * borrowed one moves into a buffer of the connection's own. */
+static int shrink_buffer(char **buf, size_t *off, size_t *len, size_t *cap, bool *borrowed)
+{
+    if (*len == *off) {
+        if (!*borrowed)
+            free(*buf);
+        *buf = NULL;
+        *off = *len = *cap = 0;
+    } else if (*borrowed) {
+        size_t keep = *len - *off;
+        char *p = move_to_own(*buf, *off, *len, keep, true);
+        if (p == NULL)
+            return -ENOMEM;
+        *buf = p;
+        *off = 0;
+        *len = *cap = keep;
+    }
+    *borrowed = false;
+    return 0;
+}
+
 int ps__conn_shrink(ps_conn *c)
 {
-    if (c->in_len == c->in_off) {
-        if (!c->in_borrowed)
-            free(c->in);
-        c->in = NULL;
-        c->in_off = c->in_len = c->in_cap = 0;
-        c->in_borrowed = false;
-    } else if (c->in_borrowed) {
-        /* A partial line: keep it, in a buffer of the connection's own. */
-        size_t keep = c->in_len - c->in_off;
-        char *p = move_to_own(c->in, c->in_off, c->in_len, keep, true);
-        if (p == NULL)
-            return -ENOMEM;
-        c->in = p;
-        c->in_off = 0;
-        c->in_len = c->in_cap = keep;
-        c->in_borrowed = false;
-    }
-    if (c->out_len == c->out_off) {
-        if (!c->out_borrowed)
-            free(c->out);
-        c->out = NULL;
-        c->out_off = c->out_len = c->out_cap = 0;
-        c->out_borrowed = false;
-    } else if (c->out_borrowed) {
-        size_t keep = c->out_len - c->out_off;
-        char *p = move_to_own(c->out, c->out_off, c->out_len, keep, true);
-        if (p == NULL)
-            return -ENOMEM;
-        c->out = p;
-        c->out_off = 0;
-        c->out_len = c->out_cap = keep;
-        c->out_borrowed = false;
-    }
-    return 0;
+    /* A partial line, or replies waiting for room, stay. */
+    int rc = shrink_buffer(&c->in, &c->in_off, &c->in_len, &c->in_cap, &c->in_borrowed);
+    if (rc == 0)
+        rc = shrink_buffer(&c->out, &c->out_off, &c->out_len, &c->out_cap, &c->out_borrowed);
+    return rc;
 }

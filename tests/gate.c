@@ -2,6 +2,8 @@
 
 #include <errno.h>
 
+#include "poolsrv/pool.h"
+
 void t_gate_init(t_gate *g)
 {
     pthread_condattr_t a;
@@ -65,4 +67,27 @@ void t_gate_pass_locked(t_gate *g, long ms)
             return;
         }
     }
+}
+
+bool t_threads_spawn(t_threads *ts, void *(*fn)(void *), void *arg)
+{
+    if (ts->n == sizeof ts->t / sizeof ts->t[0])
+        return false;
+    if (pthread_create(&ts->t[ts->n], NULL, fn, arg) != 0)
+        return false;
+    ts->n++;
+    return true;
+}
+
+void t_threads_join(t_threads *ts)
+{
+    for (unsigned i = 0; i < ts->n; i++)
+        pthread_join(ts->t[i], NULL);
+    ts->n = 0;
+}
+
+void *t_pool_destroyer(void *pool)
+{
+    ps_pool_destroy(pool);
+    return NULL;
 }

@@ -63,8 +63,7 @@ typedef struct fx {
     ps_pool *pool;              /* destroyed by teardown unless NULL */
     blocked_begin_t bb;
     end_rec er;
-    pthread_t threads[8];       /* helper threads teardown joins */
-    unsigned nthreads;
+    t_threads threads;          /* helper threads teardown joins */
 } fx_t;
 
 static int fx_setup(void **state)
@@ -79,9 +78,7 @@ static int fx_setup(void **state)
 
 static void fx_join(fx_t *fx)
 {
-    for (unsigned i = 0; i < fx->nthreads; i++)
-        pthread_join(fx->threads[i], NULL);
-    fx->nthreads = 0;
+    t_threads_join(&fx->threads);
 }
 
 static int fx_teardown(void **state)
@@ -97,10 +94,7 @@ static int fx_teardown(void **state)
 
 static void fx_spawn(fx_t *fx, void *(*fn)(void *), void *arg)
 {
-    assert_true(fx->nthreads < sizeof(fx->threads) / sizeof(fx->threads[0]));
-    assert_int_equal(pthread_create(&fx->threads[fx->nthreads], NULL, fn, arg),
-                     0);
-    fx->nthreads++;
+    assert_true(t_threads_spawn(&fx->threads, fn, arg));
 }
 
 static ps_pool *fx_pool(fx_t *fx, unsigned workers, size_t cap)
@@ -111,12 +105,6 @@ static ps_pool *fx_pool(fx_t *fx, unsigned workers, size_t cap)
     return fx->pool;
 }
 
-static void *destroyer_main(void *arg)
-{
-    ps_pool_destroy(arg);
-    return NULL;
-}
-
 /* Starts destroy on a helper thread (which now owns the pool) and returns
  * once it has begun, seen as try_begin turning from PS_EFULL into
  * PS_ESHUTDOWN. The queue must be full and a gate must hold the workers, so
@@ -125,7 +113,7 @@ static bool fx_start_destroy(fx_t *fx)
 {
     ps_pool *pool = fx->pool;
     fx->pool = NULL;
-    fx_spawn(fx, destroyer_main, pool);
+    fx_spawn(fx, t_pool_destroyer, pool);
     struct timespec step = { 0, 1000000L };
     for (int i = 0; i < WAIT_MS; i++) {
         ps_future *f = (ps_future *)&f;

@@ -90,8 +90,7 @@ typedef struct fx {
     t_gate s;
     ps_pool *pool;              /* destroyed by teardown unless NULL */
     submitter_t sub;
-    pthread_t threads[8];       /* helper threads teardown joins */
-    unsigned nthreads;
+    t_threads threads;          /* helper threads teardown joins */
     atomic_bool stop;           /* tells looping helpers to finish */
 } fx_t;
 
@@ -108,9 +107,7 @@ static int fx_setup(void **state)
 
 static void fx_join(fx_t *fx)
 {
-    for (unsigned i = 0; i < fx->nthreads; i++)
-        pthread_join(fx->threads[i], NULL);
-    fx->nthreads = 0;
+    t_threads_join(&fx->threads);
 }
 
 static int fx_teardown(void **state)
@@ -127,10 +124,7 @@ static int fx_teardown(void **state)
 
 static void fx_spawn(fx_t *fx, void *(*fn)(void *), void *arg)
 {
-    assert_true(fx->nthreads < sizeof(fx->threads) / sizeof(fx->threads[0]));
-    assert_int_equal(pthread_create(&fx->threads[fx->nthreads], NULL, fn, arg),
-                     0);
-    fx->nthreads++;
+    assert_true(t_threads_spawn(&fx->threads, fn, arg));
 }
 
 /* Replaces the fixture's pool with a new one. */
@@ -144,19 +138,13 @@ static ps_pool *fx_pool(fx_t *fx, unsigned workers, size_t cap)
     return fx->pool;
 }
 
-static void *destroyer_main(void *arg)
-{
-    ps_pool_destroy(arg);
-    return NULL;
-}
-
 /* Starts ps_pool_destroy on a helper thread, which now owns the pool. The
  * returned pointer stays valid while a gate holds a worker. */
 static ps_pool *fx_destroy_async(fx_t *fx)
 {
     ps_pool *pool = fx->pool;
     fx->pool = NULL;
-    fx_spawn(fx, destroyer_main, pool);
+    fx_spawn(fx, t_pool_destroyer, pool);
     return pool;
 }
 

@@ -16,6 +16,10 @@
 /* Connects to 127.0.0.1:port (blocking socket). Returns fd or -errno. */
 int t_connect(uint16_t port);
 
+/* t_connect with SO_RCVBUF set to rcvbuf bytes before the handshake, so
+ * the window the client advertises stays small (0: the default). */
+int t_connect_rcvbuf(uint16_t port, int rcvbuf);
+
 /* Reads one line (through '\n') into buf, NUL-terminated, waiting at most
  * timeout_ms in all. Returns its length, 0 on EOF before any byte, -ETIMEDOUT,
  * or -errno. Reads byte by byte: nothing past the line is consumed. */

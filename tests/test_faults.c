@@ -223,25 +223,7 @@ static int send_until(int fd, const void *buf, size_t len, int64_t deadline, siz
     return rc;
 }
 
-/* A socket connected to port with a small receive buffer set before the
- * handshake, so the window it advertises stays small. */
-static int connect_small_rcvbuf(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int small = 4096;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
-}
-
+/* close() then resets the connection (RST) instead of sending FIN. */
 static void set_linger0(int fd)
 {
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -491,7 +473,7 @@ static void test_never_reading_client(void **state)
     long rss0 = t_proc_rss_kb(p->pid);
     assert_true(rss0 > 0);
 
-    int hog = connect_small_rcvbuf(p->port);
+    int hog = t_connect_rcvbuf(p->port, 4096);
     assert_true(hog >= 0);
     static char chunk[64 * 1024];
     for (size_t i = 0; i < sizeof chunk; i += 64) {

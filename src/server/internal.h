@@ -47,15 +47,17 @@ typedef struct ps__counters {
 
 typedef struct ps__conn_thread ps__conn_thread;
 
-/* One epoll set of event mode and what belongs to it. */
+/* One epoll set of event mode and what belongs to it; a cache line of its
+ * own, since each is polled from another CPU. */
 typedef struct ps__shard {
-    int epfd;
+    _Alignas(64) int epfd;
     atomic_bool taken;       /* a worker polls it */
     int64_t last_sweep_ms;   /* used by the taker only */
     /* Closed connections a poller of the shard may still hold a pointer
      * to; freed by the shard's next poller (see dispatch_event.c). */
     _Atomic(struct ps_conn *) graves;
 } ps__shard;
+
 typedef struct ps__linger ps__linger;
 
 struct ps_server {

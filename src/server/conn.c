@@ -58,6 +58,33 @@ static char *move_to_own(char *buf, size_t off, size_t len, size_t cap, bool bor
     return p;
 }
 
+/* Lends the calling worker's scratch buffer (the connection's input or its
+ * output) to a connection that may borrow and holds no buffer there. */
+static void borrow(const ps_conn *c, char **buf, size_t *cap, bool *borrowed, bool input)
+{
+    if (*buf != NULL || !c->borrow)
+        return;
+    ps__scratch *s = scratch();
+    if (s == NULL)
+        return;
+    *buf = input ? s->in : s->out;
+    *cap = PS__READ_CHUNK;
+    *borrowed = true;
+}
+
+/* Gives a buffer holding len bytes room for cap: realloc, or a copy into a
+ * buffer of the connection's own when it is borrowed. */
+static int grow(char **buf, size_t len, size_t *cap, size_t want, bool *borrowed)
+{
+    char *p = *borrowed ? move_to_own(*buf, 0, len, want, true) : realloc(*buf, want);
+    if (p == NULL)
+        return -ENOMEM;
+    *buf = p;
+    *cap = want;
+    *borrowed = false;
+    return 0;
+}
+
 
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
 {
@@ -113,14 +140,7 @@ void ps__conn_close(ps_conn *c)
 
 int ps_conn_send(ps_conn *c, const void *data, size_t len)
 {
-    if (c->out == NULL && c->borrow) {
-        ps__scratch *s = scratch();
-        if (s != NULL) {
-            c->out = s->out;
-            c->out_cap = sizeof s->out;
-            c->out_borrowed = true;
-        }
-    }
+    borrow(c, &c->out, &c->out_cap, &c->out_borrowed, false);
     if (c->out_len + len > c->out_cap) {
         /* Reuse the space in front of the unwritten bytes first. */
         if (c->out_off > 0) {
@@ -132,14 +152,8 @@ int ps_conn_send(ps_conn *c, const void *data, size_t len)
             size_t cap = c->out_cap ? c->out_cap : PS__OUT_MIN;
             while (cap < c->out_len + len)
                 cap *= 2;
-            char *p = c->out_borrowed
-                          ? move_to_own(c->out, 0, c->out_len, cap, true)
-                          : realloc(c->out, cap);
-            if (p == NULL)
+            if (grow(&c->out, c->out_len, &c->out_cap, cap, &c->out_borrowed) < 0)
                 return -ENOMEM;
-            c->out = p;
-            c->out_cap = cap;
-            c->out_borrowed = false;
         }
     }
     memcpy(c->out + c->out_len, data, len);
@@ -155,14 +169,7 @@ size_t ps__conn_pending_output(const ps_conn *c) { return c->out_len - c->out_of
 
 ssize_t ps__conn_read(ps_conn *c)
 {
-    if (c->in == NULL && c->borrow) {
-        ps__scratch *s = scratch();
-        if (s != NULL) {
-            c->in = s->in;
-            c->in_cap = sizeof s->in;
-            c->in_borrowed = true;
-        }
-    }
+    borrow(c, &c->in, &c->in_cap, &c->in_borrowed, true);
     if (c->in_off > 0) {
         memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
         c->in_len -= c->in_off;
@@ -179,13 +186,8 @@ ssize_t ps__conn_read(ps_conn *c)
             cap = limit;
         if (cap <= c->in_len)
             return -ENOBUFS;
-        char *p = c->in_borrowed ? move_to_own(c->in, 0, c->in_len, cap, true)
-                                 : realloc(c->in, cap);
-        if (p == NULL)
+        if (grow(&c->in, c->in_len, &c->in_cap, cap, &c->in_borrowed) < 0)
             return -ENOMEM;
-        c->in = p;
-        c->in_cap = cap;
-        c->in_borrowed = false;
     }
     for (;;) {
         size_t room = c->in_cap - c->in_len;

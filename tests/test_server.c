@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -522,6 +523,98 @@ static void test_silent_clients_cost_no_worker(void **state)
     ps_server_destroy(srv);
 }
 
+/* Connections on each event shard, from a `stats` reply; returns how many
+ * shards it reports (0 when the reply has no event_shards). */
+static unsigned shard_conns(ps_server *srv, long long *conns, unsigned cap)
+{
+    char reply[8192];
+    assert_true(t_admin(ps_server_admin_port(srv), "stats", reply, sizeof reply) > 0);
+    long long n = t_stat(reply, "event_shards");
+    if (n <= 0)
+        return 0;
+    assert_true(n <= cap);
+    for (unsigned i = 0; i < (unsigned)n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "shard%u_connections", i);
+        conns[i] = t_stat(reply, name);
+        assert_true(conns[i] >= 0);
+    }
+    return (unsigned)n;
+}
+
+/* Event mode places a connection on the shard of the CPU its packets
+ * arrive on (on loopback, the client's CPU), unless that shard would hold
+ * more than a quarter (plus 64) above the emptiest one; closing a
+ * connection takes it off its shard's count. */
+static void test_event_shards_follow_the_client_cpu(void **state)
+{
+    (void)state;
+    if (t_dispatch != PS_DISPATCH_EVENT)
+        skip();
+    cpu_set_t allowed;
+    assert_int_equal(pthread_getaffinity_np(pthread_self(), sizeof allowed, &allowed), 0);
+    int cpu = -1, ncpus = 0;
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (CPU_ISSET(i, &allowed)) {
+            ncpus++;
+            cpu = i; /* the last one: not CPU 0, where an accident could also put them */
+        }
+    }
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    long long conns[64];
+    unsigned n = shard_conns(srv, conns, 64);
+    assert_true(n >= 1);
+    if (n < 2 || ncpus < 2) {
+        ps_server_destroy(srv); /* one shard: nothing to choose */
+        skip();
+    }
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof one, &one), 0);
+
+    enum { FEW = 20, MANY = 320, CLOSED = 100 };
+    int fds[MANY];
+    for (int i = 0; i < MANY; i++) {
+        fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fds[i] >= 0);
+        if (i + 1 == FEW) {
+            /* Few enough that balance does not come into it. */
+            assert_int_equal(shard_conns(srv, conns, 64), n);
+            assert_int_equal(conns[(unsigned)cpu % n], FEW);
+        }
+    }
+    assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed), 0);
+
+    /* All from one CPU, yet no shard left far behind. */
+    assert_int_equal(shard_conns(srv, conns, 64), n);
+    long long sum = 0, least = MANY, most = 0;
+    for (unsigned i = 0; i < n; i++) {
+        sum += conns[i];
+        least = conns[i] < least ? conns[i] : least;
+        most = conns[i] > most ? conns[i] : most;
+    }
+    assert_int_equal(sum, MANY);
+    assert_true(most <= least + least / 4 + 64 + 1);
+    assert_true(least > 0);
+
+    for (int i = 0; i < CLOSED; i++)
+        close(fds[i]);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", MANY - CLOSED), MANY - CLOSED);
+    assert_int_equal(shard_conns(srv, conns, 64), n);
+    sum = 0;
+    for (unsigned i = 0; i < n; i++)
+        sum += conns[i];
+    assert_int_equal(sum, MANY - CLOSED);
+    for (int i = CLOSED; i < MANY; i++)
+        close(fds[i]);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    ps_server_destroy(srv);
+}
+
 static void test_admin_answers_while_saturated(void **state)
 {
     (void)state;
@@ -936,6 +1029,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_admin_answers_while_saturated),
         cmocka_unit_test(test_many_clients),
         cmocka_unit_test(test_silent_clients_cost_no_worker),
+        cmocka_unit_test(test_event_shards_follow_the_client_cpu),
         cmocka_unit_test(test_flooding_client_does_not_starve_others),
         cmocka_unit_test(test_admin_commands),
         cmocka_unit_test(test_idle_timeout),

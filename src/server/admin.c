@@ -27,7 +27,9 @@ typedef struct admin_client {
     size_t in_len;
     size_t out_off, out_len;
     char in[PS__ADMIN_LINE_MAX + 2];
-    char out[PS__ADMIN_REPLY_MAX];
+    /* Room for one whole reply on top of the most a client may leave
+     * unread before its next command is refused (half a reply). */
+    char out[PS__ADMIN_REPLY_MAX + PS__ADMIN_REPLY_MAX / 2];
 } admin_client;
 
 typedef struct reply {
@@ -91,6 +93,9 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT parked_connections %llu\r\n",
         (unsigned long long)s.parked_connections);
     add(r, "STAT event_jobs %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_jobs));
+    add(r, "STAT event_shards %u\r\n", srv->nshards);
+    for (unsigned i = 0; i < srv->nshards; i++)
+        add(r, "STAT shard%u_connections %u\r\n", i, atomic_load(&srv->shards[i].conns));
     add(r, "STAT connection_threads %llu\r\n",
         (unsigned long long)atomic_load(&srv->c.conn_threads));
     add(r, "STAT jobs_submitted %llu\r\n", (unsigned long long)ps.submitted);

@@ -32,10 +32,12 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -56,6 +58,9 @@ enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 /* Reads one job may do before the connection goes back behind the others:
  * a client that floods cannot keep a worker. */
 #define PS__READ_BUDGET 8
+/* How far a shard may outgrow the emptiest one before new connections go
+ * elsewhere than their CPU's shard (see place()). */
+#define PS__PLACE_SLACK 64
 
 static void list_add(ps_server *srv, ps_conn *c)
 {
@@ -148,6 +153,7 @@ static void event_close(ps_server *srv, ps_conn *c)
     /* Out of epoll first: the socket itself may stay open a while (it
      * lingers until the client has every reply). */
     epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    atomic_fetch_sub_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
     ps__lock(&srv->conns_lock);
     list_unlink(srv, c);
     ps__unlock(&srv->conns_lock);
@@ -272,6 +278,37 @@ static bool event_serve(ps_server *srv, ps_conn *c)
     return false;
 }
 
+/* Where a new connection goes: to the shard of the CPU its packets arrive
+ * on (SO_INCOMING_CPU: the CPU of the receive queue, or on loopback the
+ * sender's), since pollers start with the shard of the CPU they run on.
+ * The connection is then served on the CPU that already handles its
+ * packets, next to its client on loopback: a poller and the clients it
+ * serves take turns on one CPU instead of waking each other across two.
+ * Unless that shard holds a quarter more than the emptiest one (plus
+ * PS__PLACE_SLACK): one client process, on one CPU when it connects, must
+ * not leave the other shards empty, and a connection on a fuller shard
+ * gets fewer turns. */
+static unsigned place(ps_server *srv, const ps_conn *c)
+{
+    unsigned n = srv->nshards;
+    unsigned shard = (unsigned)(c->id % n);
+    int cpu = -1;
+    socklen_t len = sizeof cpu;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) == 0 && cpu >= 0)
+        shard = (unsigned)cpu % n;
+    unsigned least = shard;
+    unsigned least_conns = atomic_load_explicit(&srv->shards[shard].conns, memory_order_relaxed);
+    unsigned conns = least_conns;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = atomic_load_explicit(&srv->shards[i].conns, memory_order_relaxed);
+        if (k < least_conns) {
+            least = i;
+            least_conns = k;
+        }
+    }
+    return conns > least_conns + least_conns / 4 + PS__PLACE_SLACK ? least : shard;
+}
+
 int ps__event_take(ps_server *srv, ps_conn *c)
 {
     /* The new socket is writable at once: registering it raises the event
@@ -280,7 +317,8 @@ int ps__event_take(ps_server *srv, ps_conn *c)
     c->borrow = true;
     atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
     atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
-    c->shard = (unsigned)(c->id % srv->nshards);
+    c->shard = place(srv, c);
+    atomic_fetch_add_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
     list_add(srv, c);
@@ -296,6 +334,7 @@ int ps__event_take(ps_server *srv, ps_conn *c)
     ps__lock(&srv->conns_lock);
     list_unlink(srv, c);
     ps__unlock(&srv->conns_lock);
+    atomic_fetch_sub_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
     return -e;
 }
 
@@ -422,11 +461,14 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
         return 0; /* the stop signal would wake epoll_wait at once */
     /* The pool lets at most nshards workers in here: one shard is free.
-     * Start the search at a rotating shard: always trying shard 0 first
-     * would serve it whenever it is free and starve the others. */
-    unsigned shard = (unsigned)(atomic_fetch_add_explicit(&srv->shard_next, 1,
-                                                          memory_order_relaxed) %
-                                srv->nshards);
+     * Start with the shard of this CPU, where its connections' packets
+     * arrive (see place()); without a CPU number, at a rotating shard:
+     * always trying shard 0 first would starve the others. */
+    int cpu = sched_getcpu();
+    unsigned shard = cpu >= 0 ? (unsigned)cpu % srv->nshards
+                              : (unsigned)(atomic_fetch_add_explicit(&srv->shard_next, 1,
+                                                                     memory_order_relaxed) %
+                                           srv->nshards);
     while (!take_shard(srv, shard))
         shard = (shard + 1) % srv->nshards;
     batch.srv = srv;
@@ -473,6 +515,7 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
         sh->epfd = fd;
         sh->last_sweep_ms = ps__now_ms();
         atomic_init(&sh->taken, false);
+        atomic_init(&sh->conns, 0);
         atomic_init(&sh->graves, NULL);
     }
     return 0;
@@ -505,6 +548,7 @@ void ps__event_close_all(ps_server *srv)
         if (atomic_load(&c->state) == CONN_PARKED)
             atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
         epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        atomic_fetch_sub_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
         ps__conn_close(c);
     }
     for (unsigned i = 0; i < srv->nshards; i++)

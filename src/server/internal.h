@@ -52,6 +52,7 @@ typedef struct ps__conn_thread ps__conn_thread;
 typedef struct ps__shard {
     _Alignas(64) int epfd;
     atomic_bool taken;       /* a worker polls it */
+    atomic_uint conns;       /* connections placed on it and not closed */
     int64_t last_sweep_ms;   /* used by the taker only */
     /* Closed connections a poller of the shard may still hold a pointer
      * to; freed by the shard's next poller (see dispatch_event.c). */

@@ -53,6 +53,7 @@ typedef struct ps__shard {
     _Alignas(64) int epfd;
     atomic_bool taken;       /* a worker polls it */
     atomic_uint conns;       /* connections placed on it and not closed */
+    atomic_int_fast64_t released_us; /* when its last poller let go of it */
     int64_t last_sweep_ms;   /* used by the taker only */
     /* Closed connections a poller of the shard may still hold a pointer
      * to; freed by the shard's next poller (see dispatch_event.c). */
@@ -131,6 +132,7 @@ void ps__write_best_effort(int fd, const char *msg);
 
 /* Milliseconds on the monotonic clock. */
 int64_t ps__now_ms(void);
+int64_t ps__now_us(void);
 
 
 /* ---- conn.c ---- */

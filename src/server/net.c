@@ -12,11 +12,16 @@
 
 #include "internal.h"
 
-int64_t ps__now_ms(void)
+int64_t ps__now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t ps__now_ms(void)
+{
+    return ps__now_us() / 1000;
 }
 
 void ps__format_addr(const struct sockaddr *sa, char *buf, size_t len)

@@ -542,10 +542,19 @@ static unsigned shard_conns(ps_server *srv, long long *conns, unsigned cap)
     return (unsigned)n;
 }
 
+/* Pins the calling thread to one CPU. */
+static void pin_to(int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof one, &one), 0);
+}
+
 /* Event mode places a connection on the shard of the CPU its packets
  * arrive on (on loopback, the client's CPU), unless that shard would hold
- * more than a sixteenth (plus 64) above the emptiest one; closing a
- * connection takes it off its shard's count. */
+ * more than a sixteenth (plus 64) above the emptiest one, and moves it when
+ * its client moves; closing a connection takes it off its shard's count. */
 static void test_event_shards_follow_the_client_cpu(void **state)
 {
     (void)state;
@@ -553,13 +562,6 @@ static void test_event_shards_follow_the_client_cpu(void **state)
         skip();
     cpu_set_t allowed;
     assert_int_equal(pthread_getaffinity_np(pthread_self(), sizeof allowed, &allowed), 0);
-    int cpu = -1, ncpus = 0;
-    for (int i = 0; i < CPU_SETSIZE; i++) {
-        if (CPU_ISSET(i, &allowed)) {
-            ncpus++;
-            cpu = i; /* the last one: not CPU 0, where an accident could also put them */
-        }
-    }
     ps_config cfg;
     t_config(&cfg);
     ps_server *srv = t_start_echo(&cfg);
@@ -567,29 +569,57 @@ static void test_event_shards_follow_the_client_cpu(void **state)
     long long conns[64];
     unsigned n = shard_conns(srv, conns, 64);
     assert_true(n >= 1);
-    if (n < 2 || ncpus < 2) {
+    /* Two CPUs this thread may use whose shards differ; the second is the
+     * last one, not CPU 0, where an accident could also put connections. */
+    int first = -1, cpu = -1;
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (CPU_ISSET(i, &allowed)) {
+            if (first < 0)
+                first = i;
+            else if ((unsigned)i % n != (unsigned)first % n)
+                cpu = i;
+        }
+    }
+    if (n < 2 || cpu < 0) {
         ps_server_destroy(srv); /* one shard: nothing to choose */
         skip();
     }
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof one, &one), 0);
+    pin_to(cpu);
 
-    enum { FEW = 20, MANY = 320, CLOSED = 100 };
+    enum { FEW = 20, MANY = 320, CLOSED = 100, ROUNDS = 64 };
     int fds[MANY];
-    for (int i = 0; i < MANY; i++) {
+    for (int i = 0; i < FEW; i++) {
         fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
         assert_true(fds[i] >= 0);
-        if (i + 1 == FEW) {
-            /* Few enough that balance does not come into it. */
-            assert_int_equal(shard_conns(srv, conns, 64), n);
-            assert_int_equal(conns[(unsigned)cpu % n], FEW);
+    }
+    /* Few enough that balance does not come into it. */
+    assert_int_equal(shard_conns(srv, conns, 64), n);
+    assert_int_equal(conns[(unsigned)cpu % n], FEW);
+
+    /* The client moves to another CPU: its connections follow it once
+     * they have been served a few times from there. */
+    pin_to(first);
+    char line[64], want[64];
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < FEW; i++) {
+            snprintf(want, sizeof want, "r%d c%d\r\n", round, i);
+            assert_int_equal(t_send_str(fds[i], want), 0);
+            assert_true(t_read_line(fds[i], line, sizeof line, T_MS) > 0);
+            assert_string_equal(line, want);
         }
+    }
+    assert_int_equal(shard_conns(srv, conns, 64), n);
+    assert_int_equal(conns[(unsigned)first % n], FEW);
+    assert_true(wait_stat(srv, "stats", "event_moves", FEW) >= FEW);
+
+    pin_to(cpu);
+    for (int i = FEW; i < MANY; i++) {
+        fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fds[i] >= 0);
     }
     assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed), 0);
 
-    /* All from one CPU, yet no shard left far behind. */
+    /* Most from one CPU, yet no shard left far behind. */
     assert_int_equal(shard_conns(srv, conns, 64), n);
     long long sum = 0, least = MANY, most = 0;
     for (unsigned i = 0; i < n; i++) {

@@ -94,6 +94,7 @@ static void add_stats(ps_server *srv, reply *r)
         (unsigned long long)s.parked_connections);
     add(r, "STAT event_jobs %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_jobs));
     add(r, "STAT event_shards %u\r\n", srv->nshards);
+    add(r, "STAT event_moves %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_moves));
     for (unsigned i = 0; i < srv->nshards; i++)
         add(r, "STAT shard%u_connections %u\r\n", i, atomic_load(&srv->shards[i].conns));
     add(r, "STAT connection_threads %llu\r\n",

@@ -16,8 +16,8 @@
  * worker waits in epoll_wait and serves the ready connections it gets
  * itself (leader/followers). Connections are spread over one epoll set per
  * CPU, so that many workers poll at once, each connection on the set of
- * the CPU its packets arrive on, which a worker on that CPU polls first
- * (see place()). That saves a thread hand-off per request, the largest
+ * the CPU its packets arrive on, which a worker on that CPU polls first;
+ * it moves when its packets move (see place() and replace()). That saves a thread hand-off per request, the largest
  * cost of a separate poller thread; the pool's queue carries no jobs in
  * this mode (the epoll ready lists play its part). A
  * connection that used up its read budget gets its next turn from the same
@@ -27,7 +27,9 @@
  * owner is closing. So a closed connection leaves epoll first and its
  * object is freed later, by the shard's next poller: pollers of a shard
  * hold its flag from epoll_wait until they have claimed what it returned,
- * so whoever takes the flag next knows nobody holds such a pointer.
+ * so whoever takes the flag next knows nobody holds such a pointer. For
+ * the same reason a connection leaves a shard for another only while its
+ * owner holds the flag of the shard it leaves.
  *
  * Timeouts are found by a sweep in the poller: it claims a PARKED
  * connection past its deadline the way an event would, and closes it.
@@ -63,6 +65,8 @@ enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 /* How far a shard may outgrow the emptiest one before new connections go
  * elsewhere than their CPU's shard (see place()). */
 #define PS__PLACE_SLACK 64
+/* Jobs between two looks at the CPU a connection's packets arrive on. */
+#define PS__PLACE_EVERY 16
 /* How long a shard may go without a poller before an idle worker takes it
  * rather than the shard of its own CPU (see take_any_shard()). */
 #define PS__UNPOLLED_US 1000
@@ -200,6 +204,80 @@ static void close_timed_out(ps_server *srv, ps_conn *c)
     event_close(srv, c);
 }
 
+/* Where a connection belongs: on the shard of the CPU its packets arrive
+ * on (SO_INCOMING_CPU: the CPU of the receive queue, or on loopback the
+ * sender's), since pollers start with the shard of the CPU they run on.
+ * The connection is then served on the CPU that already handles its
+ * packets, next to its client on loopback: a poller and the clients it
+ * serves take turns on one CPU instead of waking each other across two.
+ * Unless that shard holds a sixteenth more than the emptiest one (plus
+ * PS__PLACE_SLACK): one client process, on one CPU when it connects, must
+ * not leave the other shards empty, and a connection on a fuller shard
+ * gets fewer turns (a quarter more measured a 10,000-connection p99 1.3-2x
+ * higher than with an even spread). `now` is its shard, or nshards for a
+ * new connection (which then goes to the emptiest shard when its CPU's is
+ * too full, and otherwise to c->id's). */
+static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
+{
+    unsigned n = srv->nshards;
+    int cpu = -1;
+    socklen_t len = sizeof cpu;
+    if (getsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) != 0 || cpu < 0)
+        return now < n ? now : (unsigned)(id % n);
+    unsigned shard = (unsigned)cpu % n;
+    if (shard == now)
+        return now;
+    unsigned least = shard;
+    unsigned least_conns = atomic_load_explicit(&srv->shards[shard].conns, memory_order_relaxed);
+    unsigned conns = least_conns;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = atomic_load_explicit(&srv->shards[i].conns, memory_order_relaxed);
+        if (k < least_conns) {
+            least = i;
+            least_conns = k;
+        }
+    }
+    if (conns <= least_conns + least_conns / 16 + PS__PLACE_SLACK)
+        return shard;
+    return now < n ? now : least; /* a placed connection stays put */
+}
+
+static bool take_shard(ps_server *srv, unsigned shard);
+static void release_shard(ps_server *srv, unsigned shard);
+
+/* Moves a connection its caller owns to the shard of the CPU its packets
+ * arrive on now (its client may have moved), looking every
+ * PS__PLACE_EVERY jobs. False when it cannot be registered again: close
+ * it. Only while its shard's flag is held: a poller of that shard holds
+ * the flag from epoll_wait until it has claimed what it got, so once it is
+ * out of that epoll set nobody there holds a pointer to it, and closing it
+ * later may leave it on the new shard's graves alone. */
+static bool replace(ps_server *srv, ps_conn *c)
+{
+    if (srv->nshards < 2 || ++c->serves < PS__PLACE_EVERY)
+        return true;
+    c->serves = 0;
+    unsigned from = c->shard, to = place(srv, c->fd, from, c->id);
+    if (to == from || !take_shard(srv, from))
+        return true; /* here, or looked again later */
+    epoll_ctl(srv->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    release_shard(srv, from);
+    ps__lock(&srv->conns_lock); /* the sweep reads c->shard */
+    c->shard = to;
+    ps__unlock(&srv->conns_lock);
+    atomic_fetch_sub_explicit(&srv->shards[from].conns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&srv->shards[to].conns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&srv->c.event_moves, 1, memory_order_relaxed);
+    /* Reports what is ready already, as an event: input that came in
+     * between is not lost. */
+    struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
+    if (epoll_ctl(srv->shards[to].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+        return true;
+    ps_log_error("connection %llu from %s: epoll_ctl: %s, closing", (unsigned long long)c->id,
+                 c->peer, strerror(errno));
+    return false;
+}
+
 enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE };
 
 /* Serves what the connection has now. Returns what it waits for next:
@@ -276,43 +354,13 @@ static bool event_serve(ps_server *srv, ps_conn *c)
             close_timed_out(srv, c);
             return false;
         }
+        if (r == SERVE_READ && !replace(srv, c))
+            break;
         if (let_go(srv, c))
             return false;
     }
     event_close(srv, c);
     return false;
-}
-
-/* Where a new connection goes: to the shard of the CPU its packets arrive
- * on (SO_INCOMING_CPU: the CPU of the receive queue, or on loopback the
- * sender's), since pollers start with the shard of the CPU they run on.
- * The connection is then served on the CPU that already handles its
- * packets, next to its client on loopback: a poller and the clients it
- * serves take turns on one CPU instead of waking each other across two.
- * Unless that shard holds a sixteenth more than the emptiest one (plus
- * PS__PLACE_SLACK): one client process, on one CPU when it connects, must
- * not leave the other shards empty, and a connection on a fuller shard
- * gets fewer turns (a quarter more measured a 10,000-connection p99 1.3-2x
- * higher than with an even spread). */
-static unsigned place(ps_server *srv, const ps_conn *c)
-{
-    unsigned n = srv->nshards;
-    unsigned shard = (unsigned)(c->id % n);
-    int cpu = -1;
-    socklen_t len = sizeof cpu;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) == 0 && cpu >= 0)
-        shard = (unsigned)cpu % n;
-    unsigned least = shard;
-    unsigned least_conns = atomic_load_explicit(&srv->shards[shard].conns, memory_order_relaxed);
-    unsigned conns = least_conns;
-    for (unsigned i = 0; i < n; i++) {
-        unsigned k = atomic_load_explicit(&srv->shards[i].conns, memory_order_relaxed);
-        if (k < least_conns) {
-            least = i;
-            least_conns = k;
-        }
-    }
-    return conns > least_conns + least_conns / 16 + PS__PLACE_SLACK ? least : shard;
 }
 
 int ps__event_take(ps_server *srv, ps_conn *c)
@@ -323,7 +371,7 @@ int ps__event_take(ps_server *srv, ps_conn *c)
     c->borrow = true;
     atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
     atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
-    c->shard = place(srv, c);
+    c->shard = place(srv, c->fd, srv->nshards, c->id);
     atomic_fetch_add_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);

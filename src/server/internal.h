@@ -42,6 +42,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
     atomic_uint_fast64_t event_jobs;   /* event mode: "has input" jobs run */
+    atomic_uint_fast64_t event_moves;  /* event mode: connections moved to another shard */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
 } ps__counters;
 
@@ -157,7 +158,9 @@ struct ps_conn {
     bool closing;           /* closes once its output is written */
     bool read_to_end;       /* an end of stream may be waiting: read on */
     bool drained;           /* the last read took less than it asked for */
-    unsigned shard;         /* which epoll set it is registered in */
+    unsigned shard;         /* which epoll set it is registered in;
+                               changed by its owner under conns_lock */
+    unsigned serves;        /* jobs since its CPU was last looked at */
     atomic_bool want_write; /* waits for room for output, not for input */
     _Atomic int64_t write_wait_ms; /* when output last stopped moving */
     struct ps_conn *prev, *next; /* the server's list of event connections */

@@ -263,7 +263,7 @@ static bool replace(ps_server *srv, ps_conn *c)
     epoll_ctl(srv->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL);
     release_shard(srv, from);
     ps__lock(&srv->conns_lock); /* the sweep reads c->shard */
-    c->shard = to;
+    c->shard = (uint8_t)to;
     ps__unlock(&srv->conns_lock);
     atomic_fetch_sub_explicit(&srv->shards[from].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&srv->shards[to].conns, 1, memory_order_relaxed);
@@ -371,7 +371,7 @@ int ps__event_take(ps_server *srv, ps_conn *c)
     c->borrow = true;
     atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
     atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
-    c->shard = place(srv, c->fd, srv->nshards, c->id);
+    c->shard = (uint8_t)place(srv, c->fd, srv->nshards, c->id);
     atomic_fetch_add_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);

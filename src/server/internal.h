@@ -15,7 +15,7 @@
 #include "../pool/lock.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
-#define PS__SHARDS_MAX 64
+#define PS__SHARDS_MAX 64 /* fits ps_conn.shard */
 
 /* The counters touched on every request, striped: each thread adds to its
  * own stripe (memcached's per-thread stats), so two cores never fight over
@@ -158,9 +158,10 @@ struct ps_conn {
     bool closing;           /* closes once its output is written */
     bool read_to_end;       /* an end of stream may be waiting: read on */
     bool drained;           /* the last read took less than it asked for */
-    unsigned shard;         /* which epoll set it is registered in;
-                               changed by its owner under conns_lock */
-    unsigned serves;        /* jobs since its CPU was last looked at */
+    uint8_t shard;          /* which epoll set it is registered in (below
+                               PS__SHARDS_MAX); changed by its owner under
+                               conns_lock */
+    uint8_t serves;         /* jobs since its CPU was last looked at */
     atomic_bool want_write; /* waits for room for output, not for input */
     _Atomic int64_t write_wait_ms; /* when output last stopped moving */
     struct ps_conn *prev, *next; /* the server's list of event connections */

@@ -17,11 +17,12 @@
  * itself (leader/followers). Connections are spread over one epoll set per
  * CPU, so that many workers poll at once, each connection on the set of
  * the CPU its packets arrive on, which a worker on that CPU polls first;
- * it moves when its packets move (see place() and replace()). That saves a thread hand-off per request, the largest
- * cost of a separate poller thread; the pool's queue carries no jobs in
- * this mode (the epoll ready lists play its part). A
- * connection that used up its read budget gets its next turn from the same
- * worker, after what that worker holds and what its shard has ready.
+ * it moves when its packets move (see place() and replace()). That saves
+ * a thread hand-off per request, the largest cost of a separate poller
+ * thread; the pool's queue carries no jobs in this mode (the epoll ready
+ * lists play its part). A connection that used up its read budget gets its
+ * next turn from the same worker, after what that worker holds and what
+ * its shard has ready.
  *
  * A poller may hold a pointer from epoll_wait to a connection that its
  * owner is closing. So a closed connection leaves epoll first and its
@@ -247,35 +248,38 @@ static void release_shard(ps_server *srv, unsigned shard);
 
 /* Moves a connection its caller owns to the shard of the CPU its packets
  * arrive on now (its client may have moved), looking every
- * PS__PLACE_EVERY jobs. False when it cannot be registered again: close
- * it. Only while its shard's flag is held: a poller of that shard holds
- * the flag from epoll_wait until it has claimed what it got, so once it is
- * out of that epoll set nobody there holds a pointer to it, and closing it
- * later may leave it on the new shard's graves alone. */
-static bool replace(ps_server *srv, ps_conn *c)
+ * PS__PLACE_EVERY jobs. Only while its shard's flag is held: a poller of
+ * that shard holds the flag from epoll_wait until it has claimed what it
+ * got, so once it is out of that epoll set nobody there holds a pointer to
+ * it, and closing it later may leave it on the new shard's graves alone.
+ * It joins the new epoll set before it leaves the old one: when it cannot
+ * join, it stays where it is. */
+static void replace(ps_server *srv, ps_conn *c)
 {
     if (srv->nshards < 2 || ++c->serves < PS__PLACE_EVERY)
-        return true;
+        return;
     c->serves = 0;
     unsigned from = c->shard, to = place(srv, c->fd, from, c->id);
     if (to == from || !take_shard(srv, from))
-        return true; /* here, or looked again later */
-    epoll_ctl(srv->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    release_shard(srv, from);
+        return; /* here, or looked again later */
+    /* Reports what is ready already, as an event: input that came in
+     * while it moved is not lost. A poller of the new shard that gets it
+     * finds it running and only tells its owner to look again. */
+    struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
+    if (epoll_ctl(srv->shards[to].epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+        release_shard(srv, from);
+        return;
+    }
     ps__lock(&srv->conns_lock); /* the sweep reads c->shard */
     c->shard = (uint8_t)to;
     ps__unlock(&srv->conns_lock);
+    if (epoll_ctl(srv->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
+        ps_log_error("connection %llu from %s: epoll_ctl: %s", (unsigned long long)c->id,
+                     c->peer, strerror(errno));
+    release_shard(srv, from);
     atomic_fetch_sub_explicit(&srv->shards[from].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&srv->shards[to].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&srv->c.event_moves, 1, memory_order_relaxed);
-    /* Reports what is ready already, as an event: input that came in
-     * between is not lost. */
-    struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
-    if (epoll_ctl(srv->shards[to].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
-        return true;
-    ps_log_error("connection %llu from %s: epoll_ctl: %s, closing", (unsigned long long)c->id,
-                 c->peer, strerror(errno));
-    return false;
 }
 
 enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE };
@@ -354,8 +358,8 @@ static bool event_serve(ps_server *srv, ps_conn *c)
             close_timed_out(srv, c);
             return false;
         }
-        if (r == SERVE_READ && !replace(srv, c))
-            break;
+        if (r == SERVE_READ)
+            replace(srv, c);
         if (let_go(srv, c))
             return false;
     }
@@ -371,24 +375,30 @@ int ps__event_take(ps_server *srv, ps_conn *c)
     c->borrow = true;
     atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
     atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
-    c->shard = (uint8_t)place(srv, c->fd, srv->nshards, c->id);
-    atomic_fetch_add_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
+    unsigned shard = place(srv, c->fd, srv->nshards, c->id);
+    uint64_t id = c->id;
+    c->shard = (uint8_t)shard;
+    atomic_fetch_add_explicit(&srv->shards[shard].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
     list_add(srv, c);
+    /* From here on c is the sweep's to take too: touched again only once
+     * claimed. */
     struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
-    if (epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+    if (epoll_ctl(srv->shards[shard].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
         return 0;
     int e = errno;
-    ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(e));
+    ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)id, strerror(e));
     /* Never in epoll: unless the sweep took it (and will close it), it is
-     * the caller's to reject. */
-    if (!claim_parked(srv, c))
-        return 0;
+     * the caller's to reject. The sweep claims under conns_lock. */
     ps__lock(&srv->conns_lock);
-    list_unlink(srv, c);
+    bool mine = claim_parked(srv, c);
+    if (mine)
+        list_unlink(srv, c);
     ps__unlock(&srv->conns_lock);
-    atomic_fetch_sub_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
+    if (!mine)
+        return 0;
+    atomic_fetch_sub_explicit(&srv->shards[shard].conns, 1, memory_order_relaxed);
     return -e;
 }
 
@@ -480,7 +490,8 @@ static void release_shard(ps_server *srv, unsigned shard)
  * PS__UNPOLLED_US: the worker that polls a shard of its own CPU whenever it
  * comes back must not leave another shard to a worker that waits for a CPU
  * (then the longest unpolled one). The pool lets at most nshards workers
- * in here, so one shard is free. */
+ * in here, but a worker outside may hold a flag for a moment (a turn,
+ * replace()): after a pass with none free, let it run. */
 static unsigned take_any_shard(ps_server *srv)
 {
     int cpu = sched_getcpu();
@@ -502,8 +513,11 @@ static unsigned take_any_shard(ps_server *srv)
     }
     if (late < n && take_shard(srv, late))
         return late;
-    while (!take_shard(srv, shard))
+    for (unsigned tries = 1; !take_shard(srv, shard); tries++) {
         shard = (shard + 1) % n;
+        if (tries % n == 0)
+            sched_yield();
+    }
     return shard;
 }
 

@@ -205,6 +205,17 @@ static void close_timed_out(ps_server *srv, ps_conn *c)
     event_close(srv, c);
 }
 
+static bool take_shard(ps_server *srv, unsigned shard)
+{
+    bool expected = false;
+    return atomic_compare_exchange_strong(&srv->shards[shard].taken, &expected, true);
+}
+
+static void release_shard(ps_server *srv, unsigned shard)
+{
+    atomic_store(&srv->shards[shard].taken, false);
+}
+
 /* Where a connection belongs: on the shard of the CPU its packets arrive
  * on (SO_INCOMING_CPU: the CPU of the receive queue, or on loopback the
  * sender's), since pollers start with the shard of the CPU they run on.
@@ -216,8 +227,8 @@ static void close_timed_out(ps_server *srv, ps_conn *c)
  * not leave the other shards empty, and a connection on a fuller shard
  * gets fewer turns (a quarter more measured a 10,000-connection p99 1.3-2x
  * higher than with an even spread). `now` is its shard, or nshards for a
- * new connection (which then goes to the emptiest shard when its CPU's is
- * too full, and otherwise to c->id's). */
+ * new connection: that one goes to the emptiest shard when its CPU's is
+ * too full, and by its id when the CPU is unknown. */
 static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
 {
     unsigned n = srv->nshards;
@@ -242,9 +253,6 @@ static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
         return shard;
     return now < n ? now : least; /* a placed connection stays put */
 }
-
-static bool take_shard(ps_server *srv, unsigned shard);
-static void release_shard(ps_server *srv, unsigned shard);
 
 /* Moves a connection its caller owns to the shard of the CPU its packets
  * arrive on now (its client may have moved), looking every
@@ -474,17 +482,6 @@ static void poll_shard(ps_server *srv, unsigned shard, event_batch *b, int timeo
         atomic_fetch_add_explicit(&srv->c.event_jobs, b->count - before, memory_order_relaxed);
 }
 
-static bool take_shard(ps_server *srv, unsigned shard)
-{
-    bool expected = false;
-    return atomic_compare_exchange_strong(&srv->shards[shard].taken, &expected, true);
-}
-
-static void release_shard(ps_server *srv, unsigned shard)
-{
-    atomic_store(&srv->shards[shard].taken, false);
-}
-
 /* Takes a shard for a poller: the one of its CPU, where its connections'
  * packets arrive (see place()), unless another has gone unpolled for
  * PS__UNPOLLED_US: the worker that polls a shard of its own CPU whenever it
@@ -565,13 +562,13 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     batch.head = batch.count = 0;
     poll_shard(srv, shard, &batch, PS__SWEEP_MS);
     ps__shard *sh = &srv->shards[shard];
-    int64_t now = ps__now_ms();
+    int64_t now_us = ps__now_us(), now = now_us / 1000;
     if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {
         sh->last_sweep_ms = now;
         sweep(srv, shard, now);
     }
     /* Another worker may wait on this shard while this one serves. */
-    atomic_store_explicit(&sh->released_us, ps__now_us(), memory_order_relaxed);
+    atomic_store_explicit(&sh->released_us, now_us, memory_order_relaxed);
     release_shard(srv, shard);
     if (batch.count == 0)
         return 0;

@@ -24,6 +24,13 @@ typedef enum ps_log_level {
     PS_LOG_DEBUG = 3,
 } ps_log_level;
 
+/* The handlers poolsrv itself runs ([handler] name). */
+typedef enum ps_handler_kind {
+    PS_HANDLER_ECHO = 0,  /* the echo protocol */
+    PS_HANDLER_SLEEP = 1, /* echo, and "sleep N" blocks its worker N ms first:
+                             a stand-in for slow work, for tests and benchmarks */
+} ps_handler_kind;
+
 #define PS_CONFIG_HOST_MAX 256
 #define PS_CONFIG_GREETING_MAX 1024
 
@@ -43,12 +50,15 @@ typedef struct ps_config {
     unsigned idle_timeout;        /* seconds, 0 = never; <= 86400 */
     unsigned send_timeout;        /* seconds, 1..3600 */
     unsigned shutdown_timeout;    /* seconds to finish on SIGTERM, 1..3600 */
+    unsigned slow_handler_ms;     /* handler calls this long are logged; 0 = off */
     /* [admin] */
     bool admin_enabled;
     char admin_bind[PS_CONFIG_HOST_MAX];
     uint16_t admin_port;          /* 0 = pick a free port */
     /* [log] */
     ps_log_level log_level;
+    /* [handler] */
+    ps_handler_kind handler;
 } ps_config;
 
 /* Fills *cfg with the documented defaults (those of conf/server.ini). */
@@ -81,5 +91,6 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen);
 /* Names for enums, as written in the INI file. */
 const char *ps_dispatch_name(ps_dispatch_mode mode);
 const char *ps_log_level_name(ps_log_level level);
+const char *ps_handler_name(ps_handler_kind kind);
 
 #endif

@@ -18,10 +18,14 @@ typedef void (*ps_job_fn)(void *arg);
 /* Optional idle hook: instead of sleeping while the queue is empty, up to
  * idle_max idle workers at a time call it to wait on a work source of the
  * owner's (an epoll set, say). It returns 1 with *fn / *arg set to a job for
- * the calling worker (counted like a submitted job), or 0 when it has none.
- * It may submit other jobs. It must return promptly once its owner signals
- * it to, before ps_pool_destroy; it is never called after destroy began. */
+ * the calling worker (counted like a submitted job), 0 when it has none
+ * (the worker calls it again), or PS_POOL_IDLE_SLEEP: the worker sleeps
+ * until a job is queued or ps_pool_wake_idle wakes it. It may submit other
+ * jobs. It must return promptly once its owner signals it to, before
+ * ps_pool_destroy; it is never called after destroy began. */
 typedef int (*ps_pool_idle_fn)(void *ctx, ps_job_fn *fn, void **arg);
+
+#define PS_POOL_IDLE_SLEEP (-1)
 
 typedef struct ps_pool_opts {
     unsigned workers;        /* threads created up front; >= 1 */
@@ -60,6 +64,12 @@ int ps_pool_submit(ps_pool *pool, ps_job_fn fn, void *arg);
 /* Queues fn(arg) without blocking. Returns 0, PS_EFULL when the queue is
  * full (counted in `rejected`), or PS_ESHUTDOWN. */
 int ps_pool_try_submit(ps_pool *pool, ps_job_fn fn, void *arg);
+
+/* Wakes up to n workers that sleep after their idle hook said
+ * PS_POOL_IDLE_SLEEP, so that they call it again (one wake-up each, never
+ * more than there are such sleepers). Returns how many it woke. Callable
+ * from any thread, workers included. */
+unsigned ps_pool_wake_idle(ps_pool *pool, unsigned n);
 
 /* A consistent-enough snapshot of the counters (each read atomically). */
 void ps_pool_get_stats(const ps_pool *pool, ps_pool_stats *st);

@@ -63,6 +63,7 @@ typedef struct ps_server_stats {
     uint64_t send_timeouts;
     uint64_t accept_errors;
     uint64_t admin_commands;
+    uint64_t slow_handlers;        /* handler calls longer than slow_handler_ms */
     uint64_t parked_connections;   /* event mode: waiting in epoll */
     uint64_t uptime_seconds;
 } ps_server_stats;
@@ -95,5 +96,10 @@ void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st);
 /* The echo handler: greeting, echo each line with its ending, close on an
  * empty line or "exit" (any case). `ud` is the greeting (const char *). */
 extern const ps_handler ps_echo_handler;
+
+/* The echo handler, except that a line "sleep N" (N = 0..60000) first
+ * blocks the calling worker N ms, then is echoed: slow work for tests and
+ * benchmarks. `ud` is the greeting, as for echo. */
+extern const ps_handler ps_sleep_handler;
 
 #endif

@@ -104,7 +104,9 @@ int main(int argc, char **argv)
     raise_fd_limit(&cfg);
 
     ps_server *srv = NULL;
-    rc = ps_server_create(&srv, &cfg, &ps_echo_handler, cfg.greeting);
+    const ps_handler *handler =
+        cfg.handler == PS_HANDLER_SLEEP ? &ps_sleep_handler : &ps_echo_handler;
+    rc = ps_server_create(&srv, &cfg, handler, cfg.greeting);
     if (rc != 0) {
         fprintf(stderr, "poolsrv: %s\n", ps_strerror(rc));
         return 1;

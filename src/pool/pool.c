@@ -31,6 +31,8 @@ struct ps_pool {
     unsigned blocked_submitters;
     bool shutdown;
     unsigned idle_running;      /* workers inside idle() */
+    unsigned idle_sleepers;     /* workers asleep after PS_POOL_IDLE_SLEEP */
+    unsigned idle_wakes;        /* of those, how many ps_pool_wake_idle woke */
     ps__pool_link futures;      /* live futures (circular, sentinel) */
 
     ps_pool_idle_fn idle;
@@ -50,10 +52,25 @@ struct ps_pool {
 static void *worker_main(void *opaque)
 {
     ps_pool *pool = opaque;
+    /* False once the idle hook said PS_POOL_IDLE_SLEEP: then only a job, a
+     * wake-up or shutdown gets this worker going again. Guarded by lock. */
+    bool may_idle = true;
 
     ps__lock(&pool->lock);
     for (;;) {
         while (pool->count == 0 && !pool->shutdown) {
+            if (!may_idle) {
+                /* Whatever woke it, a sleeper takes a pending wake-up with
+                 * it: idle_wakes never exceeds idle_sleepers. */
+                pool->idle_sleepers++;
+                ps__wait(&pool->not_empty, &pool->lock);
+                pool->idle_sleepers--;
+                if (pool->idle_wakes > 0) {
+                    pool->idle_wakes--;
+                    may_idle = true;
+                }
+                continue;
+            }
             if (pool->idle == NULL || pool->idle_running == pool->idle_max) {
                 ps__wait(&pool->not_empty, &pool->lock);
                 continue;
@@ -68,6 +85,8 @@ static void *worker_main(void *opaque)
             int got = pool->idle(pool->idle_ctx, &fn, &arg);
             ps__lock(&pool->lock);
             pool->idle_running--;
+            if (got == PS_POOL_IDLE_SLEEP)
+                may_idle = false;
             if (got <= 0 || fn == NULL)
                 continue;
             atomic_fetch_add(&pool->submitted, 1);
@@ -96,10 +115,30 @@ static void *worker_main(void *opaque)
          * busy never undercounts a job that is finishing. */
         atomic_fetch_add(&pool->completed, 1);
         atomic_fetch_sub(&pool->busy, 1);
+        /* A job may have been the reason the hook had nothing: look again. */
+        may_idle = true;
         ps__lock(&pool->lock);
     }
     ps__unlock(&pool->lock);
     return NULL;
+}
+
+unsigned ps_pool_wake_idle(ps_pool *pool, unsigned n)
+{
+    if (pool == NULL || n == 0)
+        return 0;
+    ps__lock(&pool->lock);
+    unsigned asleep = pool->idle_sleepers - pool->idle_wakes;
+    if (n > asleep)
+        n = asleep;
+    pool->idle_wakes += n;
+    /* not_empty is shared with workers that wait for jobs or for a place in
+     * the hook: a broadcast reaches the sleepers among them (the others
+     * look and wait again). One wake-up call per stall is rare enough. */
+    if (n > 0)
+        pthread_cond_broadcast(&pool->not_empty);
+    ps__unlock(&pool->lock);
+    return n;
 }
 
 /* Stops and joins the workers started so far. */

@@ -90,11 +90,14 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT send_timeouts %llu\r\n", (unsigned long long)s.send_timeouts);
     add(r, "STAT accept_errors %llu\r\n", (unsigned long long)s.accept_errors);
     add(r, "STAT admin_commands %llu\r\n", (unsigned long long)s.admin_commands);
+    add(r, "STAT slow_handlers %llu\r\n", (unsigned long long)s.slow_handlers);
     add(r, "STAT parked_connections %llu\r\n",
         (unsigned long long)s.parked_connections);
     add(r, "STAT event_jobs %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_jobs));
     add(r, "STAT event_shards %u\r\n", srv->nshards);
     add(r, "STAT event_moves %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_moves));
+    add(r, "STAT event_steals %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_steals));
+    add(r, "STAT event_wakes %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_wakes));
     for (unsigned i = 0; i < srv->nshards; i++)
         add(r, "STAT shard%u_connections %u\r\n", i, atomic_load(&srv->shards[i].conns));
     add(r, "STAT connection_threads %llu\r\n",

@@ -51,6 +51,7 @@ typedef enum ps__kind {
     PS__K_DISPATCH,
     PS__K_BOOL,
     PS__K_LOG_LEVEL,
+    PS__K_HANDLER,
 } ps__kind;
 
 /* C type of a PS__K_UINT field. */
@@ -83,18 +84,21 @@ static const ps__key ps__keys[] = {
     PS__UINT("limits", "idle_timeout", idle_timeout, PS__W_UNSIGNED, 0, 86400),
     PS__UINT("limits", "send_timeout", send_timeout, PS__W_UNSIGNED, 1, 3600),
     PS__UINT("limits", "shutdown_timeout", shutdown_timeout, PS__W_UNSIGNED, 1, 3600),
+    PS__UINT("limits", "slow_handler_ms", slow_handler_ms, PS__W_UNSIGNED, 0, 3600000),
     PS__OTHER("admin", "enabled", admin_enabled, PS__K_BOOL),
     PS__OTHER("admin", "bind", admin_bind, PS__K_HOST),
     PS__UINT("admin", "port", admin_port, PS__W_U16, 0, 65535),
     PS__OTHER("log", "level", log_level, PS__K_LOG_LEVEL),
+    PS__OTHER("handler", "name", handler, PS__K_HANDLER),
 };
 #define PS__NKEYS (sizeof(ps__keys) / sizeof(ps__keys[0]))
 
-static const char *const ps__sections[] = {"server", "pool", "limits", "admin", "log"};
+static const char *const ps__sections[] = {"server", "pool", "limits", "admin", "log", "handler"};
 #define PS__NSECTIONS (sizeof(ps__sections) / sizeof(ps__sections[0]))
 
 static const char *const ps__dispatch_names[] = {"connection", "event", "thread"};
 static const char *const ps__log_level_names[] = {"error", "warn", "info", "debug"};
+static const char *const ps__handler_names[] = {"echo", "sleep"};
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -348,6 +352,16 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
             return PS_ECONFIG;
         }
         *(ps_dispatch_mode *)(void *)field = (ps_dispatch_mode)i;
+        return 0;
+    }
+    case PS__K_HANDLER: {
+        int i = ps__enum_index(ps__handler_names, 2, v, len);
+        if (i < 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected echo or sleep, got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        *(ps_handler_kind *)(void *)field = (ps_handler_kind)i;
         return 0;
     }
     case PS__K_LOG_LEVEL: {
@@ -606,6 +620,7 @@ void ps_config_defaults(ps_config *cfg)
     cfg->idle_timeout = 300;
     cfg->send_timeout = 10;
     cfg->shutdown_timeout = 5;
+    cfg->slow_handler_ms = 1000;
     cfg->admin_enabled = true;
     snprintf(cfg->admin_bind, sizeof(cfg->admin_bind), "%s", "127.0.0.1");
     cfg->admin_port = 9051;
@@ -719,6 +734,13 @@ static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, si
         snprintf(out, outlen, "%s", ps__dispatch_names[m]);
         return true;
     }
+    case PS__K_HANDLER: {
+        ps_handler_kind h = *(const ps_handler_kind *)(const void *)field;
+        if ((unsigned)h >= 2)
+            return false;
+        snprintf(out, outlen, "%s", ps__handler_names[h]);
+        return true;
+    }
     case PS__K_LOG_LEVEL: {
         ps_log_level l = *(const ps_log_level *)(const void *)field;
         if ((unsigned)l >= 4)
@@ -795,6 +817,13 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
     }
     ps__clear_err(err, errlen);
     return 0;
+}
+
+const char *ps_handler_name(ps_handler_kind kind)
+{
+    if ((unsigned)kind < 2)
+        return ps__handler_names[kind];
+    return "?";
 }
 
 const char *ps_dispatch_name(ps_dispatch_mode mode)

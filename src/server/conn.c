@@ -86,6 +86,39 @@ static int grow(char **buf, size_t len, size_t *cap, size_t want, bool *borrowed
 }
 
 
+/* See ps__conn_watch_handlers; NULL on threads nobody watches. */
+static _Thread_local _Atomic int64_t *handler_watch;
+
+void ps__conn_watch_handlers(_Atomic int64_t *since)
+{
+    handler_watch = since;
+}
+
+/* Marks the start of a handler call at `now` (us) for the watch. */
+static void handler_started(int64_t now)
+{
+    if (handler_watch != NULL)
+        atomic_store_explicit(handler_watch, now, memory_order_relaxed);
+}
+
+/* After a handler call that began at `began`: no call in progress for the
+ * watch; a call past slow_handler_ms is logged and counted, once. Returns
+ * the time it ended. */
+static int64_t handler_ended(ps_conn *c, int64_t began, const char *what)
+{
+    int64_t now = ps__now_us();
+    if (handler_watch != NULL)
+        atomic_store_explicit(handler_watch, 0, memory_order_relaxed);
+    unsigned slow_ms = c->srv->cfg.slow_handler_ms;
+    if (slow_ms > 0 && now - began >= (int64_t)slow_ms * 1000) {
+        atomic_fetch_add_explicit(&c->srv->c.slow_handlers, 1, memory_order_relaxed);
+        ps_log_warn("connection %llu from %s: handler %s ran %lld ms (slow_handler_ms %u)",
+                    (unsigned long long)c->id, c->peer, what,
+                    (long long)((now - began) / 1000), slow_ms);
+    }
+    return now;
+}
+
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
 {
     ps_conn *c = calloc(1, sizeof *c);
@@ -109,14 +142,24 @@ int ps__conn_open(ps_conn *c)
     c->opened = true;
     atomic_store_explicit(&c->last_line_ms, ps__now_ms(), memory_order_relaxed);
     const ps_handler *h = c->srv->handler;
-    return h->on_open ? h->on_open(c, c->srv->ud) : PS_CONTINUE;
+    if (h->on_open == NULL)
+        return PS_CONTINUE;
+    int64_t began = ps__now_us();
+    handler_started(began);
+    int rc = h->on_open(c, c->srv->ud);
+    handler_ended(c, began, "on_open");
+    return rc;
 }
 
 void ps__conn_end(ps_conn *c)
 {
     ps_server *srv = c->srv;
-    if (c->opened && srv->handler->on_close)
+    if (c->opened && srv->handler->on_close) {
+        int64_t began = ps__now_us();
+        handler_started(began);
         srv->handler->on_close(c, srv->ud);
+        handler_ended(c, began, "on_close");
+    }
 
     ps__linger_close(srv, c->fd);
 
@@ -221,6 +264,7 @@ int ps__conn_process(ps_conn *c)
     const ps_handler *h = srv->handler;
     uint64_t lines = 0;
     int rc = PS_CONTINUE;
+    int64_t began = 0; /* of the next handler call; one clock read per call */
 
     while (c->out_len - c->out_off < PS__OUT_HIGH_WATER) {
         ps_line line;
@@ -240,13 +284,22 @@ int ps__conn_process(ps_conn *c)
         }
         c->in_off += (size_t)n;
         lines++;
-        if (h->on_line && h->on_line(c, &line, srv->ud) != PS_CONTINUE) {
+        if (h->on_line == NULL)
+            continue;
+        if (began == 0)
+            began = ps__now_us();
+        handler_started(began);
+        int r = h->on_line(c, &line, srv->ud);
+        began = handler_ended(c, began, "on_line");
+        if (r != PS_CONTINUE) {
             rc = PS_CLOSE;
             break;
         }
     }
     if (lines > 0) {
-        atomic_store_explicit(&c->last_line_ms, ps__now_ms(), memory_order_relaxed);
+        /* The last handler call's end, when there was one: no clock read. */
+        int64_t now_ms = began != 0 ? began / 1000 : ps__now_ms();
+        atomic_store_explicit(&c->last_line_ms, now_ms, memory_order_relaxed);
         atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
     }
     if (c->in_off == c->in_len)

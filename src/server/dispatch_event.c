@@ -24,6 +24,17 @@
  * next turn from the same worker, after what that worker holds and what
  * its shard has ready.
  *
+ * A handler may block (a database call). Then the connections its worker
+ * claimed and has not served yet, and its shard, must not wait for it:
+ * the watch, a thread that looks every PS__WATCH_US while workers run,
+ * sees a handler call that has run PS__STALL_US and wakes a sleeping
+ * worker in its place. A worker that comes to the idle hook takes first a
+ * connection waiting behind such a call (a steal: the victim's batch is
+ * guarded by its lock), then polls a free shard, and sleeps when there is
+ * neither. So with H handlers blocked, the other workers keep serving,
+ * while quick handlers keep the fast path: no wake-up, no hand-off, and
+ * as many workers in play as there are shards.
+ *
  * A poller may hold a pointer from epoll_wait to a connection that its
  * owner is closing. So a closed connection leaves epoll first and its
  * object is freed later, by the shard's next poller: pollers of a shard
@@ -37,6 +48,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +83,55 @@ enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 /* How long a shard may go without a poller before an idle worker takes it
  * rather than the shard of its own CPU (see take_any_shard()). */
 #define PS__UNPOLLED_US 1000
+/* A handler call running this long holds its worker: the watch wakes
+ * another, and the connections waiting behind it may be taken. */
+#define PS__STALL_US 1000
+/* How often the watch looks while any worker runs a job: every
+ * PS__WATCH_US while handler calls hold workers, backing off to
+ * PS__WATCH_MAX_US while none does. A look costs a timer and a wake-up:
+ * every millisecond, that measured 6-11% of the echo throughput at 1,000
+ * connections on 2 CPUs. While it backs off, the workers still in play
+ * take what waits behind a held one (steal()); only when every one of them
+ * is held at once does the first wake-up come late. */
+#define PS__WATCH_US 1000
+#define PS__WATCH_MAX_US 16000
+
+/* A worker's connections to serve, in order (a ring). */
+typedef struct event_batch {
+    unsigned head, count;
+    struct {
+        ps_conn *conn;
+        bool turn; /* back after its read budget */
+    } at[PS__RING];
+} event_batch;
+
+/* A pool worker as event mode sees it. */
+typedef struct event_worker {
+    /* Guards batch. Taken by the worker and by a thief (steal()); a leaf:
+     * nothing else is locked or waited for while it is held. */
+    _Alignas(64) pthread_mutex_t lock;
+    event_batch batch;
+    atomic_uint waiting;      /* batch.count: written under lock, read without */
+    /* When the worker's current handler call began (us), 0 between calls:
+     * written by the worker (conn.c), read by the watch and by thieves. */
+    _Atomic int64_t handler_since_us;
+    int64_t woken_for;        /* the watch's own: the call it woke a worker for */
+    ps_server *srv;
+} event_worker;
+
+struct ps__event {
+    unsigned nworkers;
+    atomic_uint joined;       /* workers that have taken their slot */
+    pthread_t watch;
+    bool watch_started;
+    pthread_mutex_t watch_lock; /* guards watch_stop; the watch waits on it */
+    pthread_cond_t watch_cond;
+    bool watch_stop;
+    /* The watch sleeps untimed while no worker runs a job; a worker that
+     * starts one and finds this set wakes it (see watch_wake()). */
+    atomic_bool watch_asleep;
+    event_worker *w;          /* nworkers slots */
+};
 
 static void list_add(ps_server *srv, ps_conn *c)
 {
@@ -437,58 +498,105 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
     }
 }
 
-/* A worker's connections to serve, in order (a ring). */
-typedef struct event_batch {
-    ps_server *srv;
-    unsigned head, count;
-    struct {
-        ps_conn *conn;
-        bool turn; /* back after its read budget */
-    } at[PS__RING];
-} event_batch;
-
-static void batch_push(event_batch *b, ps_conn *c, bool turn)
+/* Adds c to the worker's batch; false when it is full. */
+static bool batch_add(event_worker *w, ps_conn *c, bool turn)
 {
-    unsigned i = (b->head + b->count++) % PS__RING;
-    b->at[i].conn = c;
-    b->at[i].turn = turn;
+    ps__lock(&w->lock);
+    event_batch *b = &w->batch;
+    bool room = b->count < PS__RING;
+    if (room) {
+        unsigned i = (b->head + b->count++) % PS__RING;
+        b->at[i].conn = c;
+        b->at[i].turn = turn;
+        atomic_store_explicit(&w->waiting, b->count, memory_order_relaxed);
+    }
+    ps__unlock(&w->lock);
+    return room;
 }
 
-/* Polls a shard the caller holds: claims what epoll_wait reports into b. */
-static void poll_shard(ps_server *srv, unsigned shard, event_batch *b, int timeout_ms)
+/* Takes the first connection of the worker's batch; false when empty. */
+static bool batch_take(event_worker *w, ps_conn **c, bool *turn)
+{
+    ps__lock(&w->lock);
+    event_batch *b = &w->batch;
+    bool got = b->count > 0;
+    if (got) {
+        *c = b->at[b->head].conn;
+        *turn = b->at[b->head].turn;
+        b->head = (b->head + 1) % PS__RING;
+        b->count--;
+        atomic_store_explicit(&w->waiting, b->count, memory_order_relaxed);
+    }
+    ps__unlock(&w->lock);
+    return got;
+}
+
+/* Polls a shard the caller holds: claims what epoll_wait reports into the
+ * worker's batch. Only the worker adds to it, so the room seen before
+ * epoll_wait is there after. */
+static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int timeout_ms)
 {
     ps__shard *sh = &srv->shards[shard];
     struct epoll_event evs[PS__BATCH];
-    int room = (int)(PS__RING - b->count);
+    int room = (int)(PS__RING - atomic_load_explicit(&me->waiting, memory_order_relaxed));
 
     reap(sh);
     if (room > PS__BATCH)
         room = PS__BATCH;
-    if (room == 0)
+    if (room <= 0)
         return;
     int n = epoll_wait(sh->epfd, evs, room, timeout_ms);
     if (n < 0 && errno != EINTR)
         ps_log_error("epoll_wait: %s", strerror(errno));
-    unsigned before = b->count;
+    unsigned got = 0;
     for (int i = 0; i < n; i++) {
         ps_conn *c = evs[i].data.ptr;
         if (c == NULL || !claim(srv, c)) /* NULL: the stop signal */
             continue;
         /* An end of stream behind the input raises no edge of its own. */
         c->read_to_end = (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
-        batch_push(b, c, false);
+        batch_add(me, c, false);
+        got++;
     }
-    if (b->count > before)
-        atomic_fetch_add_explicit(&srv->c.event_jobs, b->count - before, memory_order_relaxed);
+    if (got > 0)
+        atomic_fetch_add_explicit(&srv->c.event_jobs, got, memory_order_relaxed);
+}
+
+/* Takes, for the idle worker `me`, the first connection waiting behind a
+ * handler call that has run PS__STALL_US on another worker. */
+static bool steal(ps_server *srv, event_worker *me)
+{
+    ps__event *ev = srv->event;
+    unsigned n = ev->nworkers, start = (unsigned)(me - ev->w);
+    int64_t now = 0;
+    for (unsigned i = 1; i < n; i++) {
+        event_worker *w = &ev->w[(start + i) % n];
+        if (atomic_load_explicit(&w->waiting, memory_order_relaxed) == 0)
+            continue;
+        int64_t since = atomic_load_explicit(&w->handler_since_us, memory_order_relaxed);
+        if (since == 0)
+            continue;
+        if (now == 0)
+            now = ps__now_us();
+        if (now - since < PS__STALL_US)
+            continue;
+        ps_conn *c;
+        bool turn;
+        if (!batch_take(w, &c, &turn))
+            continue;
+        batch_add(me, c, turn); /* me's batch is empty: the hook runs it */
+        atomic_fetch_add_explicit(&srv->c.event_steals, 1, memory_order_relaxed);
+        return true;
+    }
+    return false;
 }
 
 /* Takes a shard for a poller: the one of its CPU, where its connections'
  * packets arrive (see place()), unless another has gone unpolled for
  * PS__UNPOLLED_US: the worker that polls a shard of its own CPU whenever it
  * comes back must not leave another shard to a worker that waits for a CPU
- * (then the longest unpolled one). The pool lets at most nshards workers
- * in here, but a worker outside may hold a flag for a moment (a turn,
- * replace()): after a pass with none free, let it run. */
+ * (then the longest unpolled one). Then any free one. Returns nshards when
+ * every shard has its poller: the caller has nothing to do. */
 static unsigned take_any_shard(ps_server *srv)
 {
     int cpu = sched_getcpu();
@@ -510,57 +618,85 @@ static unsigned take_any_shard(ps_server *srv)
     }
     if (late < n && take_shard(srv, late))
         return late;
-    for (unsigned tries = 1; !take_shard(srv, shard); tries++) {
-        shard = (shard + 1) % n;
-        if (tries % n == 0)
-            sched_yield();
-    }
-    return shard;
+    for (unsigned tries = 0; tries < n; tries++, shard = (shard + 1) % n)
+        if (take_shard(srv, shard))
+            return shard;
+    return n;
+}
+
+/* A worker starts a job: wakes the watch if it sleeps. The watch sets
+ * watch_asleep before it looks at the pool's busy count, and the pool
+ * counts the job busy before it runs it: one of the two sees the other. */
+static void watch_wake(ps__event *ev)
+{
+    if (!atomic_load(&ev->watch_asleep))
+        return;
+    ps__lock(&ev->watch_lock);
+    atomic_store(&ev->watch_asleep, false);
+    pthread_cond_signal(&ev->watch_cond);
+    ps__unlock(&ev->watch_lock);
 }
 
 static void event_batch_job(void *arg)
 {
-    event_batch *b = arg;
-    ps_server *srv = b->srv;
-    while (b->count > 0) {
-        ps_conn *c = b->at[b->head].conn;
-        bool turn = b->at[b->head].turn;
-        b->head = (b->head + 1) % PS__RING;
-        b->count--;
+    event_worker *me = arg;
+    ps_server *srv = me->srv;
+    ps_conn *c;
+    bool turn;
+
+    watch_wake(srv->event);
+    while (batch_take(me, &c, &turn)) {
         if (turn) {
             /* Behind the others: those this worker holds, and those its
              * shard has ready now, unless another worker polls it. */
             if (take_shard(srv, c->shard)) {
-                poll_shard(srv, c->shard, b, 0);
+                poll_shard(srv, c->shard, me, 0);
                 release_shard(srv, c->shard);
             }
-            if (b->count > 0) {
-                batch_push(b, c, false);
+            if (atomic_load_explicit(&me->waiting, memory_order_relaxed) > 0 &&
+                batch_add(me, c, false))
                 continue;
-            }
         }
-        if (event_serve(srv, c)) {
-            if (b->count < PS__RING)
-                batch_push(b, c, true);
-            else
-                while (event_serve(srv, c)) /* no room: serve on */
-                    ;
-        }
+        if (event_serve(srv, c) && !batch_add(me, c, true))
+            while (event_serve(srv, c)) /* no room: serve on */
+                ;
     }
+}
+
+/* The calling worker's slot, taken on its first call. */
+static event_worker *worker_of(ps_server *srv)
+{
+    static _Thread_local ps_server *mine_srv;
+    static _Thread_local event_worker *mine;
+    if (mine_srv == srv)
+        return mine;
+    ps__event *ev = srv->event;
+    unsigned i = atomic_fetch_add_explicit(&ev->joined, 1, memory_order_relaxed);
+    if (i >= ev->nworkers)
+        return NULL; /* more workers than the pool was made with: a bug */
+    mine_srv = srv;
+    mine = &ev->w[i];
+    ps__conn_watch_handlers(&mine->handler_since_us);
+    return mine;
 }
 
 int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
 {
-    /* Filled and run by the same worker, one batch at a time. */
-    static _Thread_local event_batch batch;
     ps_server *srv = ctx;
 
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
-        return 0; /* the stop signal would wake epoll_wait at once */
+        return PS_POOL_IDLE_SLEEP; /* until the pool's shutdown */
+    event_worker *me = worker_of(srv);
+    if (me == NULL)
+        return PS_POOL_IDLE_SLEEP;
+    *fn = event_batch_job;
+    *arg = me;
+    if (steal(srv, me))
+        return 1;
     unsigned shard = take_any_shard(srv);
-    batch.srv = srv;
-    batch.head = batch.count = 0;
-    poll_shard(srv, shard, &batch, PS__SWEEP_MS);
+    if (shard == srv->nshards)
+        return PS_POOL_IDLE_SLEEP; /* every shard has its poller */
+    poll_shard(srv, shard, me, PS__SWEEP_MS);
     ps__shard *sh = &srv->shards[shard];
     int64_t now_us = ps__now_us(), now = now_us / 1000;
     if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {
@@ -570,11 +706,158 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     /* Another worker may wait on this shard while this one serves. */
     atomic_store_explicit(&sh->released_us, now_us, memory_order_relaxed);
     release_shard(srv, shard);
-    if (batch.count == 0)
+    return atomic_load_explicit(&me->waiting, memory_order_relaxed) > 0;
+}
+
+enum { WATCH_IDLE, WATCH_BUSY, WATCH_HELD };
+
+/* One look of the watch: wakes a sleeping worker for each handler call
+ * that has held its worker PS__STALL_US (once per call). Returns
+ * WATCH_HELD when some call holds its worker, else WATCH_BUSY when any
+ * worker runs a job, else WATCH_IDLE. */
+static int watch_look(ps_server *srv)
+{
+    ps__event *ev = srv->event;
+    int64_t now = ps__now_us();
+    unsigned held = 0, fresh = 0;
+    for (unsigned i = 0; i < ev->nworkers; i++) {
+        event_worker *w = &ev->w[i];
+        int64_t since = atomic_load_explicit(&w->handler_since_us, memory_order_relaxed);
+        if (since == 0 || now - since < PS__STALL_US)
+            continue;
+        held++;
+        if (w->woken_for != since) {
+            w->woken_for = since;
+            fresh++;
+        }
+    }
+    if (fresh > 0) {
+        unsigned woken = ps_pool_wake_idle(srv->pool, fresh);
+        atomic_fetch_add_explicit(&srv->c.event_wakes, woken, memory_order_relaxed);
+    }
+    if (held > 0)
+        return WATCH_HELD;
+    return ps_pool_available_threads(srv->pool) < ps_pool_max_threads(srv->pool) ? WATCH_BUSY
+                                                                                  : WATCH_IDLE;
+}
+
+static void *watch_main(void *arg)
+{
+    ps_server *srv = arg;
+    ps__event *ev = srv->event;
+    int64_t tick_us = PS__WATCH_US;
+
+    ps__lock(&ev->watch_lock);
+    while (!ev->watch_stop) {
+        ps__unlock(&ev->watch_lock);
+        int seen = watch_look(srv);
+        ps__lock(&ev->watch_lock);
+        if (ev->watch_stop)
+            break;
+        if (seen == WATCH_HELD)
+            tick_us = PS__WATCH_US;
+        else if (tick_us < PS__WATCH_MAX_US)
+            tick_us *= 2;
+        if (seen == WATCH_IDLE) {
+            /* Nothing runs: sleep until a job starts (watch_wake). */
+            atomic_store(&ev->watch_asleep, true);
+            if (ps_pool_available_threads(srv->pool) == ps_pool_max_threads(srv->pool))
+                while (atomic_load(&ev->watch_asleep) && !ev->watch_stop)
+                    ps__wait(&ev->watch_cond, &ev->watch_lock);
+            atomic_store(&ev->watch_asleep, false);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += tick_us * 1000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        int rc = pthread_cond_timedwait(&ev->watch_cond, &ev->watch_lock, &ts);
+        if (rc != 0 && rc != ETIMEDOUT)
+            abort();
+    }
+    ps__unlock(&ev->watch_lock);
+    return NULL;
+}
+
+int ps__event_start_watch(ps_server *srv)
+{
+    ps__event *ev = srv->event;
+    int rc = pthread_create(&ev->watch, NULL, watch_main, srv);
+    if (rc != 0)
+        return -rc;
+    ev->watch_started = true;
+    return 0;
+}
+
+void ps__event_stop_watch(ps_server *srv)
+{
+    ps__event *ev = srv->event;
+    if (ev == NULL || !ev->watch_started)
+        return;
+    ps__lock(&ev->watch_lock);
+    ev->watch_stop = true;
+    pthread_cond_signal(&ev->watch_cond);
+    ps__unlock(&ev->watch_lock);
+    pthread_join(ev->watch, NULL);
+    ev->watch_started = false;
+}
+
+size_t ps__event_waiting(const ps_server *srv)
+{
+    const ps__event *ev = srv->event;
+    size_t n = 0;
+    if (ev == NULL)
         return 0;
-    *fn = event_batch_job;
-    *arg = &batch;
-    return 1;
+    for (unsigned i = 0; i < ev->nworkers; i++)
+        n += atomic_load_explicit(&ev->w[i].waiting, memory_order_relaxed);
+    return n;
+}
+
+/* The workers' slots and the watch's lock; NULL on ENOMEM. */
+static ps__event *event_new(ps_server *srv)
+{
+    ps__event *ev = calloc(1, sizeof *ev);
+    if (ev == NULL)
+        return NULL;
+    ev->nworkers = srv->cfg.workers;
+    ev->w = aligned_alloc(_Alignof(event_worker), ev->nworkers * sizeof *ev->w);
+    if (ev->w == NULL) {
+        free(ev);
+        return NULL;
+    }
+    memset(ev->w, 0, ev->nworkers * sizeof *ev->w);
+    pthread_condattr_t ca;
+    if (pthread_mutex_init(&ev->watch_lock, NULL) != 0 || pthread_condattr_init(&ca) != 0 ||
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&ev->watch_cond, &ca) != 0)
+        abort(); /* default attributes: cannot fail on Linux but for ENOMEM */
+    pthread_condattr_destroy(&ca);
+    atomic_init(&ev->joined, 0);
+    atomic_init(&ev->watch_asleep, false);
+    for (unsigned i = 0; i < ev->nworkers; i++) {
+        event_worker *w = &ev->w[i];
+        if (pthread_mutex_init(&w->lock, NULL) != 0)
+            abort();
+        atomic_init(&w->waiting, 0);
+        atomic_init(&w->handler_since_us, 0);
+        w->srv = srv;
+    }
+    return ev;
+}
+
+static void event_free(ps__event *ev)
+{
+    if (ev == NULL)
+        return;
+    for (unsigned i = 0; i < ev->nworkers; i++)
+        pthread_mutex_destroy(&ev->w[i].lock);
+    pthread_cond_destroy(&ev->watch_cond);
+    pthread_mutex_destroy(&ev->watch_lock);
+    free(ev->w);
+    free(ev);
 }
 
 int ps__event_setup(ps_server *srv, char *err, size_t errlen)
@@ -588,6 +871,11 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
     if (n > PS__SHARDS_MAX)
         n = PS__SHARDS_MAX;
     srv->nshards = 0;
+    srv->event = event_new(srv);
+    if (srv->event == NULL) {
+        snprintf(err, errlen, "event dispatch: %s", strerror(ENOMEM));
+        return -ENOMEM;
+    }
     for (unsigned i = 0; i < n; i++) {
         int fd = epoll_create1(EPOLL_CLOEXEC);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
@@ -617,6 +905,8 @@ void ps__event_teardown(ps_server *srv)
         close(srv->shards[i].epfd);
     }
     srv->nshards = 0;
+    event_free(srv->event);
+    srv->event = NULL;
 }
 
 void ps__event_close_all(ps_server *srv)

@@ -43,6 +43,10 @@ typedef struct ps__counters {
     atomic_uint_fast64_t admin_commands;
     atomic_uint_fast64_t event_jobs;   /* event mode: "has input" jobs run */
     atomic_uint_fast64_t event_moves;  /* event mode: connections moved to another shard */
+    atomic_uint_fast64_t event_steals; /* event mode: ready connections taken from a
+                                          worker held in a handler */
+    atomic_uint_fast64_t event_wakes;  /* event mode: workers woken for a held one */
+    atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
 } ps__counters;
 
@@ -62,6 +66,7 @@ typedef struct ps__shard {
 } ps__shard;
 
 typedef struct ps__linger ps__linger;
+typedef struct ps__event ps__event;
 
 struct ps_server {
     ps_config cfg;
@@ -94,6 +99,7 @@ struct ps_server {
     ps__shard shards[PS__SHARDS_MAX];
     unsigned nshards;
     atomic_uint shard_next;      /* where the next poller starts looking */
+    ps__event *event;            /* workers' batches and the stall watch */
     pthread_mutex_t conns_lock;  /* guards the list below */
     struct ps_conn *conns;       /* every event-mode connection */
 
@@ -192,6 +198,12 @@ void ps__conn_close(ps_conn *conn);
  * keep it readable a while longer (event mode; free() it later). */
 void ps__conn_end(ps_conn *conn);
 
+/* Makes the calling thread publish, in *since, the monotonic time (us) at
+ * which its current handler call began, and 0 between calls, so that
+ * another thread can tell a handler that blocks (event mode's watch). NULL
+ * stops it. */
+void ps__conn_watch_handlers(_Atomic int64_t *since);
+
 /* Calls the handler's on_open. Returns PS_CONTINUE or PS_CLOSE. */
 int ps__conn_open(ps_conn *conn);
 
@@ -249,9 +261,17 @@ void ps__dispatch_connection_job(void *conn);
 
 /* ---- dispatch_event.c ---- */
 
-/* Creates the epoll sets (before the pool, whose idle hook uses them). */
+/* Creates the epoll sets and the workers' batches (before the pool, whose
+ * idle hook uses them). */
 int ps__event_setup(ps_server *srv, char *err, size_t errlen);
-/* Closes the epoll sets. */
+/* Starts the thread that watches for workers held in a handler and wakes
+ * others in their place (after the pool exists). Returns 0 or -errno. */
+int ps__event_start_watch(ps_server *srv);
+/* Stops and joins that thread (before the pool is destroyed). */
+void ps__event_stop_watch(ps_server *srv);
+/* Ready connections claimed by a worker and waiting for it. */
+size_t ps__event_waiting(const ps_server *srv);
+/* Closes the epoll sets and frees the batches. */
 void ps__event_teardown(ps_server *srv);
 /* The pool's idle hook: waits for ready connections (see the .c). */
 int ps__event_idle(void *srv, ps_job_fn *fn, void **arg);

@@ -227,12 +227,21 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
             po.idle = ps__event_idle;
             po.idle_ctx = srv;
-            po.idle_max = srv->nshards;
+            /* Every idle worker may look for work: the hook itself keeps
+             * one poller per shard and puts the rest to sleep. */
+            po.idle_max = srv->cfg.workers;
         }
         rc = ps_pool_create(&srv->pool, &po);
         if (rc != 0) {
             snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
             goto fail;
+        }
+        if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
+            rc = ps__event_start_watch(srv);
+            if (rc != 0) {
+                snprintf(err, errlen, "event watch thread: %s", ps_strerror(rc));
+                goto fail;
+            }
         }
     }
     if (srv->admin_fd >= 0) {
@@ -264,6 +273,7 @@ fail:
         (void)!write(srv->stop_fd, &one, sizeof one);
     }
     ps__admin_join(srv);
+    ps__event_stop_watch(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
     ps__event_teardown(srv);
@@ -302,6 +312,7 @@ void ps_server_stop(ps_server *srv)
     ps__thread_reap(srv, true);
     ps__admin_join(srv);
     close_fd(&srv->admin_fd);
+    ps__event_stop_watch(srv); /* it wakes workers of the pool */
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
     ps__event_close_all(srv);
@@ -344,6 +355,7 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->send_timeouts = atomic_load_explicit(&c->send_timeouts, memory_order_relaxed);
     st->accept_errors = atomic_load_explicit(&c->accept_errors, memory_order_relaxed);
     st->admin_commands = atomic_load_explicit(&c->admin_commands, memory_order_relaxed);
+    st->slow_handlers = atomic_load_explicit(&c->slow_handlers, memory_order_relaxed);
     st->uptime_seconds = (uint64_t)(ps__now_ms() - srv->start_ms) / 1000;
 }
 
@@ -352,4 +364,7 @@ void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st)
     memset(st, 0, sizeof *st);
     if (srv->pool != NULL)
         ps_pool_get_stats(srv->pool, st);
+    /* Event mode's queue: connections ready and claimed by a worker that
+     * has not come to them yet (the pool's own queue stays empty). */
+    st->queue_depth += ps__event_waiting(srv);
 }

@@ -44,10 +44,12 @@ static void config_all_changed(ps_config *cfg)
     cfg->idle_timeout = 6;
     cfg->send_timeout = 7;
     cfg->shutdown_timeout = 8;
+    cfg->slow_handler_ms = 10;
     cfg->admin_enabled = false;
     strcpy(cfg->admin_bind, "10.8.8.8");
     cfg->admin_port = 9;
     cfg->log_level = PS_LOG_DEBUG;
+    cfg->handler = PS_HANDLER_SLEEP;
 }
 
 static void assert_config_equal(const ps_config *a, const ps_config *b)
@@ -64,10 +66,12 @@ static void assert_config_equal(const ps_config *a, const ps_config *b)
     assert_int_equal(a->idle_timeout, b->idle_timeout);
     assert_int_equal(a->send_timeout, b->send_timeout);
     assert_int_equal(a->shutdown_timeout, b->shutdown_timeout);
+    assert_int_equal(a->slow_handler_ms, b->slow_handler_ms);
     assert_int_equal(a->admin_enabled, b->admin_enabled);
     assert_string_equal(a->admin_bind, b->admin_bind);
     assert_int_equal(a->admin_port, b->admin_port);
     assert_int_equal(a->log_level, b->log_level);
+    assert_int_equal(a->handler, b->handler);
 }
 
 /* Writes len bytes to a new temporary file; the caller unlinks path. */
@@ -118,7 +122,7 @@ static void test_defaults(void **state)
     ps_config_defaults(&cfg);
     assert_string_equal(cfg.bind, "127.0.0.1");
     assert_int_equal(cfg.port, 9050);
-    assert_int_equal(cfg.backlog, 511);
+    assert_int_equal(cfg.backlog, 0); /* the system's somaxconn */
     assert_string_equal(cfg.greeting, "Welcome to my server");
     assert_int_equal(cfg.dispatch, PS_DISPATCH_EVENT);
     assert_int_equal(cfg.workers, 25);
@@ -128,10 +132,12 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.idle_timeout, 300);
     assert_int_equal(cfg.send_timeout, 10);
     assert_int_equal(cfg.shutdown_timeout, 5);
+    assert_int_equal(cfg.slow_handler_ms, 1000);
     assert_true(cfg.admin_enabled);
     assert_string_equal(cfg.admin_bind, "127.0.0.1");
     assert_int_equal(cfg.admin_port, 9051);
     assert_int_equal(cfg.log_level, PS_LOG_INFO);
+    assert_int_equal(cfg.handler, PS_HANDLER_ECHO);
 
     char err[256] = "x";
     assert_int_equal(ps_config_validate(&cfg, err, sizeof(err)), 0);
@@ -150,6 +156,9 @@ static void test_names(void **state)
     assert_string_equal(ps_log_level_name(PS_LOG_INFO), "info");
     assert_string_equal(ps_log_level_name(PS_LOG_DEBUG), "debug");
     assert_string_equal(ps_log_level_name((ps_log_level)-1), "unknown");
+    assert_string_equal(ps_handler_name(PS_HANDLER_ECHO), "echo");
+    assert_string_equal(ps_handler_name(PS_HANDLER_SLEEP), "sleep");
+    assert_string_equal(ps_handler_name((ps_handler_kind)2), "unknown");
 }
 
 static const char every_key[] =
@@ -169,12 +178,15 @@ static const char every_key[] =
     "idle_timeout = 0\n"
     "send_timeout = 3600\n"
     "shutdown_timeout = 1\n"
+    "slow_handler_ms = 0\n"
     "[admin]\n"
     "enabled = off\n"
     "bind = localhost\n"
     "port = 65535\n"
     "[log]\n"
-    "level = debug\n";
+    "level = debug\n"
+    "[handler]\n"
+    "name = sleep\n";
 
 static void check_every_key(const ps_config *cfg)
 {
@@ -190,10 +202,12 @@ static void check_every_key(const ps_config *cfg)
     assert_int_equal(cfg->idle_timeout, 0);
     assert_int_equal(cfg->send_timeout, 3600);
     assert_int_equal(cfg->shutdown_timeout, 1);
+    assert_int_equal(cfg->slow_handler_ms, 0);
     assert_false(cfg->admin_enabled);
     assert_string_equal(cfg->admin_bind, "localhost");
     assert_int_equal(cfg->admin_port, 65535);
     assert_int_equal(cfg->log_level, PS_LOG_DEBUG);
+    assert_int_equal(cfg->handler, PS_HANDLER_SLEEP);
 }
 
 static void test_file_every_key(void **state)
@@ -411,7 +425,7 @@ static void test_err_negative(void **state)
 {
     (void)state;
     expect_error("[server]\nbacklog = -5\n",
-                 "t.ini:2: server.backlog: expected an integer from 1 to 65535, got \"-5\"");
+                 "t.ini:2: server.backlog: expected an integer from 0 to 65535, got \"-5\"");
     expect_error("[pool]\nworkers = +5\n",
                  "t.ini:2: pool.workers: expected an integer from 1 to 4096, got \"+5\"");
     /* strtoull alone would wrap "-1" to ULLONG_MAX */
@@ -436,6 +450,10 @@ static void test_err_range(void **state)
                  "t.ini:2: limits.shutdown_timeout: expected an integer from 1 to 3600, got \"3601\"");
     expect_error("[limits]\nmax_connections = 1000001\n",
                  "t.ini:2: limits.max_connections: expected an integer from 1 to 1000000, got \"1000001\"");
+    expect_error("[limits]\nslow_handler_ms = 3600001\n",
+                 "t.ini:2: limits.slow_handler_ms: expected an integer from 0 to 3600000, got \"3600001\"");
+    expect_error("[handler]\nname = upper\n",
+                 "t.ini:2: handler.name: expected echo or sleep, got \"upper\"");
     expect_error("[pool]\nqueue_capacity = 1048577\n",
                  "t.ini:2: pool.queue_capacity: expected an integer from 1 to 1048576, got \"1048577\"");
 }
@@ -742,7 +760,7 @@ static void test_validate_ranges(void **state)
     ps_config_defaults(&cfg);
     cfg.backlog = -1;
     assert_int_equal(ps_config_validate(&cfg, err, sizeof(err)), PS_ECONFIG);
-    assert_string_equal(err, "server.backlog: expected an integer from 1 to 65535, got \"-1\"");
+    assert_string_equal(err, "server.backlog: expected an integer from 0 to 65535, got \"-1\"");
 
     ps_config_defaults(&cfg);
     cfg.max_line = (size_t)1 << 40;

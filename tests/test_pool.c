@@ -599,6 +599,74 @@ static void test_idle_hook(void **state)
     pthread_mutex_destroy(&src.mu);
 }
 
+/* A hook that has nothing and says so: each call is counted, and the
+ * worker sleeps until woken. */
+static atomic_uint sleepy_calls;
+
+static int sleepy_idle(void *ctx, ps_job_fn *fn, void **arg)
+{
+    (void)ctx;
+    (void)fn;
+    (void)arg;
+    atomic_fetch_add(&sleepy_calls, 1);
+    return PS_POOL_IDLE_SLEEP;
+}
+
+static bool wait_calls(unsigned want)
+{
+    for (int i = 0; i < WAIT_MS && atomic_load(&sleepy_calls) < want; i++) {
+        struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000L};
+        nanosleep(&ms, NULL);
+    }
+    return atomic_load(&sleepy_calls) >= want;
+}
+
+static void add_one_job(void *arg)
+{
+    atomic_fetch_add((atomic_uint *)arg, 1);
+}
+
+/* PS_POOL_IDLE_SLEEP puts a worker to sleep instead of calling the hook
+ * again; ps_pool_wake_idle wakes exactly as many as it says, never more
+ * than sleep; a job wakes one and the hook is called after it. */
+static void test_idle_sleep_and_wake(void **state)
+{
+    (void)state;
+    enum { WORKERS = 4 };
+    atomic_store(&sleepy_calls, 0);
+    ps_pool *pool = NULL;
+    ps_pool_opts o = {.workers = WORKERS, .queue_capacity = 16, .idle = sleepy_idle,
+                      .idle_max = WORKERS};
+    assert_int_equal(ps_pool_create(&pool, &o), 0);
+    assert_true(wait_calls(WORKERS));
+    /* All asleep: nobody calls the hook again on its own. */
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 50 * 1000000L};
+    nanosleep(&pause, NULL);
+    assert_int_equal(atomic_load(&sleepy_calls), WORKERS);
+
+    assert_int_equal(ps_pool_wake_idle(pool, 0), 0);
+    assert_int_equal(ps_pool_wake_idle(pool, 2), 2);
+    assert_true(wait_calls(WORKERS + 2));
+    nanosleep(&pause, NULL);
+    assert_int_equal(atomic_load(&sleepy_calls), WORKERS + 2);
+
+    /* More than sleep: only those that do. */
+    unsigned woken = ps_pool_wake_idle(pool, 100);
+    assert_true(woken >= 1 && woken <= WORKERS);
+    assert_true(wait_calls(WORKERS + 2 + woken));
+
+    /* A job runs on a sleeper, which then asks the hook again. */
+    atomic_uint ran;
+    atomic_init(&ran, 0);
+    unsigned before = atomic_load(&sleepy_calls);
+    assert_int_equal(ps_pool_submit(pool, add_one_job, &ran), 0);
+    assert_true(wait_calls(before + 1));
+    assert_int_equal(atomic_load(&ran), 1);
+
+    assert_int_equal(ps_pool_wake_idle(NULL, 1), 0);
+    ps_pool_destroy(pool); /* sleepers leave on shutdown */
+}
+
 #define FX_TEST(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
 
 int main(void)
@@ -613,6 +681,7 @@ int main(void)
         FX_TEST(test_destroy_releases_blocked_submitter),
         FX_TEST(test_many_submitters),
         cmocka_unit_test(test_idle_hook),
+        cmocka_unit_test(test_idle_sleep_and_wake),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

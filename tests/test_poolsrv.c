@@ -135,6 +135,67 @@ static void test_serves_and_poolctl(void **state)
     stop_ok(&p, SIGINT, T_MS);
 }
 
+/* The default backlog is the system's somaxconn, and the start log says
+ * so; a configured one is used as it is. */
+static void test_backlog_defaults_to_somaxconn(void **state)
+{
+    (void)state;
+    int somaxconn = 0;
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
+    if (f == NULL || fscanf(f, "%d", &somaxconn) != 1)
+        somaxconn = 4096;
+    if (f != NULL)
+        fclose(f);
+    if (somaxconn > 65535)
+        somaxconn = 65535;
+    char want[32];
+    snprintf(want, sizeof want, "backlog %d)", somaxconn);
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=warn"), 0, true, T_MS), 0);
+    assert_non_null(strstr(p.log, want));
+    stop_ok(&p, SIGTERM, T_MS);
+
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "server.backlog=7"), 0, true, T_MS), 0);
+    assert_non_null(strstr(p.log, "backlog 7)"));
+    stop_ok(&p, SIGTERM, T_MS);
+}
+
+/* [handler] name = sleep: "sleep N" holds a worker N ms, then is echoed;
+ * a call past slow_handler_ms is logged at warn with the connection's id
+ * and peer and its duration, once, and counted. */
+static void test_sleep_handler_and_slow_log(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "handler.name=sleep", "-o",
+                                              "limits.slow_handler_ms=50", "-o", "log.level=warn"),
+                                  0, true, T_MS), 0);
+    int fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    expect_line(fd, "Welcome to my server\r\n");
+    int64_t t0 = t_now_ms();
+    assert_int_equal(t_send_str(fd, "sleep 80\r\n"), 0);
+    expect_line(fd, "sleep 80\r\n");
+    assert_true(t_now_ms() - t0 >= 80);
+    assert_int_equal(t_send_str(fd, "sleep 1x\r\nhello\r\n"), 0); /* not a number: echoed */
+    expect_line(fd, "sleep 1x\r\n");
+    expect_line(fd, "hello\r\n");
+
+    char aport[16], out[8192];
+    snprintf(aport, sizeof aport, "%u", (unsigned)p.admin_port);
+    assert_int_equal(t_run((char *[]){POOLCTL_BIN, "-p", aport, "stats", NULL}, out, sizeof out, T_MS), 0);
+    assert_int_equal(t_stat(out, "slow_handlers"), 1);
+    t_proc_drain(&p);
+    const char *warn = strstr(p.log, "WARN  connection 1 from 127.0.0.1:");
+    assert_non_null(warn);
+    const char *ran = strstr(warn, ": handler on_line ran ");
+    assert_non_null(ran);
+    assert_non_null(strstr(ran, " ms (slow_handler_ms 50)"));
+    assert_null(strstr(ran + 3, "handler on_line ran")); /* once */
+    close(fd);
+    stop_ok(&p, SIGTERM, T_MS);
+}
+
 static void test_poolctl_cannot_connect(void **state)
 {
     (void)state;
@@ -251,6 +312,8 @@ int main(void)
         cmocka_unit_test(test_config_error_binds_nothing),
         cmocka_unit_test(test_serves_and_poolctl),
         cmocka_unit_test(test_poolctl_cannot_connect),
+        cmocka_unit_test(test_backlog_defaults_to_somaxconn),
+        cmocka_unit_test(test_sleep_handler_and_slow_log),
         cmocka_unit_test(test_sigterm_is_graceful),
         cmocka_unit_test(test_out_of_descriptors),
     };

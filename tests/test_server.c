@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "gate.h"
 #include "poolsrv/log.h"
 #include "poolsrv/server.h"
 #include "support.h"
@@ -437,6 +438,183 @@ static void test_admin_threads_follow_clients(void **state)
     }
     assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
     ps_server_destroy(srv);
+}
+
+/* ---- handlers that block (a database call, say) ---- */
+
+/* "block" lines wait behind this gate (bounded), counting in `entered` the
+ * calls that reached it and in `done` those that went on; every other line
+ * is echoed at once. */
+static t_gate held;
+static atomic_uint held_now, held_most; /* calls at the gate now, at most */
+
+static int holding_open(ps_conn *c, void *ud)
+{
+    return ps_echo_handler.on_open(c, ud);
+}
+
+static int holding_line(ps_conn *c, const ps_line *line, void *ud)
+{
+    if (line->len == 5 && memcmp(line->data, "block", 5) == 0) {
+        unsigned now = atomic_fetch_add(&held_now, 1) + 1;
+        unsigned most = atomic_load(&held_most);
+        while (now > most && !atomic_compare_exchange_weak(&held_most, &most, now))
+            ;
+        pthread_mutex_lock(&held.mu);
+        held.entered++;
+        pthread_cond_broadcast(&held.cv);
+        t_gate_pass_locked(&held, 4 * T_MS);
+        held.done++;
+        pthread_cond_broadcast(&held.cv);
+        pthread_mutex_unlock(&held.mu);
+        atomic_fetch_sub(&held_now, 1);
+    }
+    return ps_echo_handler.on_line(c, line, ud);
+}
+
+static const ps_handler holding_handler = {.on_open = holding_open, .on_line = holding_line};
+
+static ps_server *start_holding(const ps_config *cfg)
+{
+    t_gate_init(&held);
+    atomic_store(&held_now, 0);
+    atomic_store(&held_most, 0);
+    ps_server *srv = NULL;
+    if (ps_server_create(&srv, cfg, &holding_handler, (void *)cfg->greeting) != 0)
+        return NULL;
+    char err[256];
+    if (ps_server_start(srv, err, sizeof err) != 0) {
+        fprintf(stderr, "server start: %s\n", err);
+        ps_server_destroy(srv);
+        return NULL;
+    }
+    return srv;
+}
+
+/* Opens the gate, then stops the server and checks that no call at the
+ * gate timed out. */
+static void finish_holding(ps_server *srv)
+{
+    t_gate_open(&held);
+    ps_server_destroy(srv);
+    assert_int_equal(atomic_load(&held.errors), 0);
+    t_gate_fini(&held);
+}
+
+/* More clients than workers, each sending a line whose handler blocks:
+ * every worker ends up running one (event mode too: a blocked handler
+ * does not keep the connections its worker had claimed from the others),
+ * never more, `threads` counts them busy and answers meanwhile, and every
+ * line is answered once the handlers return. */
+static void test_blocked_handlers_fill_the_pool(void **state)
+{
+    (void)state;
+    enum { WORKERS = 4, CLIENTS = 7 };
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = WORKERS;
+    ps_server *srv = start_holding(&cfg);
+    assert_non_null(srv);
+    unsigned want = t_dispatch == PS_DISPATCH_THREAD ? CLIENTS : WORKERS;
+
+    int fds[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        fds[i] = t_connect(ps_server_port(srv));
+        assert_true(fds[i] >= 0);
+        assert_int_equal(t_send_str(fds[i], "block\r\n"), 0);
+    }
+    assert_true(t_gate_wait(&held, &held.entered, want, T_MS));
+    assert_int_equal(wait_stat(srv, "threads", "busy_threads", want), want);
+    if (t_dispatch != PS_DISPATCH_THREAD) {
+        assert_int_equal(wait_stat(srv, "threads", "available_threads", 0), 0);
+        /* The rest wait for a worker, and nothing else runs them. */
+        assert_false(t_gate_wait(&held, &held.entered, want + 1, 50));
+    }
+    assert_int_equal(atomic_load(&held_most), want);
+
+    /* In the order they came: in connection mode a client keeps its
+     * worker until it leaves, and the next one in the queue gets it. */
+    t_gate_open(&held);
+    for (int i = 0; i < CLIENTS; i++) {
+        expect_line(fds[i], greeting);
+        expect_line(fds[i], "block\r\n");
+        close(fds[i]);
+    }
+    assert_true(t_gate_wait(&held, &held.done, CLIENTS, T_MS));
+    assert_int_equal(atomic_load(&held_most), want);
+    finish_holding(srv);
+}
+
+/* With all workers but one held in a handler, a quick client is still
+ * answered: it waits for none of them, whichever worker had claimed it. */
+static void test_quick_client_beside_held_handlers(void **state)
+{
+    (void)state;
+    for (unsigned workers = 2; workers <= 4; workers += 2) {
+        ps_config cfg;
+        t_config(&cfg);
+        cfg.workers = workers;
+        ps_server *srv = start_holding(&cfg);
+        assert_non_null(srv);
+        uint16_t port = ps_server_port(srv);
+
+        int quick = t_connect_greeted(port, T_MS); /* holds a worker in connection mode */
+        assert_true(quick >= 0);
+        int slow[3];
+        for (unsigned i = 0; i < workers - 1; i++) {
+            slow[i] = t_connect(port);
+            assert_true(slow[i] >= 0);
+            assert_int_equal(t_send_str(slow[i], "block\r\n"), 0);
+        }
+        assert_true(t_gate_wait(&held, &held.entered, workers - 1, T_MS));
+        for (int round = 0; round < 20; round++) {
+            assert_int_equal(t_send_str(quick, "quick\r\n"), 0);
+            expect_line(quick, "quick\r\n");
+        }
+        pthread_mutex_lock(&held.mu);
+        unsigned done = held.done;
+        pthread_mutex_unlock(&held.mu);
+        assert_int_equal(done, 0); /* every reply came while they were held */
+
+        t_gate_open(&held);
+        for (unsigned i = 0; i < workers - 1; i++) {
+            expect_line(slow[i], greeting);
+            expect_line(slow[i], "block\r\n");
+            close(slow[i]);
+        }
+        close(quick);
+        finish_holding(srv);
+    }
+}
+
+/* A handler call longer than slow_handler_ms is counted once; quick ones
+ * are not, nor anything when the check is off. */
+static void test_slow_handlers_counted(void **state)
+{
+    (void)state;
+    for (unsigned limit = 0; limit <= 100; limit += 100) {
+        ps_config cfg;
+        t_config(&cfg);
+        cfg.slow_handler_ms = limit;
+        ps_server *srv = NULL;
+        assert_int_equal(ps_server_create(&srv, &cfg, &ps_sleep_handler, (void *)cfg.greeting), 0);
+        assert_int_equal(ps_server_start(srv, NULL, 0), 0);
+        int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fd >= 0);
+        for (int i = 0; i < 5; i++) {
+            assert_int_equal(t_send_str(fd, "quick\r\n"), 0);
+            expect_line(fd, "quick\r\n");
+        }
+        assert_int_equal(t_send_str(fd, "sleep 120\r\n"), 0);
+        expect_line(fd, "sleep 120\r\n");
+        assert_int_equal(t_send_str(fd, "sleep 0\r\n"), 0); /* no wait: echoed */
+        expect_line(fd, "sleep 0\r\n");
+        char reply[8192];
+        assert_true(t_admin(ps_server_admin_port(srv), "stats", reply, sizeof reply) > 0);
+        assert_int_equal(t_stat(reply, "slow_handlers"), limit > 0 ? 1 : 0);
+        close(fd);
+        ps_server_destroy(srv);
+    }
 }
 
 /* Many clients at once, each greeted and echoed (not connection mode,
@@ -1057,6 +1235,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_max_connections),
         cmocka_unit_test(test_admin_threads_follow_clients),
         cmocka_unit_test(test_admin_answers_while_saturated),
+        cmocka_unit_test(test_blocked_handlers_fill_the_pool),
+        cmocka_unit_test(test_quick_client_beside_held_handlers),
+        cmocka_unit_test(test_slow_handlers_counted),
         cmocka_unit_test(test_many_clients),
         cmocka_unit_test(test_silent_clients_cost_no_worker),
         cmocka_unit_test(test_event_shards_follow_the_client_cpu),

@@ -38,7 +38,7 @@ typedef struct ps_config {
     /* [server] */
     char bind[PS_CONFIG_HOST_MAX];
     uint16_t port;                /* 0 = pick a free port */
-    int backlog;                  /* 1..65535 */
+    int backlog;                  /* 1..65535; 0 = the system's somaxconn */
     char greeting[PS_CONFIG_GREETING_MAX]; /* "" = no greeting */
     ps_dispatch_mode dispatch;
     /* [pool] */

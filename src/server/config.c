@@ -74,7 +74,7 @@ typedef struct ps__key {
 static const ps__key ps__keys[] = {
     PS__OTHER("server", "bind", bind, PS__K_HOST),
     PS__UINT("server", "port", port, PS__W_U16, 0, 65535),
-    PS__UINT("server", "backlog", backlog, PS__W_INT, 1, 65535),
+    PS__UINT("server", "backlog", backlog, PS__W_INT, 0, 65535),
     PS__OTHER("server", "greeting", greeting, PS__K_GREETING),
     PS__OTHER("server", "dispatch", dispatch, PS__K_DISPATCH),
     PS__UINT("pool", "workers", workers, PS__W_UNSIGNED, 1, 4096),
@@ -610,7 +610,7 @@ void ps_config_defaults(ps_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->bind, sizeof(cfg->bind), "%s", "127.0.0.1");
     cfg->port = 9050;
-    cfg->backlog = 511;
+    cfg->backlog = 0; /* the system's somaxconn, read when listening */
     snprintf(cfg->greeting, sizeof(cfg->greeting), "%s", "Welcome to my server");
     cfg->dispatch = PS_DISPATCH_EVENT;
     cfg->workers = 25;
@@ -823,7 +823,7 @@ const char *ps_handler_name(ps_handler_kind kind)
 {
     if ((unsigned)kind < 2)
         return ps__handler_names[kind];
-    return "?";
+    return "unknown";
 }
 
 const char *ps_dispatch_name(ps_dispatch_mode mode)

@@ -54,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -130,6 +131,10 @@ struct ps__event {
     /* The watch sleeps untimed while no worker runs a job; a worker that
      * starts one and finds this set wakes it (see watch_wake()). */
     atomic_bool watch_asleep;
+    /* An eventfd in every epoll set, edge-triggered: the watch writes it
+     * to send the pollers back to the idle hook when no worker sleeps that
+     * it could wake for a held one (see watch_look()). */
+    int nudge_fd;
     event_worker *w;          /* nworkers slots */
 };
 
@@ -498,6 +503,9 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
     }
 }
 
+/* The epoll data of the nudge eventfd. */
+static char nudge_marker;
+
 /* Adds c to the worker's batch; false when it is full. */
 static bool batch_add(event_worker *w, ps_conn *c, bool turn)
 {
@@ -550,6 +558,11 @@ static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int tim
         ps_log_error("epoll_wait: %s", strerror(errno));
     unsigned got = 0;
     for (int i = 0; i < n; i++) {
+        if (evs[i].data.ptr == &nudge_marker) {
+            uint64_t v;
+            (void)!read(srv->event->nudge_fd, &v, sizeof v); /* rearms it */
+            continue;
+        }
         ps_conn *c = evs[i].data.ptr;
         if (c == NULL || !claim(srv, c)) /* NULL: the stop signal */
             continue;
@@ -663,6 +676,23 @@ static void event_batch_job(void *arg)
     }
 }
 
+/* True when a shard other than `mine` has had no poller for
+ * PS__UNPOLLED_US: fewer workers are free than there are shards (the
+ * others are held in handlers), and the caller must not wait long on its
+ * own while another has input. It waits 1 ms instead, and the next poll
+ * goes to the shard that waited longest (take_any_shard()). */
+static bool another_unpolled(ps_server *srv, unsigned mine)
+{
+    int64_t before = ps__now_us() - PS__UNPOLLED_US;
+    for (unsigned i = 0; i < srv->nshards; i++) {
+        ps__shard *sh = &srv->shards[i];
+        if (i != mine && !atomic_load_explicit(&sh->taken, memory_order_relaxed) &&
+            atomic_load_explicit(&sh->released_us, memory_order_relaxed) < before)
+            return true;
+    }
+    return false;
+}
+
 /* The calling worker's slot, taken on its first call. */
 static event_worker *worker_of(ps_server *srv)
 {
@@ -696,7 +726,7 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     unsigned shard = take_any_shard(srv);
     if (shard == srv->nshards)
         return PS_POOL_IDLE_SLEEP; /* every shard has its poller */
-    poll_shard(srv, shard, me, PS__SWEEP_MS);
+    poll_shard(srv, shard, me, another_unpolled(srv, shard) ? 1 : PS__SWEEP_MS);
     ps__shard *sh = &srv->shards[shard];
     int64_t now_us = ps__now_us(), now = now_us / 1000;
     if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {
@@ -734,6 +764,11 @@ static int watch_look(ps_server *srv)
     if (fresh > 0) {
         unsigned woken = ps_pool_wake_idle(srv->pool, fresh);
         atomic_fetch_add_explicit(&srv->c.event_wakes, woken, memory_order_relaxed);
+        /* Nobody asleep to wake: the workers in epoll_wait come back to
+         * take what waits behind the held calls. */
+        uint64_t one = 1;
+        if (woken < fresh && write(ev->nudge_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+            ps_log_error("event watch: nudge: %s", strerror(errno));
     }
     if (held > 0)
         return WATCH_HELD;
@@ -829,6 +864,12 @@ static ps__event *event_new(ps_server *srv)
         return NULL;
     }
     memset(ev->w, 0, ev->nworkers * sizeof *ev->w);
+    ev->nudge_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ev->nudge_fd < 0) {
+        free(ev->w);
+        free(ev);
+        return NULL;
+    }
     pthread_condattr_t ca;
     if (pthread_mutex_init(&ev->watch_lock, NULL) != 0 || pthread_condattr_init(&ca) != 0 ||
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
@@ -856,6 +897,7 @@ static void event_free(ps__event *ev)
         pthread_mutex_destroy(&ev->w[i].lock);
     pthread_cond_destroy(&ev->watch_cond);
     pthread_mutex_destroy(&ev->watch_lock);
+    close(ev->nudge_fd);
     free(ev->w);
     free(ev);
 }
@@ -873,13 +915,15 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
     srv->nshards = 0;
     srv->event = event_new(srv);
     if (srv->event == NULL) {
-        snprintf(err, errlen, "event dispatch: %s", strerror(ENOMEM));
-        return -ENOMEM;
+        snprintf(err, errlen, "event dispatch: %s", strerror(errno));
+        return -errno;
     }
     for (unsigned i = 0; i < n; i++) {
         int fd = epoll_create1(EPOLL_CLOEXEC);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-        if (fd < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0) {
+        struct epoll_event nudge = {.events = EPOLLIN | EPOLLET, .data.ptr = &nudge_marker};
+        if (fd < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0 ||
+            epoll_ctl(fd, EPOLL_CTL_ADD, srv->event->nudge_fd, &nudge) < 0) {
             int e = errno;
             snprintf(err, errlen, "epoll: %s", strerror(e));
             if (fd >= 0)

@@ -78,6 +78,7 @@ struct ps_server {
     int admin_fd;
     uint16_t port;
     uint16_t admin_port;
+    int backlog;                 /* the data listener's, as listen() got it */
     char listen_addr[PS__ADDR_MAX];
     char admin_addr[PS__ADDR_MAX];
 
@@ -136,6 +137,10 @@ ssize_t ps__write_some(int fd, const void *buf, size_t len);
 
 /* Best effort one-shot write of a short message (rejections); never blocks. */
 void ps__write_best_effort(int fd, const char *msg);
+
+/* The kernel's cap on listen backlogs (net.core.somaxconn), or 4096 when
+ * it cannot be read: the backlog used when the configuration says 0. */
+int ps__somaxconn(void);
 
 /* Milliseconds on the monotonic clock. */
 int64_t ps__now_ms(void);

@@ -19,6 +19,18 @@ int64_t ps__now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+int ps__somaxconn(void)
+{
+    int v = 0;
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+    if (f != NULL) {
+        if (fscanf(f, "%d", &v) != 1)
+            v = 0;
+        fclose(f);
+    }
+    return v > 0 ? (v > 65535 ? 65535 : v) : 4096;
+}
+
 int64_t ps__now_ms(void)
 {
     return ps__now_us() / 1000;

@@ -192,7 +192,8 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return rc;
     }
-    rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->cfg.backlog, &srv->listen_fd,
+    srv->backlog = srv->cfg.backlog > 0 ? srv->cfg.backlog : ps__somaxconn();
+    rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, &srv->listen_fd,
                     &srv->port, srv->listen_addr, sizeof srv->listen_addr, err, errlen);
     if (rc != 0)
         goto fail;
@@ -258,9 +259,9 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     }
     srv->acceptor_started = true;
     srv->started = true;
-    ps_log_always("listening on %s (dispatch %s, %u workers, queue %zu)", srv->listen_addr,
-                  ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers,
-                  srv->cfg.queue_capacity);
+    ps_log_always("listening on %s (dispatch %s, %u workers, queue %zu, backlog %d)",
+                  srv->listen_addr, ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers,
+                  srv->cfg.queue_capacity, srv->backlog);
     if (srv->admin_fd >= 0)
         ps_log_always("admin on %s", srv->admin_addr);
     return 0;

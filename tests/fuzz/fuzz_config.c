@@ -47,7 +47,7 @@ static void check_config(const ps_config *cfg)
 {
     FUZZ_CHECK(memchr(cfg->bind, '\0', sizeof(cfg->bind)) != NULL);
     FUZZ_CHECK(cfg->bind[0] != '\0');
-    FUZZ_CHECK(cfg->backlog >= 1 && cfg->backlog <= 65535);
+    FUZZ_CHECK(cfg->backlog >= 0 && cfg->backlog <= 65535);
     FUZZ_CHECK(memchr(cfg->greeting, '\0', sizeof(cfg->greeting)) != NULL);
     FUZZ_CHECK(strpbrk(cfg->greeting, "\r\n") == NULL);
     FUZZ_CHECK((unsigned)cfg->dispatch <= PS_DISPATCH_THREAD);
@@ -58,6 +58,8 @@ static void check_config(const ps_config *cfg)
     FUZZ_CHECK(cfg->idle_timeout <= 86400);
     FUZZ_CHECK(cfg->send_timeout >= 1 && cfg->send_timeout <= 3600);
     FUZZ_CHECK(cfg->shutdown_timeout >= 1 && cfg->shutdown_timeout <= 3600);
+    FUZZ_CHECK(cfg->slow_handler_ms <= 3600000);
+    FUZZ_CHECK((unsigned)cfg->handler <= PS_HANDLER_SLEEP);
     unsigned char b;
     memcpy(&b, &cfg->admin_enabled, 1);
     FUZZ_CHECK(b <= 1);
@@ -76,7 +78,8 @@ static bool config_equal(const ps_config *a, const ps_config *b)
            a->idle_timeout == b->idle_timeout && a->send_timeout == b->send_timeout &&
            a->shutdown_timeout == b->shutdown_timeout && a->admin_enabled == b->admin_enabled &&
            strcmp(a->admin_bind, b->admin_bind) == 0 && a->admin_port == b->admin_port &&
-           a->log_level == b->log_level;
+           a->log_level == b->log_level && a->slow_handler_ms == b->slow_handler_ms &&
+           a->handler == b->handler;
 }
 
 static void err_reset(char *err)
@@ -133,7 +136,8 @@ static const char *const schema[][2] = {
     {"server", "dispatch"}, {"pool", "workers"}, {"pool", "queue_capacity"},
     {"limits", "max_connections"}, {"limits", "max_line"}, {"limits", "idle_timeout"},
     {"limits", "send_timeout"}, {"limits", "shutdown_timeout"}, {"admin", "enabled"},
-    {"admin", "bind"}, {"admin", "port"}, {"log", "level"},
+    {"limits", "slow_handler_ms"}, {"admin", "bind"}, {"admin", "port"}, {"log", "level"},
+    {"handler", "name"},
 };
 #define SCHEMA_KEYS (sizeof(schema) / sizeof(schema[0]))
 

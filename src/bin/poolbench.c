@@ -11,8 +11,9 @@
  * sorting.
  *
  * The run has two phases. First every connection is opened (paced: at most
- * PB_MAX_CONNECTING connects in flight per thread, so 10,000 connects do not
- * overflow the server's listen backlog) and, with --greeting, its greeting
+ * PB_MAX_CONNECTING connects in flight per thread by default, so 10,000
+ * connects do not overflow a small listen backlog; --connect-burst N allows
+ * N, enough to connect every client at once) and, with --greeting, its greeting
  * is awaited. Then all threads start together and, for DURATION seconds,
  * every ready connection keeps PIPELINE requests in flight.
  *
@@ -107,6 +108,7 @@ typedef struct pb_opts {
     long duration_s;
     long pipeline;
     long connect_timeout_s;
+    long max_connecting;  /* connects in flight per thread */
     const char *message;
     bool greeting;
     bool json;
@@ -508,7 +510,7 @@ static bool pb_poll(pb_thread *t, int timeout_ms, struct epoll_event *ev)
     return true;
 }
 
-/* Phase 1: open every connection, at most PB_MAX_CONNECTING at a time. Each
+/* Phase 1: open every connection, at most max_connecting at a time. Each
  * connect gets connect_timeout_s, and so does the whole phase: whatever is
  * not connected by then (started or not) counts as a connect error. */
 static void pb_thread_connect(pb_thread *t, struct epoll_event *ev)
@@ -517,7 +519,7 @@ static void pb_thread_connect(pb_thread *t, struct epoll_event *ev)
     int64_t phase_deadline = pb_now_ns() + timeout_ns;
     size_t next = 0;
     for (;;) {
-        while (next < t->nconns && t->connecting < PB_MAX_CONNECTING)
+        while (next < t->nconns && t->connecting < (size_t)g_opts.max_connecting)
             pb_conn_start(t, &t->conns[next++]);
         if (next == t->nconns && t->connecting == 0)
             break;
@@ -612,7 +614,7 @@ static void pb_usage(FILE *f)
     fprintf(f,
             "usage: poolbench [-H HOST] [-p PORT] [-c CONNECTIONS] [-t THREADS]\n"
             "                 [-d SECONDS] [-m MESSAGE] [-P PIPELINE] [--greeting]\n"
-            "                 [--connect-timeout SECONDS] [--json]\n"
+            "                 [--connect-timeout SECONDS] [--connect-burst N] [--json]\n"
             "  -H HOST         server host or address (default %s)\n"
             "  -p PORT         server port (default %s)\n"
             "  -c CONNECTIONS  connections to open (default 25)\n"
@@ -622,6 +624,7 @@ static void pb_usage(FILE *f)
             "  -P PIPELINE     requests in flight per connection (default 1)\n"
             "  --greeting      wait for one greeting line on each connection first\n"
             "  --connect-timeout SECONDS  for the connect phase (default 10)\n"
+            "  --connect-burst N  connects in flight per thread (default 128)\n"
             "  --json          print one JSON object instead of the report\n"
             "A reply is one line ending in \\n. A closed connection or an error\n"
             "line (one starting with ERROR, SERVER_ERROR, CLIENT_ERROR or \"-\")\n"
@@ -631,12 +634,26 @@ static void pb_usage(FILE *f)
             PB_DEFAULT_HOST, PB_DEFAULT_PORT);
 }
 
+enum { OPT_GREETING = 256, OPT_JSON, OPT_CONNECT_TIMEOUT, OPT_CONNECT_BURST };
+static const struct option pb_longopts[] = {
+    {"greeting", no_argument, NULL, OPT_GREETING},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+    {"connect-burst", required_argument, NULL, OPT_CONNECT_BURST},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
 static int pb_bad_value(int opt, const char *val)
 {
+    const char *name = "?";
+    for (const struct option *o = pb_longopts; o->name != NULL; o++)
+        if (o->val == opt)
+            name = o->name;
     if (opt < 256)
         fprintf(stderr, "poolbench: -%c: bad value: %s\n", opt, val);
     else
-        fprintf(stderr, "poolbench: --connect-timeout: bad value: %s\n", val);
+        fprintf(stderr, "poolbench: --%s: bad value: %s\n", name, val);
     pb_usage(stderr);
     return 2;
 }
@@ -822,18 +839,11 @@ int main(int argc, char **argv)
         .duration_s = 5,
         .pipeline = 1,
         .connect_timeout_s = 10,
+        .max_connecting = PB_MAX_CONNECTING,
         .message = "hello",
     };
-    enum { OPT_GREETING = 256, OPT_JSON, OPT_CONNECT_TIMEOUT };
-    static const struct option longopts[] = {
-        {"greeting", no_argument, NULL, OPT_GREETING},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     int opt;
-    while ((opt = getopt_long(argc, argv, "H:p:c:t:d:m:P:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "H:p:c:t:d:m:P:h", pb_longopts, NULL)) != -1) {
         switch (opt) {
         case 'H':
             g_opts.host = optarg;
@@ -874,6 +884,10 @@ int main(int argc, char **argv)
             break;
         case OPT_CONNECT_TIMEOUT:
             if (!pb_parse_long(optarg, 1, 3600, &g_opts.connect_timeout_s))
+                return pb_bad_value(opt, optarg);
+            break;
+        case OPT_CONNECT_BURST:
+            if (!pb_parse_long(optarg, 1, 1000000, &g_opts.max_connecting))
                 return pb_bad_value(opt, optarg);
             break;
         case 'h':

@@ -2,7 +2,9 @@
  * Fixed-size thread pool over a bounded ring of jobs (zstd pool.c shape):
  * one mutex guards the ring and the shutdown flag; `not_empty` wakes one
  * worker per queued job, `not_full` wakes one blocked submitter per freed
- * slot. Counters are atomics so ps_pool_get_stats never takes the lock.
+ * slot. Workers the idle hook sent to sleep wait on `idle_wake`, so that
+ * ps_pool_wake_idle wakes exactly those it counts. Counters are atomics so
+ * ps_pool_get_stats never takes the lock.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -20,6 +22,7 @@ typedef struct ps__job {
 struct ps_pool {
     pthread_mutex_t lock;
     pthread_cond_t not_empty;   /* a job was queued, or shutdown */
+    pthread_cond_t idle_wake;   /* ps_pool_wake_idle, a job for a sleeper, or shutdown */
     pthread_cond_t not_full;    /* a slot was freed, or shutdown */
     pthread_cond_t submit_left; /* a blocked submitter left (destroy waits) */
 
@@ -31,7 +34,8 @@ struct ps_pool {
     unsigned blocked_submitters;
     bool shutdown;
     unsigned idle_running;      /* workers inside idle() */
-    unsigned idle_sleepers;     /* workers asleep after PS_POOL_IDLE_SLEEP */
+    unsigned job_waiters;       /* workers waiting on not_empty */
+    unsigned idle_sleepers;     /* workers asleep on idle_wake after PS_POOL_IDLE_SLEEP */
     unsigned idle_wakes;        /* of those, how many ps_pool_wake_idle woke */
     ps__pool_link futures;      /* live futures (circular, sentinel) */
 
@@ -63,7 +67,7 @@ static void *worker_main(void *opaque)
                 /* Whatever woke it, a sleeper takes a pending wake-up with
                  * it: idle_wakes never exceeds idle_sleepers. */
                 pool->idle_sleepers++;
-                ps__wait(&pool->not_empty, &pool->lock);
+                ps__wait(&pool->idle_wake, &pool->lock);
                 pool->idle_sleepers--;
                 if (pool->idle_wakes > 0) {
                     pool->idle_wakes--;
@@ -72,7 +76,9 @@ static void *worker_main(void *opaque)
                 continue;
             }
             if (pool->idle == NULL || pool->idle_running == pool->idle_max) {
+                pool->job_waiters++;
                 ps__wait(&pool->not_empty, &pool->lock);
+                pool->job_waiters--;
                 continue;
             }
             /* Leader/followers: up to idle_max workers wait on the owner's
@@ -132,11 +138,8 @@ unsigned ps_pool_wake_idle(ps_pool *pool, unsigned n)
     if (n > asleep)
         n = asleep;
     pool->idle_wakes += n;
-    /* not_empty is shared with workers that wait for jobs or for a place in
-     * the hook: a broadcast reaches the sleepers among them (the others
-     * look and wait again). One wake-up call per stall is rare enough. */
-    if (n > 0)
-        pthread_cond_broadcast(&pool->not_empty);
+    for (unsigned i = 0; i < n; i++)
+        pthread_cond_signal(&pool->idle_wake);
     ps__unlock(&pool->lock);
     return n;
 }
@@ -147,6 +150,7 @@ static void stop_workers(ps_pool *pool)
     ps__lock(&pool->lock);
     pool->shutdown = true;
     pthread_cond_broadcast(&pool->not_empty);
+    pthread_cond_broadcast(&pool->idle_wake);
     pthread_cond_broadcast(&pool->not_full);
     /* A submitter woken above still has to reacquire and release the lock;
      * freeing the pool under it would be a use after free. */
@@ -163,6 +167,7 @@ static void free_pool(ps_pool *pool)
 {
     pthread_cond_destroy(&pool->submit_left);
     pthread_cond_destroy(&pool->not_full);
+    pthread_cond_destroy(&pool->idle_wake);
     pthread_cond_destroy(&pool->not_empty);
     pthread_mutex_destroy(&pool->lock);
     free(pool->threads);
@@ -206,6 +211,7 @@ int ps_pool_create(ps_pool **out, const ps_pool_opts *opts)
     /* Default attributes: init cannot fail on Linux except for ENOMEM. */
     if (pthread_mutex_init(&pool->lock, NULL) != 0 ||
         pthread_cond_init(&pool->not_empty, NULL) != 0 ||
+        pthread_cond_init(&pool->idle_wake, NULL) != 0 ||
         pthread_cond_init(&pool->not_full, NULL) != 0 ||
         pthread_cond_init(&pool->submit_left, NULL) != 0)
         abort();
@@ -277,7 +283,12 @@ int ps__pool_enqueue(ps_pool *pool, ps_job_fn fn, void *arg, bool block,
         pool->futures.next = link;
         atomic_fetch_add(&pool->futures_begun, 1);
     }
-    pthread_cond_signal(&pool->not_empty);
+    /* One worker for one job: one waiting for jobs, or else a sleeper
+     * (which runs the job, then asks the idle hook again). */
+    if (pool->job_waiters > 0 || pool->idle_sleepers == 0)
+        pthread_cond_signal(&pool->not_empty);
+    else
+        pthread_cond_signal(&pool->idle_wake);
     ps__unlock(&pool->lock);
     return 0;
 }

@@ -85,16 +85,20 @@ enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
  * rather than the shard of its own CPU (see take_any_shard()). */
 #define PS__UNPOLLED_US 1000
 /* A handler call running this long holds its worker: the watch wakes
- * another, and the connections waiting behind it may be taken. */
-#define PS__STALL_US 1000
+ * another, and the connections waiting behind it may be taken. A call
+ * that blocks D ms leaves the rest of its batch waiting about this long
+ * first: at 1 ms (D = 1, 25 clients) that cost a third of the pool's
+ * throughput. An echo call runs far below it, preempted or not (no
+ * wake-up in the echo benchmark). */
+#define PS__STALL_US 250
 /* How often the watch looks while any worker runs a job: every
  * PS__WATCH_US while handler calls hold workers, backing off to
  * PS__WATCH_MAX_US while none does. A look costs a timer and a wake-up:
- * every millisecond, that measured 6-11% of the echo throughput at 1,000
- * connections on 2 CPUs. While it backs off, the workers still in play
- * take what waits behind a held one (steal()); only when every one of them
- * is held at once does the first wake-up come late. */
-#define PS__WATCH_US 1000
+ * looking every millisecond all the time measured 6-11% of the echo
+ * throughput at 1,000 connections on 2 CPUs. While it backs off, the
+ * workers still in play take what waits behind a held one (steal()); only
+ * when every one of them is held at once does the first wake-up come late. */
+#define PS__WATCH_US 250
 #define PS__WATCH_MAX_US 16000
 
 /* A worker's connections to serve, in order (a ring). */

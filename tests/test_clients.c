@@ -442,6 +442,30 @@ static void test_cli_bad_option(void **state)
     assert_non_null(strstr(r.err, "-p"));
 }
 
+/* --help and -h print the usage on stdout and exit 0, for every program;
+ * an unknown option is a usage error (2) with the usage on stderr. */
+static void test_help_option(void **state)
+{
+    (void)state;
+    const char *progs[] = {POOLCLI_BIN, POOLBENCH_BIN, POOLSRV_BIN};
+    for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
+        for (int form = 0; form < 2; form++) {
+            char *const argv[] = {(char *)progs[i], form ? "--help" : "-h", NULL};
+            run_result r;
+            assert_int_equal(run_prog(argv, NULL, &r), 0);
+            if (r.status != 0 || !strstr(r.out, "usage:"))
+                dump(progs[i], &r);
+            assert_int_equal(r.status, 0);
+            assert_non_null(strstr(r.out, "usage:"));
+        }
+        char *const bad[] = {(char *)progs[i], "--no-such-option", NULL};
+        run_result r;
+        assert_int_equal(run_prog(bad, NULL, &r), 0);
+        assert_int_equal(r.status, 2);
+        assert_non_null(strstr(r.err, "usage:"));
+    }
+}
+
 /* ---- poolbench ---------------------------------------------------------- */
 
 static void test_bench_json(void **state)
@@ -541,6 +565,7 @@ int main(void)
         cmocka_unit_test(test_cli_stdin_lines),
         cmocka_unit_test(test_cli_localhost_name),
         cmocka_unit_test(test_cli_bad_option),
+        cmocka_unit_test(test_help_option),
         cmocka_unit_test(test_bench_json),
         cmocka_unit_test(test_bench_greeting),
         cmocka_unit_test(test_bench_error_reply),

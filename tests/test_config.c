@@ -578,6 +578,27 @@ static void test_err_missing_file(void **state)
     /* a directory opens, but cannot be read */
     assert_int_equal(ps_config_load_file(&cfg, "/tmp", err, sizeof(err)), PS_ECONFIG);
     assert_string_equal(err, "/tmp: Is a directory");
+    /* a device never ends: refused before a byte is read */
+    assert_int_equal(ps_config_load_file(&cfg, "/dev/zero", err, sizeof(err)), PS_ECONFIG);
+    assert_string_equal(err, "/dev/zero: not a regular file");
+    assert_int_equal(ps_config_load_file(&cfg, "/dev/null", err, sizeof(err)), PS_ECONFIG);
+    assert_string_equal(err, "/dev/null: not a regular file");
+    /* nor is a file over a megabyte read */
+    char path[32];
+    static char big[1024 * 1024 + 1];
+    memset(big, ';', sizeof big);
+    for (size_t i = 79; i < sizeof big; i += 80)
+        big[i] = '\n';
+    write_temp(path, big, sizeof big);
+    assert_int_equal(ps_config_load_file(&cfg, path, err, sizeof(err)), PS_ECONFIG);
+    char want[128];
+    snprintf(want, sizeof want, "%s: too large (1048577 bytes, at most 1048576)", path);
+    assert_string_equal(err, want);
+    unlink(path);
+    big[sizeof big - 1] = '\n'; /* one byte less: read, and valid (comments) */
+    write_temp(path, big, sizeof big - 1);
+    assert_int_equal(ps_config_load_file(&cfg, path, err, sizeof(err)), 0);
+    unlink(path);
 }
 
 static void test_err_file_line_numbers(void **state)

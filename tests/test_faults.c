@@ -337,7 +337,24 @@ static void test_out_of_descriptors_admin_log(void **state)
     }
     assert_true(wait_log(p, "accept: ", T_MS));
     expect_line(fds[0], greeting);
-    /* One admin client waits in the admin listener's backlog. */
+    /* The first admin client is answered all the same: it takes the
+     * descriptor the admin thread holds in reserve. */
+    int first = t_connect(p->admin_port);
+    assert_true(first >= 0);
+    assert_int_equal(t_send_str(first, "stats\n"), 0);
+    char reply[8192] = "";
+    size_t got = 0;
+    int64_t until = t_now_ms() + T_MS;
+    while (strstr(reply, "END\r\n") == NULL && got + 1 < sizeof reply && t_now_ms() < until) {
+        ssize_t r = t_read_line(first, reply + got, sizeof reply - got, T_MS);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    assert_non_null(strstr(reply, "END\r\n"));
+    assert_true(t_stat(reply, "curr_connections") >= 1);
+    /* The next one, while the first holds the reserve, waits in the admin
+     * listener's backlog. */
     int admin = t_connect_nb(p->admin_port);
     assert_true(admin >= 0);
     int64_t t0 = t_now_ms();
@@ -357,6 +374,7 @@ static void test_out_of_descriptors_admin_log(void **state)
     assert_true(data_warnings <= 3 + span / 1000);
 
     close(admin);
+    close(first);
     for (int i = 0; i < N; i++)
         close(fds[i]);
     stop_server(p, T_MS * 2);
@@ -517,6 +535,45 @@ static void test_never_reading_client(void **state)
     close(hog);
     close(other);
     stop_server(p, T_MS * 2);
+}
+
+/* SIGTERM while a worker waits for a client that does not read: the stop
+ * is bounded by shutdown_timeout, not by send_timeout, in every mode. */
+static void test_stop_bounded_with_a_client_not_reading(void **state)
+{
+    (void)state;
+    t_proc *p = &servers[0];
+    start_server(p, 0, "limits.shutdown_timeout=1", "limits.send_timeout=30", NULL);
+    int hog = t_connect_rcvbuf(p->port, 4096);
+    assert_true(hog >= 0);
+    static char chunk[64 * 1024];
+    for (size_t i = 0; i < sizeof chunk; i += 64) {
+        memset(chunk + i, 'q', 63);
+        chunk[i + 63] = '\n';
+    }
+    /* Until the replies back up into the client's socket and our sends
+     * stop going through: then a worker (or the event poller) waits on it. */
+    int64_t deadline = t_now_ms() + 5000;
+    int stalls = 0;
+    while (stalls < 3 && t_now_ms() < deadline) {
+        size_t done = 0;
+        int rc = send_until(hog, chunk, sizeof chunk, t_now_ms() + 200, &done);
+        if (rc == -ETIMEDOUT && done == 0)
+            stalls++;
+        else if (rc != 0 && rc != -ETIMEDOUT)
+            break;
+    }
+    assert_int_equal(stalls, 3);
+    int64_t t0 = t_now_ms();
+    int rc = t_proc_stop(p, SIGTERM, 10000);
+    int64_t took = t_now_ms() - t0;
+    print_message("%s: stopped in %lld ms with a client not reading\n", mode_name,
+                  (long long)took);
+    if (rc != 0)
+        print_message("poolsrv exited with %d; its log:\n%s\n", rc, p->log);
+    assert_int_equal(rc, 0);
+    assert_true(took < 3000); /* shutdown_timeout 1 s, plus the process's own exit */
+    close(hog);
 }
 
 /* ---- vanishing clients ---- */
@@ -1475,6 +1532,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_out_of_descriptors_admin_log, teardown_kill),
         cmocka_unit_test_teardown(test_slow_and_silent_clients, teardown_kill),
         cmocka_unit_test_teardown(test_never_reading_client, teardown_kill),
+        cmocka_unit_test_teardown(test_stop_bounded_with_a_client_not_reading, teardown_kill),
         cmocka_unit_test_teardown(test_vanishing_clients, teardown_kill),
         cmocka_unit_test_teardown(test_big_stream_checksum, teardown_kill),
         cmocka_unit_test_teardown(test_big_half_close, teardown_kill),

@@ -196,6 +196,25 @@ static void test_sleep_handler_and_slow_log(void **state)
     stop_ok(&p, SIGTERM, T_MS);
 }
 
+/* An admin listener beyond loopback starts, with a warning naming it (the
+ * admin port has no authentication); on loopback, no warning. */
+static void test_admin_beyond_loopback_warns(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=warn"), 0, true, T_MS), 0);
+    stop_ok(&p, SIGTERM, T_MS);
+    assert_null(strstr(p.log, "no authentication"));
+
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=warn", "-o", "admin.bind=0.0.0.0"),
+                                  0, true, T_MS), 0);
+    t_proc_drain(&p);
+    const char *warn = strstr(p.log, "WARN  admin on 0.0.0.0:");
+    assert_non_null(warn);
+    assert_non_null(strstr(warn, "no authentication"));
+    stop_ok(&p, SIGTERM, T_MS);
+}
+
 static void test_poolctl_cannot_connect(void **state)
 {
     (void)state;
@@ -313,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_serves_and_poolctl),
         cmocka_unit_test(test_poolctl_cannot_connect),
         cmocka_unit_test(test_backlog_defaults_to_somaxconn),
+        cmocka_unit_test(test_admin_beyond_loopback_warns),
         cmocka_unit_test(test_sleep_handler_and_slow_log),
         cmocka_unit_test(test_sigterm_is_graceful),
         cmocka_unit_test(test_out_of_descriptors),

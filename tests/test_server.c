@@ -1152,6 +1152,83 @@ static void test_stop_closes_clients(void **state)
     ps_server_destroy(NULL);
 }
 
+/* Connection mode: a client still in the queue when the server stops is
+ * told so, and counted, instead of getting a bare FIN. */
+static void test_stop_tells_queued_clients(void **state)
+{
+    (void)state;
+    if (t_dispatch != PS_DISPATCH_CONNECTION)
+        skip(); /* only there do clients wait in the queue */
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 1;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int served = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(served >= 0);
+    int queued = t_connect(ps_server_port(srv));
+    assert_true(queued >= 0);
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 1), 1);
+
+    ps_server_stop(srv);
+    char line[256];
+    assert_true(t_read_line(queued, line, sizeof line, T_MS) > 0);
+    assert_string_equal(line, "ERROR server shutting down\r\n");
+    assert_true(t_wait_eof(queued, T_MS) >= 0);
+    assert_true(t_wait_eof(served, T_MS) >= 0); /* the served one: FIN */
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.rejected_shutdown, 1);
+    assert_int_equal(st.rejected_connections, 1);
+    close(queued);
+    close(served);
+    ps_server_destroy(srv);
+}
+
+/* Admin commands sent together each get their reply, in order: four in one
+ * write; 1,000 then a half-close; 100 `help`s. */
+static void test_admin_commands_sent_together(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    static const struct {
+        const char *cmd;
+        int count;
+        bool half_close;
+    } cases[] = {{"stats\r\n", 4, false}, {"threads\n", 1000, true}, {"help\n", 100, true}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int fd = t_connect(ps_server_admin_port(srv));
+        assert_true(fd >= 0);
+        size_t one = strlen(cases[k].cmd), len = one * (size_t)cases[k].count;
+        char *all = malloc(len);
+        assert_non_null(all);
+        for (int i = 0; i < cases[k].count; i++)
+            memcpy(all + (size_t)i * one, cases[k].cmd, one);
+        assert_int_equal(t_write_all(fd, all, len), 0);
+        free(all);
+        if (cases[k].half_close)
+            assert_int_equal(shutdown(fd, SHUT_WR), 0);
+        int ends = 0;
+        char line[512];
+        while (ends < cases[k].count) {
+            ssize_t r = t_read_line(fd, line, sizeof line, T_MS);
+            if (r <= 0)
+                break;
+            assert_null(strstr(line, "ERROR"));
+            if (strcmp(line, "END\r\n") == 0)
+                ends++;
+        }
+        assert_int_equal(ends, cases[k].count);
+        if (cases[k].half_close)
+            assert_int_equal(t_wait_eof(fd, T_MS), 0); /* then closed, nothing more */
+        close(fd);
+    }
+    ps_server_destroy(srv);
+}
+
 static void test_start_failures(void **state)
 {
     (void)state;
@@ -1247,6 +1324,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_send_timeout_never_reading_client),
         cmocka_unit_test(test_vanishing_clients),
         cmocka_unit_test(test_stop_closes_clients),
+        cmocka_unit_test(test_stop_tells_queued_clients),
+        cmocka_unit_test(test_admin_commands_sent_together),
         cmocka_unit_test(test_start_failures),
         cmocka_unit_test(test_ipv6_loopback),
     };

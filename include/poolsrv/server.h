@@ -52,9 +52,10 @@ void *ps_conn_get_data(const ps_conn *conn);
 typedef struct ps_server_stats {
     uint64_t curr_connections;
     uint64_t total_connections;
-    uint64_t rejected_connections; /* busy + too many + EMFILE resets */
+    uint64_t rejected_connections; /* busy + too many + shutdown */
     uint64_t rejected_busy;        /* queue full */
     uint64_t rejected_max;         /* max_connections reached */
+    uint64_t rejected_shutdown;    /* still queued when the server stopped */
     uint64_t lines;
     uint64_t bytes_in;
     uint64_t bytes_out;

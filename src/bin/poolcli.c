@@ -331,7 +331,11 @@ int main(int argc, char **argv)
     if (atexit(ps_cli_free_all) != 0)
         ps_cli_die("atexit failed");
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:e:t:h")) != -1) {
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    while ((opt = getopt_long(argc, argv, "H:p:e:t:h", longopts, NULL)) != -1) {
         long v;
         switch (opt) {
         case 'H':

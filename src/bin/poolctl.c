@@ -1,5 +1,6 @@
 /* poolctl: sends one admin command to a running poolsrv and prints the reply. */
 #include <errno.h>
+#include <getopt.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -60,7 +61,11 @@ int main(int argc, char **argv)
     const char *host = "127.0.0.1", *port = "9051";
     int timeout_ms = 5000;
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:t:h")) != -1) {
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    while ((opt = getopt_long(argc, argv, "H:p:t:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;

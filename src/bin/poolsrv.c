@@ -56,7 +56,11 @@ int main(int argc, char **argv)
     if (overrides == NULL)
         return 1;
     int opt;
-    while ((opt = getopt(argc, argv, "c:o:th")) != -1) {
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    while ((opt = getopt_long(argc, argv, "c:o:th", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 'o': overrides[noverrides++] = optarg; break;

@@ -4,6 +4,7 @@
  * Read-only commands, memcached's "STAT name value" replies.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 typedef struct admin_client {
     int fd;
     bool closing;      /* close once the reply is written */
+    bool eof;          /* the client sent all it will: answer, then close */
     int64_t last_ms;
     size_t in_len;
     size_t out_off, out_len;
@@ -82,6 +84,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT rejected_connections %llu\r\n", (unsigned long long)s.rejected_connections);
     add(r, "STAT rejected_busy %llu\r\n", (unsigned long long)s.rejected_busy);
     add(r, "STAT rejected_max_connections %llu\r\n", (unsigned long long)s.rejected_max);
+    add(r, "STAT rejected_shutdown %llu\r\n", (unsigned long long)s.rejected_shutdown);
     add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);
     add(r, "STAT bytes_in %llu\r\n", (unsigned long long)s.bytes_in);
     add(r, "STAT bytes_out %llu\r\n", (unsigned long long)s.bytes_out);
@@ -174,13 +177,13 @@ static void client_process(ps_server *srv, admin_client *ac)
             break;
         }
         off += (size_t)n;
-        /* Refuse a new command while the last reply is still unsent: the
-         * reply buffer is fixed and a client must read what it asked for. */
         char buf[PS__ADMIN_REPLY_MAX];
         if (ps__admin_command(srv, line.data, line.len, buf, sizeof buf) == PS_CLOSE)
             ac->closing = true;
         else
             client_reply(ac, buf, strlen(buf));
+        /* The reply buffer is fixed: with half a reply unsent, the next
+         * commands wait in `in` until the client has read (client_flush). */
         if (ac->out_len - ac->out_off > PS__ADMIN_REPLY_MAX / 2)
             break;
     }
@@ -188,32 +191,42 @@ static void client_process(ps_server *srv, admin_client *ac)
     ac->in_len -= off;
 }
 
-/* Returns false when the client is done and must be closed. */
-static bool client_flush(admin_client *ac)
+/* Writes what is queued; once it is all out, answers the next commands
+ * already read (client_process stops while half a reply is unsent, so the
+ * reply buffer is bounded by the client reading, never by dropping a
+ * command). Returns false when the client is done and must be closed. */
+static bool client_flush(ps_server *srv, admin_client *ac)
 {
-    if (ac->out_off < ac->out_len) {
-        ssize_t w = ps__write_some(ac->fd, ac->out + ac->out_off, ac->out_len - ac->out_off);
-        if (w < 0)
-            return false;
-        ac->out_off += (size_t)w;
-        if (ac->out_off == ac->out_len)
+    for (;;) {
+        if (ac->out_off < ac->out_len) {
+            ssize_t w = ps__write_some(ac->fd, ac->out + ac->out_off, ac->out_len - ac->out_off);
+            if (w < 0)
+                return false;
+            ac->out_off += (size_t)w;
+            if (ac->out_off < ac->out_len)
+                return true; /* the rest when the socket has room */
             ac->out_off = ac->out_len = 0;
+        }
+        if (ac->closing)
+            return false;
+        if (memchr(ac->in, '\n', ac->in_len) == NULL)
+            return !ac->eof; /* a partial line at the end is no command */
+        client_process(srv, ac);
     }
-    return !(ac->closing && ac->out_len == 0);
 }
 
 /* Returns false when the client is done and must be closed. */
 static bool client_read(ps_server *srv, admin_client *ac)
 {
     ssize_t r = recv(ac->fd, ac->in + ac->in_len, sizeof ac->in - ac->in_len, 0);
-    if (r == 0)
-        return false;
     if (r < 0)
         return errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK;
+    if (r == 0)
+        ac->eof = true; /* half-close: every command before it is answered */
     ac->in_len += (size_t)r;
     ac->last_ms = ps__now_ms();
     client_process(srv, ac);
-    return client_flush(ac);
+    return client_flush(srv, ac);
 }
 
 static void *admin_main(void *arg)
@@ -222,6 +235,11 @@ static void *admin_main(void *arg)
     admin_client *clients[PS__ADMIN_MAX_CLIENTS] = {0};
     int nclients = 0;
     int64_t last_warning = -1000;
+    /* A descriptor held in reserve (nginx and memcached keep one too): when
+     * the process runs out, it is given up to accept one admin client, so
+     * the operator can still ask what is going on; taken back once a
+     * descriptor is free again. */
+    int reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
     for (;;) {
         struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
@@ -249,7 +267,7 @@ static void *admin_main(void *arg)
             bool keep = true;
             short rev = p[2 + i].revents;
             if (rev & POLLOUT)
-                keep = client_flush(ac);
+                keep = client_flush(srv, ac);
             else if (rev & (POLLIN | POLLHUP | POLLERR))
                 keep = client_read(srv, ac);
             else if (now - ac->last_ms > PS__ADMIN_IDLE_MS)
@@ -261,11 +279,23 @@ static void *admin_main(void *arg)
             }
         }
 
+        if (reserve < 0)
+            reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (p[1].revents & POLLIN) {
             struct sockaddr_storage ss;
             socklen_t sl = sizeof ss;
             int fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
                              SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve >= 0) {
+                close(reserve);
+                reserve = -1;
+                sl = sizeof ss;
+                fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd >= 0)
+                    ps_log_warn("admin accept: out of descriptors; this admin client "
+                                "takes the one held in reserve");
+            }
             if (fd >= 0 && nclients == PS__ADMIN_MAX_CLIENTS) {
                 /* Full: the client silent the longest makes room, so idle
                  * connections can never lock the operator out. */
@@ -302,6 +332,8 @@ static void *admin_main(void *arg)
         close(clients[i]->fd);
         free(clients[i]);
     }
+    if (reserve >= 0)
+        close(reserve);
     return NULL;
 }
 

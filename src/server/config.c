@@ -36,11 +36,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "poolsrv/config.h"
 #include "poolsrv/error.h"
 
 #define PS__REASON_MAX 512
+#define PS__FILE_MAX (1024 * 1024) /* bytes of a configuration file */
 #define PS__SHOW_MAX 64 /* characters of a bad value quoted in a message */
 #define PS__SHOW_BUF (PS__SHOW_MAX * 4 + 8)
 
@@ -638,6 +640,26 @@ int ps_config_load_file(ps_config *cfg, const char *path, char *err, size_t errl
     ld.fp = fopen(path, "r");
     if (!ld.fp) {
         ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-errno));
+        return PS_ECONFIG;
+    }
+    /* A device (/dev/zero) or a FIFO never ends, and nothing sane is a
+     * megabyte of settings: only a regular file of bounded size is read. */
+    struct stat st;
+    int bad = fstat(fileno(ld.fp), &st) != 0 ? errno : 0;
+    if (bad != 0)
+        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-bad));
+    else if (S_ISDIR(st.st_mode))
+        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-(bad = EISDIR)));
+    else if (!S_ISREG(st.st_mode)) {
+        bad = EINVAL;
+        ps__set_err(err, errlen, "%s: not a regular file", path);
+    } else if (st.st_size > PS__FILE_MAX) {
+        bad = EFBIG;
+        ps__set_err(err, errlen, "%s: too large (%lld bytes, at most %d)", path,
+                    (long long)st.st_size, PS__FILE_MAX);
+    }
+    if (bad != 0) {
+        fclose(ld.fp);
         return PS_ECONFIG;
     }
     int rc = ps__load_run(&ld, cfg, path, err, errlen);

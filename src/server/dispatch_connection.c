@@ -48,10 +48,18 @@ static int flush_all(ps_conn *c, ps_server *srv)
         }
         int64_t stop_deadline = atomic_load_explicit(&srv->stop_deadline_ms, memory_order_relaxed);
         int64_t until = earliest(deadline, stop_deadline > 0 ? stop_deadline : -1);
-        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
-        int n = poll(&p, 1, ms_until(until, now));
+        /* Until the server stops, its stop signal ends the wait too: the
+         * stop deadline then bounds it (the signal stays readable, so it is
+         * watched only before). */
+        struct pollfd p[2] = {
+            {.fd = c->fd, .events = POLLOUT},
+            {.fd = srv->stop_fd, .events = POLLIN},
+        };
+        int n = poll(p, stop_deadline > 0 ? 1 : 2, ms_until(until, now));
         if (n < 0 && errno != EINTR)
             return -errno;
+        if (n > 0 && stop_deadline <= 0 && p[1].revents)
+            continue; /* stopping: wait again, bounded by its deadline */
         if (n == 0) {
             if (until == deadline) {
                 atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
@@ -106,8 +114,11 @@ void ps__serve_blocking(ps_conn *c)
     ps_server *srv = c->srv;
 
     /* Queued connections not yet greeted when the server stops are closed
-     * without being opened: they have sent nothing we owe a reply to. */
+     * without being opened (they are owed no reply), but told why, so that
+     * a client can tell a stop from a crash. */
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
+        atomic_fetch_add_explicit(&srv->c.rejected_shutdown, 1, memory_order_relaxed);
+        ps__write_best_effort(c->fd, "ERROR server shutting down\r\n");
         ps__conn_close(c);
         return;
     }

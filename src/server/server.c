@@ -173,6 +173,25 @@ static void close_fd(int *fd)
     }
 }
 
+/* True when the socket is bound to a loopback address (127.0.0.0/8, ::1,
+ * or ::ffff:127.0.0.0/104). */
+static bool is_loopback(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return false;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 int ps_server_start(ps_server *srv, char *err, size_t errlen)
 {
     char tmp[256];
@@ -262,8 +281,13 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     ps_log_always("listening on %s (dispatch %s, %u workers, queue %zu, backlog %d)",
                   srv->listen_addr, ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers,
                   srv->cfg.queue_capacity, srv->backlog);
-    if (srv->admin_fd >= 0)
+    if (srv->admin_fd >= 0) {
         ps_log_always("admin on %s", srv->admin_addr);
+        if (!is_loopback(srv->admin_fd))
+            ps_log_warn("admin on %s is reachable beyond this machine and has no "
+                        "authentication: bind it to loopback (admin.bind) or firewall it",
+                        srv->admin_addr);
+    }
     return 0;
 
 fail:
@@ -343,7 +367,8 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->total_connections = atomic_load_explicit(&c->total_connections, memory_order_relaxed);
     st->rejected_busy = atomic_load_explicit(&c->rejected_busy, memory_order_relaxed);
     st->rejected_max = atomic_load_explicit(&c->rejected_max, memory_order_relaxed);
-    st->rejected_connections = st->rejected_busy + st->rejected_max;
+    st->rejected_shutdown = atomic_load_explicit(&c->rejected_shutdown, memory_order_relaxed);
+    st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);
         st->bytes_in += atomic_load_explicit(&c->stripes[i].bytes_in, memory_order_relaxed);

@@ -767,6 +767,72 @@ static void test_validate_port_clash(void **state)
 }
 
 /* A struct filled in by code gets the same range checks as a file. */
+/* Every integer key at min - 1, min, max and max + 1, from one table, both
+ * through ps_config_set and a file: the bounds are checked at both ends,
+ * and the value stored is the one given (a key stored in an int or a
+ * uint16_t must not wrap). */
+static void test_integer_key_bounds(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *section, *key;
+        unsigned long long min, max;
+        size_t offset, size;
+    } keys[] = {
+#define K(sec, name, field, lo, hi) {sec, name, lo, hi, offsetof(ps_config, field), sizeof(((ps_config *)0)->field)}
+        K("server", "port", port, 0, 65535),
+        K("server", "backlog", backlog, 0, 65535),
+        K("pool", "workers", workers, 1, 4096),
+        K("pool", "queue_capacity", queue_capacity, 1, 1048576),
+        K("limits", "max_connections", max_connections, 1, 1000000),
+        K("limits", "max_line", max_line, 16, 16777216),
+        K("limits", "idle_timeout", idle_timeout, 0, 86400),
+        K("limits", "send_timeout", send_timeout, 1, 3600),
+        K("limits", "shutdown_timeout", shutdown_timeout, 1, 3600),
+        K("limits", "slow_handler_ms", slow_handler_ms, 0, 3600000),
+        K("admin", "port", admin_port, 0, 65535),
+#undef K
+    };
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        unsigned long long tries[4] = {keys[i].min - 1, keys[i].min, keys[i].max, keys[i].max + 1};
+        for (int t = keys[i].min == 0 ? 1 : 0; t < 4; t++) {
+            bool ok = t == 1 || t == 2;
+            char value[32], err[512], text[128];
+            snprintf(value, sizeof value, "%llu", tries[t]);
+            ps_config cfg;
+            ps_config_defaults(&cfg);
+            int rc = ps_config_set(&cfg, keys[i].section, keys[i].key, value, err, sizeof err);
+            if ((rc == 0) != ok)
+                fail_msg("%s.%s = %s: %s", keys[i].section, keys[i].key, value,
+                         rc == 0 ? "accepted" : err);
+            snprintf(text, sizeof text, "[%s]\n%s = %s\n", keys[i].section, keys[i].key, value);
+            ps_config from_file;
+            ps_config_defaults(&from_file);
+            int frc = ps_config_load_string(&from_file, "t.ini", text, err, sizeof err);
+            assert_int_equal(frc == 0, ok);
+            if (!ok) {
+                char want[160];
+                snprintf(want, sizeof want, "t.ini:2: %s.%s: expected an integer from %llu to %llu",
+                         keys[i].section, keys[i].key, keys[i].min, keys[i].max);
+                assert_non_null(strstr(err, want));
+                continue;
+            }
+            unsigned long long stored = 0;
+            const char *field = (const char *)&cfg + keys[i].offset;
+            switch (keys[i].size) {
+            case 2: stored = *(const uint16_t *)(const void *)field; break;
+            case 4: stored = *(const unsigned *)(const void *)field; break;
+            case 8: stored = *(const uint64_t *)(const void *)field; break;
+            default: fail_msg("%s.%s: unexpected field size", keys[i].section, keys[i].key);
+            }
+            assert_int_equal(stored, tries[t]);
+            assert_int_equal(memcmp(field, (const char *)&from_file + keys[i].offset, keys[i].size), 0);
+            assert_int_equal(ps_config_validate(&cfg, err, sizeof err) == 0 ||
+                                 strstr(err, "clashes") != NULL, 1);
+        }
+    }
+}
+
 static void test_validate_ranges(void **state)
 {
     (void)state;
@@ -907,6 +973,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_override_bad),
         cmocka_unit_test(test_validate_port_clash),
         cmocka_unit_test(test_validate_ranges),
+        cmocka_unit_test(test_integer_key_bounds),
         cmocka_unit_test(test_concurrent_loads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -146,9 +146,18 @@ static void test_one_shot_result(void **state)
     assert_int_equal(ps_future_wait(f, WAIT_MS), 0);
     assert_true(ps_future_is_completed(f));
     assert_int_equal(ps_future_wait(f, 0), 0);
+    ps_pool_stats live;
+    ps_pool_get_stats(pool, &live);
+    assert_int_equal(live.futures_live, 1); /* the user's reference holds it */
     assert_int_equal(ps_future_end(&f, &res), 0);
     assert_null(f);
     assert_int_equal((uintptr_t)res, 42);
+    /* end frees it (once the worker has let go too), not destroy. */
+    for (int i = 0; i < WAIT_MS && (ps_pool_get_stats(pool, &live), live.futures_live) != 0; i++) {
+        struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000L};
+        nanosleep(&ms, NULL);
+    }
+    assert_int_equal(live.futures_live, 0);
 
     /* end without waiting first, discarding the result. */
     assert_int_equal(ps_future_begin(&f, pool, triple_fn, (void *)1, NULL,
@@ -157,8 +166,14 @@ static void test_one_shot_result(void **state)
 
     ps_pool_stats st;
     ps_pool_get_stats(pool, &st);
+    for (int i = 0; i < WAIT_MS && st.futures_live != 0; i++) {
+        struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000L};
+        nanosleep(&ms, NULL);
+        ps_pool_get_stats(pool, &st);
+    }
     assert_int_equal(st.futures_begun, 2);
     assert_int_equal(st.futures_completed, 2);
+    assert_int_equal(st.futures_live, 0);
 }
 
 static void test_bad_arguments(void **state)

@@ -41,6 +41,8 @@ typedef struct ps_pool_stats {
     uint64_t rejected;         /* try_submit calls refused (queue full) */
     uint64_t futures_begun;    /* async invocations begun */
     uint64_t futures_completed;/* async invocations whose result is stored */
+    uint64_t futures_live;     /* futures begun and not freed yet (ended, or
+                                  freed by ps_pool_destroy) */
     unsigned max_threads;      /* the pool size */
     unsigned busy_threads;     /* workers running a job now */
     unsigned available_threads;/* max_threads - busy_threads */

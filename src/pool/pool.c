@@ -48,7 +48,7 @@ struct ps_pool {
     unsigned max_threads;
 
     atomic_uint_fast64_t submitted, completed, rejected;
-    atomic_uint_fast64_t futures_begun, futures_completed;
+    atomic_uint_fast64_t futures_begun, futures_completed, futures_freed;
     atomic_uint busy;
     atomic_size_t depth;
 };
@@ -205,6 +205,7 @@ int ps_pool_create(ps_pool **out, const ps_pool_opts *opts)
     atomic_init(&pool->rejected, 0);
     atomic_init(&pool->futures_begun, 0);
     atomic_init(&pool->futures_completed, 0);
+    atomic_init(&pool->futures_freed, 0);
     atomic_init(&pool->busy, 0);
     atomic_init(&pool->depth, 0);
 
@@ -299,6 +300,7 @@ void ps__pool_unlink(ps_pool *pool, ps__pool_link *link)
     link->prev->next = link->next;
     link->next->prev = link->prev;
     ps__unlock(&pool->lock);
+    atomic_fetch_add(&pool->futures_freed, 1);
 }
 
 void ps__pool_future_done(ps_pool *pool)
@@ -328,8 +330,10 @@ void ps_pool_get_stats(const ps_pool *pool, ps_pool_stats *st)
     st->completed = atomic_load(&pool->completed);
     st->submitted = atomic_load(&pool->submitted);
     st->rejected = atomic_load(&pool->rejected);
+    uint64_t freed = atomic_load(&pool->futures_freed);
     st->futures_completed = atomic_load(&pool->futures_completed);
     st->futures_begun = atomic_load(&pool->futures_begun);
+    st->futures_live = st->futures_begun - freed; /* freed is read first: never negative */
     st->max_threads = pool->max_threads;
     st->busy_threads = busy;
     st->available_threads = pool->max_threads - busy;

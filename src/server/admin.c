@@ -110,6 +110,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT jobs_rejected %llu\r\n", (unsigned long long)ps.rejected);
     add(r, "STAT futures_begun %llu\r\n", (unsigned long long)ps.futures_begun);
     add(r, "STAT futures_completed %llu\r\n", (unsigned long long)ps.futures_completed);
+    add(r, "STAT futures_live %llu\r\n", (unsigned long long)ps.futures_live);
     add_threads(srv, r);
 }
 

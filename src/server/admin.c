@@ -239,8 +239,9 @@ static void *admin_main(void *arg)
     /* A descriptor held in reserve (nginx and memcached keep one too): when
      * the process runs out, it is given up to accept one admin client, so
      * the operator can still ask what is going on; taken back once a
-     * descriptor is free again. */
-    int reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+     * descriptor is free again. Opened by ps__admin_start, before the
+     * server says it is up; this thread's alone from then on. */
+    int reserve = srv->admin_reserve;
 
     for (;;) {
         struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
@@ -333,16 +334,20 @@ static void *admin_main(void *arg)
         close(clients[i]->fd);
         free(clients[i]);
     }
-    if (reserve >= 0)
-        close(reserve);
+    srv->admin_reserve = reserve; /* closed by ps__admin_join */
     return NULL;
 }
 
 int ps__admin_start(ps_server *srv)
 {
+    srv->admin_reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int rc = pthread_create(&srv->admin, NULL, admin_main, srv);
-    if (rc != 0)
+    if (rc != 0) {
+        if (srv->admin_reserve >= 0)
+            close(srv->admin_reserve);
+        srv->admin_reserve = -1;
         return -rc;
+    }
     srv->admin_started = true;
     return 0;
 }
@@ -352,5 +357,8 @@ void ps__admin_join(ps_server *srv)
     if (srv->admin_started) {
         pthread_join(srv->admin, NULL);
         srv->admin_started = false;
+        if (srv->admin_reserve >= 0)
+            close(srv->admin_reserve);
+        srv->admin_reserve = -1;
     }
 }

@@ -91,6 +91,8 @@ struct ps_server {
 
     pthread_t acceptor;
     pthread_t admin;
+    int admin_reserve;           /* a descriptor the admin thread may give up
+                                    to accept when none is left (admin.c) */
     bool acceptor_started;
     bool admin_started;
     bool started;

@@ -49,6 +49,7 @@ int ps_server_create(ps_server **out, const ps_config *cfg,
     srv->listen_fd = -1;
     srv->admin_fd = -1;
     srv->stop_fd = -1;
+    srv->admin_reserve = -1;
     srv->start_ms = ps__now_ms();
     if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
         pthread_mutex_init(&srv->threads_lock, NULL) != 0) {

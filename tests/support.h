@@ -61,6 +61,9 @@ void t_config(ps_config *cfg);
 /* Creates and starts an echo server for cfg; returns NULL on failure. */
 ps_server *t_start_echo(const ps_config *cfg);
 
+/* The same with another handler, given cfg->greeting as its user pointer. */
+ps_server *t_start(const ps_config *cfg, const ps_handler *handler);
+
 /* Connects and reads the greeting line; returns fd or a negative code. */
 int t_connect_greeted(uint16_t port, int timeout_ms);
 

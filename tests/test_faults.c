@@ -480,6 +480,15 @@ static void test_slow_and_silent_clients(void **state)
 /* send_timeout = 1: a client that sends lines and never reads its replies
  * is closed about a second after its replies stop moving; meanwhile the
  * server's memory stays bounded and other clients are served. */
+/* Fills buf (a multiple of 64 bytes) with 63-byte lines of 'q'. */
+static void fill_lines(char *buf, size_t len)
+{
+    for (size_t i = 0; i + 64 <= len; i += 64) {
+        memset(buf + i, 'q', 63);
+        buf[i + 63] = '\n';
+    }
+}
+
 static void test_never_reading_client(void **state)
 {
     (void)state;
@@ -494,10 +503,7 @@ static void test_never_reading_client(void **state)
     int hog = t_connect_rcvbuf(p->port, 4096);
     assert_true(hog >= 0);
     static char chunk[64 * 1024];
-    for (size_t i = 0; i < sizeof chunk; i += 64) {
-        memset(chunk + i, 'q', 63);
-        chunk[i + 63] = '\n';
-    }
+    fill_lines(chunk, sizeof chunk);
     const uint64_t goal = 200ull * MIB;
     uint64_t pushed = 0;
     long rss_max = rss0;
@@ -547,10 +553,7 @@ static void test_stop_bounded_with_a_client_not_reading(void **state)
     int hog = t_connect_rcvbuf(p->port, 4096);
     assert_true(hog >= 0);
     static char chunk[64 * 1024];
-    for (size_t i = 0; i < sizeof chunk; i += 64) {
-        memset(chunk + i, 'q', 63);
-        chunk[i + 63] = '\n';
-    }
+    fill_lines(chunk, sizeof chunk);
     /* Until the replies back up into the client's socket and our sends
      * stop going through: then a worker (or the event poller) waits on it. */
     int64_t deadline = t_now_ms() + 5000;

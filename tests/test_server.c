@@ -479,16 +479,7 @@ static ps_server *start_holding(const ps_config *cfg)
     t_gate_init(&held);
     atomic_store(&held_now, 0);
     atomic_store(&held_most, 0);
-    ps_server *srv = NULL;
-    if (ps_server_create(&srv, cfg, &holding_handler, (void *)cfg->greeting) != 0)
-        return NULL;
-    char err[256];
-    if (ps_server_start(srv, err, sizeof err) != 0) {
-        fprintf(stderr, "server start: %s\n", err);
-        ps_server_destroy(srv);
-        return NULL;
-    }
-    return srv;
+    return t_start(cfg, &holding_handler);
 }
 
 /* Opens the gate, then stops the server and checks that no call at the
@@ -596,9 +587,8 @@ static void test_slow_handlers_counted(void **state)
         ps_config cfg;
         t_config(&cfg);
         cfg.slow_handler_ms = limit;
-        ps_server *srv = NULL;
-        assert_int_equal(ps_server_create(&srv, &cfg, &ps_sleep_handler, (void *)cfg.greeting), 0);
-        assert_int_equal(ps_server_start(srv, NULL, 0), 0);
+        ps_server *srv = t_start(&cfg, &ps_sleep_handler);
+        assert_non_null(srv);
         int fd = t_connect_greeted(ps_server_port(srv), T_MS);
         assert_true(fd >= 0);
         for (int i = 0; i < 5; i++) {

@@ -453,8 +453,17 @@ static int holding_open(ps_conn *c, void *ud)
     return ps_echo_handler.on_open(c, ud);
 }
 
+static t_gate first_gate; /* "first" lines wait here */
+
 static int holding_line(ps_conn *c, const ps_line *line, void *ud)
 {
+    if (line->len == 5 && memcmp(line->data, "first", 5) == 0) {
+        pthread_mutex_lock(&first_gate.mu);
+        first_gate.entered++;
+        pthread_cond_broadcast(&first_gate.cv);
+        t_gate_pass_locked(&first_gate, 4 * T_MS);
+        pthread_mutex_unlock(&first_gate.mu);
+    }
     if (line->len == 5 && memcmp(line->data, "block", 5) == 0) {
         unsigned now = atomic_fetch_add(&held_now, 1) + 1;
         unsigned most = atomic_load(&held_most);
@@ -576,6 +585,55 @@ static void test_quick_client_beside_held_handlers(void **state)
         close(quick);
         finish_holding(srv);
     }
+}
+
+/* Event mode's queue_depth: connections a worker has claimed and not come
+ * to yet. One worker, held on a first gate while three clients send (one
+ * a line that blocks, two quick ones): once let go, it claims all three
+ * in one poll and is held on the first of them; the two behind it are the
+ * queue (no other worker exists to take them). */
+static void test_event_queue_depth_counts_claimed_connections(void **state)
+{
+    (void)state;
+    if (t_dispatch != PS_DISPATCH_EVENT)
+        skip();
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 1;
+    t_gate_init(&first_gate);
+    ps_server *srv = start_holding(&cfg);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+    int d = t_connect_greeted(port, T_MS);
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = t_connect_greeted(port, T_MS);
+        assert_true(fds[i] >= 0);
+    }
+    assert_true(d >= 0);
+    assert_int_equal(t_send_str(d, "first\r\n"), 0);
+    assert_true(t_gate_wait(&first_gate, &first_gate.entered, 1, T_MS));
+    assert_int_equal(t_send_str(fds[0], "block\r\n"), 0);
+    assert_int_equal(t_send_str(fds[1], "quick\r\n"), 0);
+    assert_int_equal(t_send_str(fds[2], "quick\r\n"), 0);
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 0), 0); /* not claimed yet */
+    t_gate_open(&first_gate);
+    expect_line(d, "first\r\n");
+    assert_true(t_gate_wait(&held, &held.entered, 1, T_MS));
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 2), 2);
+    assert_int_equal(wait_stat(srv, "threads", "busy_threads", 1), 1);
+
+    t_gate_open(&held);
+    expect_line(fds[0], "block\r\n");
+    expect_line(fds[1], "quick\r\n");
+    expect_line(fds[2], "quick\r\n");
+    assert_int_equal(wait_stat(srv, "threads", "queue_depth", 0), 0);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    close(d);
+    finish_holding(srv);
+    assert_int_equal(atomic_load(&first_gate.errors), 0);
+    t_gate_fini(&first_gate);
 }
 
 /* A handler call longer than slow_handler_ms is counted once; quick ones
@@ -1308,6 +1366,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_admin_answers_while_saturated),
         cmocka_unit_test(test_blocked_handlers_fill_the_pool),
         cmocka_unit_test(test_quick_client_beside_held_handlers),
+        cmocka_unit_test(test_event_queue_depth_counts_claimed_connections),
         cmocka_unit_test(test_slow_handlers_counted),
         cmocka_unit_test(test_many_clients),
         cmocka_unit_test(test_silent_clients_cost_no_worker),

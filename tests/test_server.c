@@ -1010,10 +1010,25 @@ static void test_admin_commands(void **state)
     assert_true(t_admin(ap, "bogus", reply, sizeof reply) > 0);
     assert_string_equal(reply, "ERROR unknown command\r\n");
     assert_true(t_admin(ap, "stats", reply, sizeof reply) > 0);
-    assert_true(t_stat(reply, "total_connections") >= 0);
-    assert_true(t_stat(reply, "bytes_out") >= 0);
+    assert_int_equal(t_stat(reply, "total_connections"), 0);
+    assert_int_equal(t_stat(reply, "bytes_out"), 0);
     long long max = t_dispatch == PS_DISPATCH_THREAD ? cfg.max_connections : cfg.workers;
     assert_int_equal(t_stat(reply, "max_threads"), max);
+
+    /* One client's conversation, counted exactly. */
+    int client = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(client >= 0);
+    assert_int_equal(t_send_str(client, "hello\r\n"), 0);
+    expect_line(client, "hello\r\n");
+    assert_int_equal(t_send_str(client, "exit\r\n"), 0);
+    assert_true(t_wait_eof(client, T_MS) >= 0);
+    close(client);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    assert_true(t_admin(ap, "stats", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "total_connections"), 1);
+    assert_int_equal(t_stat(reply, "lines"), 2);
+    assert_int_equal(t_stat(reply, "bytes_in"), 13);                     /* hello, exit */
+    assert_int_equal(t_stat(reply, "bytes_out"), (long long)strlen(greeting) + 7);
 
     /* quit closes the admin connection. */
     int fd = t_connect(ap);

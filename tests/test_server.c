@@ -250,7 +250,10 @@ static void test_close_after_a_reply_that_waits(void **state)
     int fd = t_connect(ps_server_port(srv));
     assert_true(fd >= 0);
     assert_int_equal(t_send_str(fd, "big\nafter\n"), 0);
-    usleep(200 * 1000); /* the reply fills the socket buffers and waits */
+    /* The handler has run: its reply fills the socket buffers and waits. */
+    for (int64_t until = t_now_ms() + T_MS; atomic_load(&big_lines) < 1 && t_now_ms() < until;)
+        usleep(1000);
+    assert_int_equal(atomic_load(&big_lines), 1);
     static char in[BIG_REPLY + 64];
     size_t got = 0;
     int end = -ETIMEDOUT;
@@ -917,6 +920,7 @@ typedef struct flooder {
     int fd;
     atomic_bool stop;
     int64_t sent, received;
+    atomic_llong echoed; /* received, for the test thread to watch */
     int error;
 } flooder;
 
@@ -939,9 +943,10 @@ static void *flood_main(void *arg)
             break;
         }
         ssize_t r = recv(f->fd, in, sizeof in, MSG_DONTWAIT);
-        if (r > 0)
+        if (r > 0) {
             f->received += r;
-        else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            atomic_store(&f->echoed, f->received);
+        } else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
             f->error = r == 0 ? EPIPE : errno;
             break;
         }
@@ -971,7 +976,11 @@ static void test_flooding_client_does_not_starve_others(void **state)
     assert_true(f.fd >= 0);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, flood_main, &f), 0);
-    usleep(200 * 1000); /* the flood is under way */
+    /* The flood is under way: a megabyte has come back. */
+    for (int64_t until = t_now_ms() + T_MS;
+         atomic_load(&f.echoed) < 1024 * 1024 && t_now_ms() < until;)
+        usleep(1000);
+    assert_true(atomic_load(&f.echoed) >= 1024 * 1024);
     int64_t worst = 0;
     for (int i = 0; i < 50; i++) {
         int64_t t0 = t_now_ms();

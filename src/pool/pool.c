@@ -57,7 +57,7 @@ static void *worker_main(void *opaque)
 {
     ps_pool *pool = opaque;
     /* False once the idle hook said PS_POOL_IDLE_SLEEP: then only a job, a
-     * wake-up or shutdown gets this worker going again. Guarded by lock. */
+     * wake-up or shutdown gets this worker going again. */
     bool may_idle = true;
 
     ps__lock(&pool->lock);

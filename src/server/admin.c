@@ -241,7 +241,7 @@ static void *admin_main(void *arg)
      * the operator can still ask what is going on; taken back once a
      * descriptor is free again. Opened by ps__admin_start, before the
      * server says it is up; this thread's alone from then on. */
-    int reserve = srv->admin_reserve;
+    int *reserve = &srv->admin_reserve;
 
     for (;;) {
         struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
@@ -281,16 +281,16 @@ static void *admin_main(void *arg)
             }
         }
 
-        if (reserve < 0)
-            reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (*reserve < 0)
+            *reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (p[1].revents & POLLIN) {
             struct sockaddr_storage ss;
             socklen_t sl = sizeof ss;
             int fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
                              SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve >= 0) {
-                close(reserve);
-                reserve = -1;
+            if (fd < 0 && (errno == EMFILE || errno == ENFILE) && *reserve >= 0) {
+                close(*reserve);
+                *reserve = -1;
                 sl = sizeof ss;
                 fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
                              SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -334,7 +334,6 @@ static void *admin_main(void *arg)
         close(clients[i]->fd);
         free(clients[i]);
     }
-    srv->admin_reserve = reserve; /* closed by ps__admin_join */
     return NULL;
 }
 

@@ -629,6 +629,26 @@ void ps_config_defaults(ps_config *cfg)
     cfg->log_level = PS_LOG_INFO;
 }
 
+/* True when fp is a regular file of at most PS__FILE_MAX bytes: a device
+ * (/dev/zero) or a FIFO never ends, and nothing sane is a megabyte of
+ * settings. Otherwise says why in err. */
+static bool ps__readable_file(FILE *fp, const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (fstat(fileno(fp), &st) != 0)
+        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-errno));
+    else if (S_ISDIR(st.st_mode))
+        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-EISDIR));
+    else if (!S_ISREG(st.st_mode))
+        ps__set_err(err, errlen, "%s: not a regular file", path);
+    else if (st.st_size > PS__FILE_MAX)
+        ps__set_err(err, errlen, "%s: too large (%lld bytes, at most %d)", path,
+                    (long long)st.st_size, PS__FILE_MAX);
+    else
+        return true;
+    return false;
+}
+
 int ps_config_load_file(ps_config *cfg, const char *path, char *err, size_t errlen)
 {
     if (!cfg || !path) {
@@ -642,23 +662,7 @@ int ps_config_load_file(ps_config *cfg, const char *path, char *err, size_t errl
         ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-errno));
         return PS_ECONFIG;
     }
-    /* A device (/dev/zero) or a FIFO never ends, and nothing sane is a
-     * megabyte of settings: only a regular file of bounded size is read. */
-    struct stat st;
-    int bad = fstat(fileno(ld.fp), &st) != 0 ? errno : 0;
-    if (bad != 0)
-        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-bad));
-    else if (S_ISDIR(st.st_mode))
-        ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-(bad = EISDIR)));
-    else if (!S_ISREG(st.st_mode)) {
-        bad = EINVAL;
-        ps__set_err(err, errlen, "%s: not a regular file", path);
-    } else if (st.st_size > PS__FILE_MAX) {
-        bad = EFBIG;
-        ps__set_err(err, errlen, "%s: too large (%lld bytes, at most %d)", path,
-                    (long long)st.st_size, PS__FILE_MAX);
-    }
-    if (bad != 0) {
+    if (!ps__readable_file(ld.fp, path, err, errlen)) {
         fclose(ld.fp);
         return PS_ECONFIG;
     }

@@ -613,8 +613,11 @@ static bool steal(ps_server *srv, event_worker *me)
  * PS__UNPOLLED_US: the worker that polls a shard of its own CPU whenever it
  * comes back must not leave another shard to a worker that waits for a CPU
  * (then the longest unpolled one). Then any free one. Returns nshards when
- * every shard has its poller: the caller has nothing to do. */
-static unsigned take_any_shard(ps_server *srv)
+ * every shard has its poller: the caller has nothing to do. *others_late
+ * says whether another shard has gone unpolled that long: fewer workers
+ * are free than there are shards (the others are held in handlers), and
+ * the caller must not wait long on its own while another has input. */
+static unsigned take_any_shard(ps_server *srv, bool *others_late)
 {
     int cpu = sched_getcpu();
     unsigned n = srv->nshards;
@@ -623,22 +626,28 @@ static unsigned take_any_shard(ps_server *srv)
     unsigned shard = cpu >= 0 ? (unsigned)cpu % n
                               : atomic_fetch_add_explicit(&srv->shard_next, 1,
                                                           memory_order_relaxed) % n;
-    int64_t now = ps__now_us(), oldest = now - PS__UNPOLLED_US;
+    int64_t now = ps__now_us(), oldest = now - PS__UNPOLLED_US, before = oldest;
     unsigned late = n;
+    uint64_t lates = 0; /* n <= PS__SHARDS_MAX = 64 */
     for (unsigned i = 0; i < n; i++) {
         ps__shard *sh = &srv->shards[i];
         int64_t at = atomic_load_explicit(&sh->released_us, memory_order_relaxed);
-        if (at < oldest && !atomic_load_explicit(&sh->taken, memory_order_relaxed)) {
-            late = i;
-            oldest = at;
+        if (at < before && !atomic_load_explicit(&sh->taken, memory_order_relaxed)) {
+            lates |= (uint64_t)1 << i;
+            if (at < oldest) {
+                late = i;
+                oldest = at;
+            }
         }
     }
+    unsigned got = n;
     if (late < n && take_shard(srv, late))
-        return late;
-    for (unsigned tries = 0; tries < n; tries++, shard = (shard + 1) % n)
+        got = late;
+    for (unsigned tries = 0; got == n && tries < n; tries++, shard = (shard + 1) % n)
         if (take_shard(srv, shard))
-            return shard;
-    return n;
+            got = shard;
+    *others_late = got < n && (lates & ~((uint64_t)1 << got)) != 0;
+    return got;
 }
 
 /* A worker starts a job: wakes the watch if it sleeps. The watch sets
@@ -680,23 +689,6 @@ static void event_batch_job(void *arg)
     }
 }
 
-/* True when a shard other than `mine` has had no poller for
- * PS__UNPOLLED_US: fewer workers are free than there are shards (the
- * others are held in handlers), and the caller must not wait long on its
- * own while another has input. It waits 1 ms instead, and the next poll
- * goes to the shard that waited longest (take_any_shard()). */
-static bool another_unpolled(ps_server *srv, unsigned mine)
-{
-    int64_t before = ps__now_us() - PS__UNPOLLED_US;
-    for (unsigned i = 0; i < srv->nshards; i++) {
-        ps__shard *sh = &srv->shards[i];
-        if (i != mine && !atomic_load_explicit(&sh->taken, memory_order_relaxed) &&
-            atomic_load_explicit(&sh->released_us, memory_order_relaxed) < before)
-            return true;
-    }
-    return false;
-}
-
 /* The calling worker's slot, taken on its first call. */
 static event_worker *worker_of(ps_server *srv)
 {
@@ -727,10 +719,13 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
     *arg = me;
     if (steal(srv, me))
         return 1;
-    unsigned shard = take_any_shard(srv);
+    bool others_late;
+    unsigned shard = take_any_shard(srv, &others_late);
     if (shard == srv->nshards)
         return PS_POOL_IDLE_SLEEP; /* every shard has its poller */
-    poll_shard(srv, shard, me, another_unpolled(srv, shard) ? 1 : PS__SWEEP_MS);
+    /* With other shards left unpolled, wait 1 ms: the next poll goes to the
+     * one that waited longest. */
+    poll_shard(srv, shard, me, others_late ? 1 : PS__SWEEP_MS);
     ps__shard *sh = &srv->shards[shard];
     int64_t now_us = ps__now_us(), now = now_us / 1000;
     if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {

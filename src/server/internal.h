@@ -131,6 +131,10 @@ int ps__listen(const char *host, uint16_t port, int backlog, int *fd,
                uint16_t *bound_port, char *addr, size_t addrlen,
                char *err, size_t errlen);
 
+/* True when the socket is bound to a loopback address (127.0.0.0/8, ::1,
+ * or ::ffff:127.0.0.0/104). */
+bool ps__is_loopback(int fd);
+
 /* "1.2.3.4:5" or "[::1]:5". */
 void ps__format_addr(const struct sockaddr *sa, char *buf, size_t len);
 

@@ -174,25 +174,6 @@ static void close_fd(int *fd)
     }
 }
 
-/* True when the socket is bound to a loopback address (127.0.0.0/8, ::1,
- * or ::ffff:127.0.0.0/104). */
-static bool is_loopback(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
-        return false;
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (ss.ss_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
-    }
-    return false;
-}
-
 int ps_server_start(ps_server *srv, char *err, size_t errlen)
 {
     char tmp[256];
@@ -284,7 +265,7 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
                   srv->cfg.queue_capacity, srv->backlog);
     if (srv->admin_fd >= 0) {
         ps_log_always("admin on %s", srv->admin_addr);
-        if (!is_loopback(srv->admin_fd))
+        if (!ps__is_loopback(srv->admin_fd))
             ps_log_warn("admin on %s is reachable beyond this machine and has no "
                         "authentication: bind it to loopback (admin.bind) or firewall it",
                         srv->admin_addr);

@@ -40,6 +40,7 @@ static void config_all_changed(ps_config *cfg)
     cfg->workers = 3;
     cfg->queue_capacity = 4;
     cfg->max_connections = 5;
+    cfg->max_connections_wait_ms = 11;
     cfg->max_line = 17;
     cfg->idle_timeout = 6;
     cfg->send_timeout = 7;
@@ -62,6 +63,7 @@ static void assert_config_equal(const ps_config *a, const ps_config *b)
     assert_int_equal(a->workers, b->workers);
     assert_int_equal(a->queue_capacity, b->queue_capacity);
     assert_int_equal(a->max_connections, b->max_connections);
+    assert_int_equal(a->max_connections_wait_ms, b->max_connections_wait_ms);
     assert_int_equal(a->max_line, b->max_line);
     assert_int_equal(a->idle_timeout, b->idle_timeout);
     assert_int_equal(a->send_timeout, b->send_timeout);
@@ -128,6 +130,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.workers, 25);
     assert_int_equal(cfg.queue_capacity, 256);
     assert_int_equal(cfg.max_connections, 10000);
+    assert_int_equal(cfg.max_connections_wait_ms, 100);
     assert_int_equal(cfg.max_line, 8192);
     assert_int_equal(cfg.idle_timeout, 300);
     assert_int_equal(cfg.send_timeout, 10);
@@ -174,6 +177,7 @@ static const char every_key[] =
     "queue_capacity = 1048576\n"
     "[limits]\n"
     "max_connections = 1000000\n"
+    "max_connections_wait_ms = 60000\n"
     "max_line = 16\n"
     "idle_timeout = 0\n"
     "send_timeout = 3600\n"
@@ -198,6 +202,7 @@ static void check_every_key(const ps_config *cfg)
     assert_int_equal(cfg->workers, 4096);
     assert_int_equal(cfg->queue_capacity, 1048576);
     assert_int_equal(cfg->max_connections, 1000000);
+    assert_int_equal(cfg->max_connections_wait_ms, 60000);
     assert_int_equal(cfg->max_line, 16);
     assert_int_equal(cfg->idle_timeout, 0);
     assert_int_equal(cfg->send_timeout, 3600);
@@ -785,6 +790,7 @@ static void test_integer_key_bounds(void **state)
         K("pool", "workers", workers, 1, 4096),
         K("pool", "queue_capacity", queue_capacity, 1, 1048576),
         K("limits", "max_connections", max_connections, 1, 1000000),
+        K("limits", "max_connections_wait_ms", max_connections_wait_ms, 0, 60000),
         K("limits", "max_line", max_line, 16, 16777216),
         K("limits", "idle_timeout", idle_timeout, 0, 86400),
         K("limits", "send_timeout", send_timeout, 1, 3600),

@@ -378,6 +378,7 @@ static void test_max_connections(void **state)
     ps_config cfg;
     t_config(&cfg);
     cfg.max_connections = 3;
+    cfg.max_connections_wait_ms = 0; /* refused at once */
     ps_server *srv = t_start_echo(&cfg);
     assert_non_null(srv);
     int fds[3];
@@ -392,6 +393,7 @@ static void test_max_connections(void **state)
     ps_server_stats st;
     ps_server_get_stats(srv, &st);
     assert_int_equal(st.rejected_max, 1);
+    assert_int_equal(st.slot_waits, 0);
     assert_int_equal(st.curr_connections, 3);
     /* A slot frees: the next client is served. */
     close(fds[0]);
@@ -400,6 +402,120 @@ static void test_max_connections(void **state)
     assert_true(fds[0] >= 0);
     for (int i = 0; i < 3; i++)
         close(fds[i]);
+    ps_server_destroy(srv);
+}
+
+/* A client that closes a connection and at once opens another is served:
+ * the new one waits (max_connections_wait_ms) until the server has counted
+ * the closed one out, instead of being refused for a slot already free. */
+static void test_max_connections_close_then_connect(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.max_connections = 4;
+    cfg.max_connections_wait_ms = 2000;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fds[i] >= 0);
+    }
+    for (int round = 0; round < 100; round++) {
+        int i = round % 4;
+        close(fds[i]);
+        fds[i] = t_connect(ps_server_port(srv));
+        assert_true(fds[i] >= 0);
+        char line[256];
+        assert_true(t_read_line(fds[i], line, sizeof line, T_MS) > 0);
+        if (strcmp(line, greeting) != 0)
+            fail_msg("round %d: got \"%s\" instead of the greeting", round, line);
+    }
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.rejected_max, 0);
+    assert_int_equal(st.total_connections, 104);
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
+    ps_server_destroy(srv);
+}
+
+/* Clients over max_connections wait in arrival order: the first is served
+ * when a slot frees, one past PS__SLOT_WAITERS (64) waiting is refused at
+ * once, one whose wait runs out is refused, and those still waiting when
+ * the server stops are told it is shutting down. */
+static void test_max_connections_waiters(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.max_connections = 1;
+    cfg.max_connections_wait_ms = 60000;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+    int first = t_connect_greeted(port, T_MS);
+    assert_true(first >= 0);
+    int waiting[65];
+    for (int i = 0; i < 65; i++) {
+        waiting[i] = t_connect(port);
+        assert_true(waiting[i] >= 0);
+        if (i < 64)
+            assert_int_equal(wait_stat(srv, "stats", "slot_waits", i + 1), i + 1);
+    }
+    /* The 65th finds the waiting room full. */
+    expect_line(waiting[64], "ERROR too many connections\r\n");
+    close(waiting[64]);
+    for (int i = 0; i < 64; i++)
+        assert_false(t_readable(waiting[i], 0));
+    /* A slot frees: the oldest waiter gets it, the others keep waiting. */
+    close(first);
+    expect_line(waiting[0], greeting);
+    assert_int_equal(t_send_str(waiting[0], "served\n"), 0);
+    expect_line(waiting[0], "served\n");
+    assert_false(t_readable(waiting[1], 50));
+
+    ps_server_stop(srv);
+    for (int i = 1; i < 64; i++)
+        expect_line(waiting[i], "ERROR server shutting down\r\n");
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.slot_waits, 64);
+    assert_int_equal(st.rejected_max, 1);
+    assert_int_equal(st.rejected_shutdown, 63);
+    assert_int_equal(st.total_connections, 66);
+    for (int i = 0; i < 64; i++)
+        close(waiting[i]);
+    ps_server_destroy(srv);
+}
+
+/* A waiter whose max_connections_wait_ms runs out is refused. */
+static void test_max_connections_wait_ends(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.max_connections = 1;
+    cfg.max_connections_wait_ms = 200;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int first = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(first >= 0);
+    int64_t began = t_now_ms();
+    int extra = t_connect(ps_server_port(srv));
+    assert_true(extra >= 0);
+    expect_line(extra, "ERROR too many connections\r\n");
+    int64_t waited = t_now_ms() - began;
+    if (waited < 190)
+        fail_msg("refused after %lld ms, before its 200 ms wait", (long long)waited);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.slot_waits, 1);
+    assert_int_equal(st.rejected_max, 1);
+    assert_int_equal(st.curr_connections, 1);
+    close(extra);
+    close(first);
     ps_server_destroy(srv);
 }
 
@@ -1386,6 +1502,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_clients_wait_for_a_worker),
         cmocka_unit_test(test_queue_full_rejects_busy),
         cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_max_connections_close_then_connect),
+        cmocka_unit_test(test_max_connections_waiters),
+        cmocka_unit_test(test_max_connections_wait_ends),
         cmocka_unit_test(test_admin_threads_follow_clients),
         cmocka_unit_test(test_admin_answers_while_saturated),
         cmocka_unit_test(test_blocked_handlers_fill_the_pool),

@@ -46,6 +46,7 @@ typedef struct ps_config {
     size_t queue_capacity;        /* 1..1048576 */
     /* [limits] */
     unsigned max_connections;     /* 1..1000000 */
+    unsigned max_connections_wait_ms; /* a client over the limit waits this long for a slot */
     size_t max_line;              /* 16..16777216 bytes, line ending excluded */
     unsigned idle_timeout;        /* seconds, 0 = never; <= 86400 */
     unsigned send_timeout;        /* seconds, 1..3600 */

@@ -56,6 +56,7 @@ typedef struct ps_server_stats {
     uint64_t rejected_busy;        /* queue full */
     uint64_t rejected_max;         /* max_connections reached */
     uint64_t rejected_shutdown;    /* still queued when the server stopped */
+    uint64_t slot_waits;           /* waited for a slot at max_connections */
     uint64_t lines;
     uint64_t bytes_in;
     uint64_t bytes_out;

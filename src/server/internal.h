@@ -37,6 +37,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t rejected_busy;
     atomic_uint_fast64_t rejected_max;
     atomic_uint_fast64_t rejected_shutdown; /* queued when the server stopped */
+    atomic_uint_fast64_t slot_waits; /* waited for a slot at max_connections */
     atomic_uint_fast64_t lines_too_long;
     atomic_uint_fast64_t idle_timeouts;
     atomic_uint_fast64_t send_timeouts;

@@ -60,29 +60,43 @@ int ps_server_create(ps_server **out, const ps_config *cfg,
     return 0;
 }
 
-/* Takes one accepted socket: counts it, enforces max_connections, and
- * hands it to the pool without ever blocking the acceptor. */
-static void take_connection(ps_server *srv, int fd, const struct sockaddr *peer)
+/* Counts a connection in if max_connections leaves room: the number of
+ * connections then active, or 0 (and nothing counted) when it does not. */
+static uint64_t count_in(ps_server *srv)
 {
-    int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    atomic_fetch_add_explicit(&srv->c.total_connections, 1, memory_order_relaxed);
     uint64_t active = atomic_fetch_add_explicit(&srv->c.curr_connections, 1,
                                                 memory_order_relaxed) + 1;
-    if (active > srv->cfg.max_connections) {
-        /* Count first: whoever reads the reply may look at the counters. */
-        atomic_fetch_add_explicit(&srv->c.rejected_max, 1, memory_order_relaxed);
-        atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
-        ps__write_best_effort(fd, "ERROR too many connections\r\n");
-        ps__linger_close(srv, fd); /* so the error is not lost to a reset */
-        ps_log_debug("rejected a connection: max_connections (%u) reached",
-                     srv->cfg.max_connections);
-        return;
-    }
+    if (active <= srv->cfg.max_connections)
+        return active;
+    atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
+    return 0;
+}
+
+/* Tells an accepted socket why it is not served, counts it and closes it. */
+static void refuse(ps_server *srv, int fd, atomic_uint_fast64_t *counter, const char *reply)
+{
+    /* Count first: whoever reads the reply may look at the counters. */
+    atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+    ps__write_best_effort(fd, reply);
+    ps__linger_close(srv, fd); /* so the error is not lost to a reset */
+}
+
+static void refuse_max(ps_server *srv, int fd)
+{
+    refuse(srv, fd, &srv->c.rejected_max, "ERROR too many connections\r\n");
+    ps_log_debug("rejected a connection: max_connections (%u) reached",
+                 srv->cfg.max_connections);
+}
+
+/* Hands a counted-in socket to the dispatch without ever blocking the
+ * acceptor. */
+static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
+{
     ps_conn *c = ps__conn_new(srv, fd, peer);
     if (c == NULL) {
         atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
         ps_log_error("out of memory for a new connection");
+        close(fd);
         return;
     }
     ps_log_info("connection %llu from %s (%llu active)",
@@ -108,13 +122,94 @@ static void take_connection(ps_server *srv, int fd, const struct sockaddr *peer)
     }
 }
 
+/*
+ * Connections that arrived while max_connections were active. A client that
+ * closes is counted out only once the server has read its FIN, and a client
+ * that closes one connection and opens another at once would otherwise be
+ * refused for a slot that is in fact free: so a connection over the limit
+ * waits up to max_connections_wait_ms for a slot, in arrival order, before
+ * it is refused. Owned by the acceptor thread alone.
+ */
+/* Connections waiting at once; past this a new one is refused at once. */
+#define PS__SLOT_WAITERS 64
+/* How often the waiting connections look for a slot. */
+#define PS__SLOT_TICK_MS 1
+
+typedef struct ps__slot_waiter {
+    int fd;
+    int64_t deadline_ms;
+    struct sockaddr_storage peer;
+} ps__slot_waiter;
+
+typedef struct ps__slot_queue {
+    ps__slot_waiter items[PS__SLOT_WAITERS];
+    unsigned head, count;
+} ps__slot_queue;
+
+/* Serves the waiting connections that now have a slot and refuses those
+ * whose wait is over; oldest first. */
+static void slot_queue_run(ps_server *srv, ps__slot_queue *q)
+{
+    int64_t now = ps__now_ms();
+    while (q->count > 0) {
+        ps__slot_waiter *w = &q->items[q->head];
+        uint64_t active = count_in(srv);
+        if (active > 0)
+            serve(srv, w->fd, (struct sockaddr *)&w->peer, active);
+        else if (w->deadline_ms <= now)
+            refuse_max(srv, w->fd);
+        else
+            return;
+        q->head = (q->head + 1) % PS__SLOT_WAITERS;
+        q->count--;
+    }
+}
+
+/* Takes one accepted socket: serves it, queues it for a slot, or refuses it. */
+static void take_connection(ps_server *srv, ps__slot_queue *q, int fd,
+                            const struct sockaddr_storage *peer)
+{
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    atomic_fetch_add_explicit(&srv->c.total_connections, 1, memory_order_relaxed);
+    uint64_t active = q->count == 0 ? count_in(srv) : 0; /* no overtaking */
+    if (active > 0) {
+        serve(srv, fd, (const struct sockaddr *)peer, active);
+        return;
+    }
+    if (q->count == PS__SLOT_WAITERS || srv->cfg.max_connections_wait_ms == 0) {
+        refuse_max(srv, fd);
+        return;
+    }
+    atomic_fetch_add_explicit(&srv->c.slot_waits, 1, memory_order_relaxed);
+    ps__slot_waiter *w = &q->items[(q->head + q->count) % PS__SLOT_WAITERS];
+    w->fd = fd;
+    w->deadline_ms = ps__now_ms() + srv->cfg.max_connections_wait_ms;
+    w->peer = *peer;
+    q->count++;
+}
+
+/* At stop, the connections still waiting for a slot are told. */
+static void slot_queue_drop(ps_server *srv, ps__slot_queue *q)
+{
+    for (; q->count > 0; q->count--, q->head = (q->head + 1) % PS__SLOT_WAITERS)
+        refuse(srv, q->items[q->head].fd, &srv->c.rejected_shutdown,
+               "ERROR server shutting down\r\n");
+}
+
 static void *acceptor_main(void *arg)
 {
     ps_server *srv = arg;
     int64_t paused_until = 0;
     int64_t last_fd_warning = -1000; /* the first one is always logged */
+    ps__slot_queue *slots = calloc(1, sizeof *slots);
+    if (slots == NULL) {
+        ps_log_error("acceptor: out of memory");
+        return NULL;
+    }
 
     while (!atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
+        slot_queue_run(srv, slots);
         struct pollfd p[2] = {
             {.fd = srv->stop_fd, .events = POLLIN},
             {.fd = srv->listen_fd, .events = POLLIN},
@@ -124,8 +219,11 @@ static void *acceptor_main(void *arg)
         /* While paused, watch only the stop signal: the listening socket
          * would report readable at once and turn the pause into a spin. */
         /* Thread mode wakes once a second to join finished threads. */
-        int idle_wait = srv->cfg.dispatch == PS_DISPATCH_THREAD ? 1000 : -1;
-        int n = poll(p, paused ? 1 : 2, paused ? (int)(paused_until - now) : idle_wait);
+        int wait_ms = paused ? (int)(paused_until - now)
+                      : srv->cfg.dispatch == PS_DISPATCH_THREAD ? 1000 : -1;
+        if (slots->count > 0 && (wait_ms < 0 || wait_ms > PS__SLOT_TICK_MS))
+            wait_ms = PS__SLOT_TICK_MS;
+        int n = poll(p, paused ? 1 : 2, wait_ms);
         if (srv->cfg.dispatch == PS_DISPATCH_THREAD)
             ps__thread_reap(srv, false);
         if (n < 0 && errno != EINTR) {
@@ -141,7 +239,7 @@ static void *acceptor_main(void *arg)
             int fd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl,
                              SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd >= 0) {
-                take_connection(srv, fd, (struct sockaddr *)&ss);
+                take_connection(srv, slots, fd, &ss);
                 continue;
             }
             int e = errno;
@@ -163,6 +261,8 @@ static void *acceptor_main(void *arg)
             break;
         }
     }
+    slot_queue_drop(srv, slots);
+    free(slots);
     return NULL;
 }
 
@@ -350,6 +450,7 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->rejected_busy = atomic_load_explicit(&c->rejected_busy, memory_order_relaxed);
     st->rejected_max = atomic_load_explicit(&c->rejected_max, memory_order_relaxed);
     st->rejected_shutdown = atomic_load_explicit(&c->rejected_shutdown, memory_order_relaxed);
+    st->slot_waits = atomic_load_explicit(&c->slot_waits, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);

@@ -54,6 +54,7 @@ static void check_config(const ps_config *cfg)
     FUZZ_CHECK(cfg->workers >= 1 && cfg->workers <= 4096);
     FUZZ_CHECK(cfg->queue_capacity >= 1 && cfg->queue_capacity <= 1048576);
     FUZZ_CHECK(cfg->max_connections >= 1 && cfg->max_connections <= 1000000);
+    FUZZ_CHECK(cfg->max_connections_wait_ms <= 60000);
     FUZZ_CHECK(cfg->max_line >= 16 && cfg->max_line <= 16777216);
     FUZZ_CHECK(cfg->idle_timeout <= 86400);
     FUZZ_CHECK(cfg->send_timeout >= 1 && cfg->send_timeout <= 3600);
@@ -74,7 +75,8 @@ static bool config_equal(const ps_config *a, const ps_config *b)
     return strcmp(a->bind, b->bind) == 0 && a->port == b->port && a->backlog == b->backlog &&
            strcmp(a->greeting, b->greeting) == 0 && a->dispatch == b->dispatch &&
            a->workers == b->workers && a->queue_capacity == b->queue_capacity &&
-           a->max_connections == b->max_connections && a->max_line == b->max_line &&
+           a->max_connections == b->max_connections &&
+           a->max_connections_wait_ms == b->max_connections_wait_ms && a->max_line == b->max_line &&
            a->idle_timeout == b->idle_timeout && a->send_timeout == b->send_timeout &&
            a->shutdown_timeout == b->shutdown_timeout && a->admin_enabled == b->admin_enabled &&
            strcmp(a->admin_bind, b->admin_bind) == 0 && a->admin_port == b->admin_port &&
@@ -134,7 +136,7 @@ static const char *check_load_err(const char *err, const char *name, long lines)
 static const char *const schema[][2] = {
     {"server", "bind"}, {"server", "port"}, {"server", "backlog"}, {"server", "greeting"},
     {"server", "dispatch"}, {"pool", "workers"}, {"pool", "queue_capacity"},
-    {"limits", "max_connections"}, {"limits", "max_line"}, {"limits", "idle_timeout"},
+    {"limits", "max_connections"}, {"limits", "max_connections_wait_ms"}, {"limits", "max_line"}, {"limits", "idle_timeout"},
     {"limits", "send_timeout"}, {"limits", "shutdown_timeout"}, {"admin", "enabled"},
     {"limits", "slow_handler_ms"}, {"admin", "bind"}, {"admin", "port"}, {"log", "level"},
     {"handler", "name"},

@@ -21,7 +21,7 @@
 #define PS__ADMIN_REPLY_MAX 4096
 #define PS__ADMIN_IDLE_MS 60000
 
-typedef struct admin_client {
+struct ps__admin_client {
     int fd;
     bool closing;      /* close once the reply is written */
     bool eof;          /* the client sent all it will: answer, then close */
@@ -32,7 +32,8 @@ typedef struct admin_client {
     /* Room for one whole reply on top of the most a client may leave
      * unread before its next command is refused (half a reply). */
     char out[PS__ADMIN_REPLY_MAX + PS__ADMIN_REPLY_MAX / 2];
-} admin_client;
+};
+typedef struct ps__admin_client admin_client;
 
 typedef struct reply {
     char *buf;
@@ -197,7 +198,7 @@ static void client_process(ps_server *srv, admin_client *ac)
  * already read (client_process stops while half a reply is unsent, so the
  * reply buffer is bounded by the client reading, never by dropping a
  * command). Returns false when the client is done and must be closed. */
-static bool client_flush(ps_server *srv, admin_client *ac)
+bool ps__admin_client_flush(ps_server *srv, admin_client *ac)
 {
     for (;;) {
         if (ac->out_off < ac->out_len) {
@@ -218,7 +219,7 @@ static bool client_flush(ps_server *srv, admin_client *ac)
 }
 
 /* Returns false when the client is done and must be closed. */
-static bool client_read(ps_server *srv, admin_client *ac)
+bool ps__admin_client_read(ps_server *srv, admin_client *ac)
 {
     ssize_t r = recv(ac->fd, ac->in + ac->in_len, sizeof ac->in - ac->in_len, 0);
     if (r < 0)
@@ -228,7 +229,30 @@ static bool client_read(ps_server *srv, admin_client *ac)
     ac->in_len += (size_t)r;
     ac->last_ms = ps__now_ms();
     client_process(srv, ac);
-    return client_flush(srv, ac);
+    return ps__admin_client_flush(srv, ac);
+}
+
+admin_client *ps__admin_client_new(int fd, int64_t now_ms)
+{
+    admin_client *ac = calloc(1, sizeof *ac);
+    if (ac != NULL) {
+        ac->fd = fd;
+        ac->last_ms = now_ms;
+    }
+    return ac;
+}
+
+bool ps__admin_client_wants_write(const admin_client *ac)
+{
+    return ac->out_len > ac->out_off;
+}
+
+void ps__admin_client_close(ps_server *srv, admin_client *ac)
+{
+    /* Lingering: bytes sent after `quit` must not turn the close into a
+     * reset that destroys the replies before it. */
+    ps__linger_close(srv, ac->fd);
+    free(ac);
 }
 
 static void *admin_main(void *arg)
@@ -251,7 +275,7 @@ static void *admin_main(void *arg)
         for (int i = 0; i < nclients; i++) {
             admin_client *ac = clients[i];
             /* A client with a reply pending is not read until it takes it. */
-            short ev = ac->out_len > ac->out_off ? POLLOUT : POLLIN;
+            short ev = ps__admin_client_wants_write(ac) ? POLLOUT : POLLIN;
             p[2 + i] = (struct pollfd){.fd = ac->fd, .events = ev};
         }
         int n = poll(p, 2 + (nfds_t)nclients, 1000);
@@ -270,14 +294,13 @@ static void *admin_main(void *arg)
             bool keep = true;
             short rev = p[2 + i].revents;
             if (rev & POLLOUT)
-                keep = client_flush(srv, ac);
+                keep = ps__admin_client_flush(srv, ac);
             else if (rev & (POLLIN | POLLHUP | POLLERR))
-                keep = client_read(srv, ac);
+                keep = ps__admin_client_read(srv, ac);
             else if (now - ac->last_ms > PS__ADMIN_IDLE_MS)
                 keep = false;
             if (!keep) {
-                close(ac->fd);
-                free(ac);
+                ps__admin_client_close(srv, ac);
                 clients[i] = clients[--nclients];
             }
         }
@@ -306,19 +329,15 @@ static void *admin_main(void *arg)
                 for (int i = 1; i < nclients; i++)
                     if (clients[i]->last_ms < clients[oldest]->last_ms)
                         oldest = i;
-                close(clients[oldest]->fd);
-                free(clients[oldest]);
+                ps__admin_client_close(srv, clients[oldest]);
                 clients[oldest] = clients[--nclients];
             }
             if (fd >= 0) {
-                admin_client *ac = calloc(1, sizeof *ac);
-                if (ac == NULL) {
+                admin_client *ac = ps__admin_client_new(fd, now);
+                if (ac == NULL)
                     close(fd);
-                } else {
-                    ac->fd = fd;
-                    ac->last_ms = now;
+                else
                     clients[nclients++] = ac;
-                }
             } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
                 /* EMFILE and the like: log once a second, and pause so the
                  * pending connection does not make this loop spin (the stop
@@ -332,8 +351,7 @@ static void *admin_main(void *arg)
         }
     }
     for (int i = 0; i < nclients; i++) {
-        close(clients[i]->fd);
-        free(clients[i]);
+        ps__admin_client_close(srv, clients[i]);
     }
     return NULL;
 }

@@ -311,4 +311,21 @@ void ps__admin_join(ps_server *srv);
 int ps__admin_command(ps_server *srv, const char *line, size_t len,
                       char *buf, size_t buflen);
 
+/* One admin client: its framing, replies and backpressure, apart from the
+ * listener's poll loop (fuzz_admin drives them over a socket pair). */
+typedef struct ps__admin_client ps__admin_client;
+ps__admin_client *ps__admin_client_new(int fd, int64_t now_ms);
+/* True while a reply waits for the socket to take it (poll for POLLOUT;
+ * the client's next commands wait meanwhile). */
+bool ps__admin_client_wants_write(const ps__admin_client *ac);
+/* On readable: reads, answers every complete command (as far as the reply
+ * buffer allows) and writes. False when the client must be closed. */
+bool ps__admin_client_read(ps_server *srv, ps__admin_client *ac);
+/* On writable: writes, then answers commands held back. False when the
+ * client must be closed. */
+bool ps__admin_client_flush(ps_server *srv, ps__admin_client *ac);
+/* Closes the client's socket (lingering, as a data connection's) and
+ * frees it. */
+void ps__admin_client_close(ps_server *srv, ps__admin_client *ac);
+
 #endif

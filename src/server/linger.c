@@ -139,7 +139,9 @@ void ps__linger_close(ps_server *srv, int fd)
 {
     shutdown(fd, SHUT_WR);
     ps__linger *l = srv->linger;
-    if (l == NULL || drained(fd)) {
+    /* Input already here is discarded even without the thread: closing on
+     * unread input would reset the connection. */
+    if (drained(fd) || l == NULL) {
         close(fd);
         return;
     }

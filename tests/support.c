@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -339,6 +340,13 @@ static int wait_exit(int pid, int timeout_ms)
 int t_proc_start(t_proc *p, char *const argv[], unsigned long nofile, bool want_admin,
                  int timeout_ms)
 {
+    t_child_opts o = {.nofile = nofile};
+    return t_proc_start_with(p, argv, &o, want_admin, timeout_ms);
+}
+
+int t_proc_start_with(t_proc *p, char *const argv[], const t_child_opts *o, bool want_admin,
+                      int timeout_ms)
+{
     memset(p, 0, sizeof *p);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
@@ -352,10 +360,17 @@ int t_proc_start(t_proc *p, char *const argv[], unsigned long nofile, bool want_
     }
     if (pid == 0) {
         dup2(fds[1], STDERR_FILENO);
-        if (nofile > 0) {
-            struct rlimit rl = {.rlim_cur = nofile, .rlim_max = nofile};
+        if (o->nofile > 0) {
+            struct rlimit rl = {.rlim_cur = o->nofile, .rlim_max = o->nofile};
             setrlimit(RLIMIT_NOFILE, &rl);
         }
+        if (o->nproc > 0) {
+            struct rlimit rl = {.rlim_cur = o->nproc, .rlim_max = o->nproc};
+            if (setrlimit(RLIMIT_NPROC, &rl) < 0)
+                _exit(126);
+        }
+        if (o->uid > 0 && (setgroups(0, NULL) < 0 || setgid(o->uid) < 0 || setuid(o->uid) < 0))
+            _exit(126);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -382,6 +397,21 @@ int t_proc_start(t_proc *p, char *const argv[], unsigned long nofile, bool want_
     }
     t_proc_stop(p, SIGKILL, 1000);
     return -ETIMEDOUT;
+}
+
+bool t_proc_wait_log(t_proc *p, const char *needle, int timeout_ms)
+{
+    int64_t deadline = t_now_ms() + timeout_ms;
+    for (;;) {
+        t_proc_drain(p);
+        if (strstr(p->log, needle) != NULL)
+            return true;
+        int64_t left = deadline - t_now_ms();
+        if (left <= 0)
+            return false;
+        struct pollfd pf = {.fd = p->err_fd, .events = POLLIN};
+        poll(&pf, 1, left > 50 ? 50 : (int)left);
+    }
 }
 
 int t_proc_stop(t_proc *p, int sig, int timeout_ms)

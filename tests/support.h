@@ -91,8 +91,23 @@ typedef struct t_proc {
 int t_proc_start(t_proc *p, char *const argv[], unsigned long nofile, bool want_admin,
                  int timeout_ms);
 
+/* What t_proc_start_with sets in the child before it runs argv[0]. */
+typedef struct t_child_opts {
+    unsigned long nofile; /* RLIMIT_NOFILE soft and hard; 0 = unchanged */
+    unsigned long nproc;  /* RLIMIT_NPROC, the user's processes and threads; 0 = unchanged */
+    unsigned uid;         /* run as this user and group id (needs root); 0 = unchanged */
+} t_child_opts;
+
+/* t_proc_start with more limits (a root process ignores RLIMIT_NPROC: give
+ * a uid to make it bind). */
+int t_proc_start_with(t_proc *p, char *const argv[], const t_child_opts *o, bool want_admin,
+                      int timeout_ms);
+
 /* Appends whatever the child wrote to stderr since the last call. */
 void t_proc_drain(t_proc *p);
+
+/* Waits (bounded) until the child's log contains needle. */
+bool t_proc_wait_log(t_proc *p, const char *needle, int timeout_ms);
 
 /* Sends sig and waits up to timeout_ms for exit. Returns the exit status
  * (0..255), 128+signal if killed by one, or -ETIMEDOUT (then SIGKILLs). */

@@ -119,22 +119,6 @@ static int teardown_kill(void **state)
     return 0;
 }
 
-/* Waits (bounded) until the server's log contains needle. */
-static bool wait_log(t_proc *p, const char *needle, int timeout_ms)
-{
-    int64_t deadline = t_now_ms() + timeout_ms;
-    for (;;) {
-        t_proc_drain(p);
-        if (strstr(p->log, needle) != NULL)
-            return true;
-        int64_t left = deadline - t_now_ms();
-        if (left <= 0)
-            return false;
-        struct pollfd pf = {.fd = p->err_fd, .events = POLLIN};
-        poll(&pf, 1, left > 50 ? 50 : (int)left);
-    }
-}
-
 static int count_substr(const char *s, const char *needle)
 {
     int n = 0;
@@ -251,7 +235,7 @@ static void test_out_of_descriptors(void **state)
         fds[i] = t_connect(p->port); /* completes in the kernel's backlog */
         assert_true(fds[i] >= 0);
     }
-    assert_true(wait_log(p, "accept: ", T_MS));
+    assert_true(t_proc_wait_log(p, "accept: ", T_MS));
     int64_t first_warning = t_now_ms();
 
     /* Accepted clients are greeted at once; give them half a second in all,
@@ -335,7 +319,7 @@ static void test_out_of_descriptors_admin_log(void **state)
         fds[i] = t_connect(p->port);
         assert_true(fds[i] >= 0);
     }
-    assert_true(wait_log(p, "accept: ", T_MS));
+    assert_true(t_proc_wait_log(p, "accept: ", T_MS));
     expect_line(fds[0], greeting);
     /* The first admin client is answered all the same: it takes the
      * descriptor the admin thread holds in reserve. */
@@ -836,8 +820,10 @@ static void test_line_limits(void **state)
     expect_line_of(fd, 'a', 1023, "\n");
     send_line_of(fd, 'b', 1024, "\r\n");
     expect_line_of(fd, 'b', 1024, "\r\n");
+    long long in = admin_stat(p, "stats", "bytes_in");
     send_line_of(fd, 'c', 1024, "\r");
-    usleep(50 * 1000); /* the CR alone is max_line + 1 bytes without newline */
+    /* Read alone, the CR makes max_line + 1 bytes without a newline. */
+    assert_int_equal(wait_stat(p, "stats", "bytes_in", in + 1025, T_MS), in + 1025);
     assert_int_equal(t_send_str(fd, "\n"), 0);
     expect_line_of(fd, 'c', 1024, "\r\n");
     send_line_of(fd, 'd', 1024, "\n");
@@ -961,6 +947,100 @@ static void test_exit_mid_pipeline(void **state)
     assert_int_equal(end, 0);
     close(fd);
     stop_server(p, T_MS * 2);
+}
+
+/* ---- thread mode out of threads ---- */
+
+/* Copies the file at src to dst with the given mode. */
+static void copy_file(const char *src, const char *dst, mode_t mode)
+{
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    assert_int_equal(ferror(in), 0);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(chmod(dst, mode), 0);
+}
+
+/* Thread mode when no thread can be started (RLIMIT_NPROC, which binds only
+ * a user other than root: poolsrv runs as nobody, from a copy any user can
+ * read): the client gets "ERROR server busy", counted in rejected_busy; the
+ * clients in are still served, and once one leaves its thread's place is
+ * taken by the next client. */
+static void test_thread_limit_server_busy(void **state)
+{
+    (void)state;
+    if (!mode_is(PS_DISPATCH_THREAD))
+        skip(); /* only there is a connection a thread */
+    if (geteuid() != 0) {
+        print_message("test_thread_limit_server_busy needs root (to run poolsrv as nobody)\n");
+        skip();
+    }
+    char dir[] = "/tmp/poolsrv-nproc-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(chmod(dir, 0755), 0);
+    char bin[128], ini[128];
+    snprintf(bin, sizeof bin, "%s/poolsrv", dir);
+    snprintf(ini, sizeof ini, "%s/server.ini", dir);
+    copy_file(POOLSRV_BIN, bin, 0755);
+    copy_file(conf_path, ini, 0644);
+
+    t_proc *p = &servers[0];
+    char *argv[] = {bin, "-c", ini, "-o", "server.port=0", "-o", "admin.port=0",
+                    "-o", dispatch_opt, "-o", "log.level=warn", NULL};
+    /* Room for poolsrv's own threads (and a sanitizer's) and a few clients. */
+    t_child_opts o = {.nproc = 24, .uid = 65534};
+    int rc = t_proc_start_with(p, argv, &o, true, T_MS * 2);
+    if (rc != 0)
+        print_message("poolsrv did not start (%d); its log:\n%s\n", rc, p->log);
+    assert_int_equal(rc, 0);
+
+    int fds[40];
+    int served = 0, busy = -1;
+    for (int i = 0; i < 40 && busy < 0; i++) {
+        int fd = t_connect(p->port);
+        assert_true(fd >= 0);
+        char line[256];
+        assert_true(t_read_line(fd, line, sizeof line, T_MS) > 0);
+        if (strcmp(line, greeting) == 0) {
+            fds[served++] = fd;
+            continue;
+        }
+        assert_string_equal(line, "ERROR server busy\r\n");
+        assert_true(t_wait_eof(fd, T_MS) >= 0);
+        close(fd);
+        busy = i;
+    }
+    if (busy < 0)
+        fail_msg("40 clients were all given a thread under RLIMIT_NPROC 24");
+    assert_true(served >= 1);
+    print_message("thread: RLIMIT_NPROC 24: %d clients given a thread, the next told busy\n", served);
+    assert_int_equal(admin_stat(p, "stats", "rejected_busy"), 1);
+    assert_int_equal(admin_stat(p, "stats", "connection_threads"), served);
+    /* The clients in are served. */
+    for (int i = 0; i < served; i++) {
+        assert_int_equal(t_send_str(fds[i], "still here\n"), 0);
+        char line[256];
+        assert_true(t_read_line(fds[i], line, sizeof line, T_MS) > 0);
+        assert_string_equal(line, "still here\n");
+    }
+    /* One leaves: the next client gets its place. */
+    close(fds[--served]);
+    assert_int_equal(wait_stat(p, "stats", "connection_threads", served, T_MS), served);
+    fds[served] = t_connect_greeted(p->port, T_MS);
+    assert_true(fds[served] >= 0);
+    served++;
+    for (int i = 0; i < served; i++)
+        close(fds[i]);
+    stop_server(p, T_MS * 2);
+    unlink(bin);
+    unlink(ini);
+    rmdir(dir);
 }
 
 /* ---- flood beyond the queue ---- */
@@ -1542,6 +1622,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_line_limits, teardown_kill),
         cmocka_unit_test_teardown(test_exit_mid_pipeline, teardown_kill),
         cmocka_unit_test_teardown(test_flood_beyond_queue, teardown_kill),
+        cmocka_unit_test_teardown(test_thread_limit_server_busy, teardown_kill),
         cmocka_unit_test_teardown(test_graceful_stop_under_load, teardown_kill),
         cmocka_unit_test_teardown(test_admin_not_attack_surface, teardown_kill),
         cmocka_unit_test_teardown(test_config_abuse, teardown_kill),

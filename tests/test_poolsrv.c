@@ -283,8 +283,8 @@ static void test_out_of_descriptors(void **state)
         fds[i] = t_connect(p.port); /* completes in the kernel's backlog */
         assert_true(fds[i] >= 0);
     }
-    /* Let the acceptor hit EMFILE, then measure its CPU over a second. */
-    usleep(300 * 1000);
+    /* Once the acceptor has hit EMFILE, measure its CPU over a second. */
+    assert_true(t_proc_wait_log(&p, "accept: Too many open files", T_MS));
     char statpath[64], buf[1024];
     snprintf(statpath, sizeof statpath, "/proc/%d/stat", p.pid);
     long long ticks[2];

@@ -75,8 +75,12 @@ static void test_greeting_and_echo(void **state)
     assert_int_equal(t_read_exact(fd, got, sizeof got, T_MS), 0);
     assert_memory_equal(got, bin, sizeof bin);
     /* A line split across writes is one line. */
+    char reply[4096];
+    assert_true(t_admin(ps_server_admin_port(srv), "stats", reply, sizeof reply) > 0);
+    long long in = t_stat(reply, "bytes_in");
     assert_int_equal(t_send_str(fd, "spl"), 0);
-    usleep(20 * 1000);
+    /* The server has read the first part alone before the rest is sent. */
+    assert_int_equal(wait_stat(srv, "stats", "bytes_in", in + 3), in + 3);
     assert_int_equal(t_send_str(fd, "it\r\n"), 0);
     expect_line(fd, "split\r\n");
     close(fd);
@@ -1178,8 +1182,11 @@ static void test_admin_commands(void **state)
     for (int i = 0; i < 40; i++) {
         idle[i] = t_connect(ap);
         assert_true(idle[i] >= 0);
+        /* Taken in by the admin thread (or it has made room for it). */
+        assert_int_equal(t_send_str(idle[i], "help\n"), 0);
+        char line[256];
+        assert_true(t_read_line(idle[i], line, sizeof line, T_MS) > 0);
     }
-    usleep(100 * 1000);
     assert_true(t_admin(ap, "threads", reply, sizeof reply) > 0);
     assert_non_null(strstr(reply, "END\r\n"));
     for (int i = 0; i < 40; i++)

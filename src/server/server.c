@@ -117,7 +117,9 @@ static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t 
     if (rc != 0) {
         atomic_fetch_add_explicit(&srv->c.rejected_busy, 1, memory_order_relaxed);
         ps__write_best_effort(fd, "ERROR server busy\r\n");
-        ps_log_info("connection %llu rejected: queue full", (unsigned long long)ps_conn_id(c));
+        ps_log_info("connection %llu rejected: %s", (unsigned long long)ps_conn_id(c),
+                    srv->cfg.dispatch == PS_DISPATCH_THREAD ? "no thread could be started"
+                                                           : "queue full");
         ps__conn_close(c);
     }
 }

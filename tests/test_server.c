@@ -1260,12 +1260,19 @@ static void test_send_timeout_never_reading_client(void **state)
     }
     struct timeval tv = {.tv_sec = 0, .tv_usec = 200 * 1000};
     setsockopt(hog, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    long rss_before = t_proc_rss_kb(getpid());
+    long rss_max = rss_before;
+    size_t sent = 0;
     int64_t deadline = t_now_ms() + 15000;
     bool closed = false;
     while (!closed && t_now_ms() < deadline) {
         ssize_t w = send(hog, chunk, sizeof chunk, MSG_NOSIGNAL);
+        if (w > 0)
+            sent += (size_t)w;
         if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             closed = true;
+        long rss = t_proc_rss_kb(getpid());
+        rss_max = rss > rss_max ? rss : rss_max;
         ps_server_stats st;
         ps_server_get_stats(srv, &st);
         if (st.send_timeouts > 0)
@@ -1278,6 +1285,13 @@ static void test_send_timeout_never_reading_client(void **state)
     ps_server_stats st;
     ps_server_get_stats(srv, &st);
     assert_int_equal(st.send_timeouts, 1);
+    /* Backpressure: the server stopped reading once its replies piled up,
+     * so what the client got in is what the sockets hold, and the server's
+     * memory for it is its output bound (256 KiB) and one read. */
+    print_message("%s: the client got %zu KiB in; RSS %ld -> at most %ld KiB\n",
+                  ps_dispatch_name(t_dispatch), sent / 1024, rss_before, rss_max);
+    assert_true(sent < 64u * 1024 * 1024);
+    assert_true(rss_max - rss_before < 8 * 1024);
     close(hog);
     close(other);
     ps_server_destroy(srv);

@@ -8,6 +8,8 @@
  *
  * Exits 0 only when both results are right (ctest runs it as a check).
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep, clock_gettime */
+
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>

@@ -5,6 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The server's configuration: the INI schema of conf/server.ini, loaded with
  * inih. Every key is range-checked; a bad one is reported as "file:line:
@@ -93,5 +97,9 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen);
 const char *ps_dispatch_name(ps_dispatch_mode mode);
 const char *ps_log_level_name(ps_log_level level);
 const char *ps_handler_name(ps_handler_kind kind);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

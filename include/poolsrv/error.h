@@ -1,6 +1,10 @@
 #ifndef POOLSRV_ERROR_H
 #define POOLSRV_ERROR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Error codes. Every poolsrv function that can fail returns 0 on success or a
  * negative errno value (-EAGAIN, -EINVAL, ...). A few conditions have no
@@ -14,5 +18,9 @@
 
 /* Text for a code returned by any ps_ function; never NULL, thread-safe. */
 const char *ps_strerror(int code);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -5,6 +5,10 @@
 
 #include "poolsrv/pool.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Async invocation on a pool (the seed's delegate BeginInvoke / EndInvoke):
  * run fn(arg) on a worker, get a future for its result.
@@ -68,5 +72,9 @@ void *ps_future_state(const ps_future *f);
  * same variable is refused). Ending one future twice through two copies of
  * the handle is undefined. */
 int ps_future_end(ps_future **fp, void **result);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,6 +4,10 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The line framer: a pure function over a buffer, no I/O. A line ends at
  * '\n'; a '\r' just before it belongs to the line ending. NUL bytes are data.
@@ -20,5 +24,9 @@ typedef struct ps_line {
  * 0 when more input is needed; PS_ELINELONG when the content is already
  * longer than max_line (a line of exactly max_line bytes is accepted). */
 ssize_t ps_lineframe_next(const char *buf, size_t len, size_t max_line, ps_line *line);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -3,6 +3,10 @@
 
 #include "poolsrv/config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Process-wide log to stderr: "2026-01-02T03:04:05.678Z LEVEL message".
  * Thread-safe; one write(2) per line so lines never interleave. */
 void ps_log_set_level(ps_log_level level);
@@ -18,5 +22,9 @@ void ps_log_always(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define ps_log_warn(...) ps_log(PS_LOG_WARN, __VA_ARGS__)
 #define ps_log_info(...) ps_log(PS_LOG_INFO, __VA_ARGS__)
 #define ps_log_debug(...) ps_log(PS_LOG_DEBUG, __VA_ARGS__)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

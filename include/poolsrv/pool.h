@@ -6,6 +6,10 @@
 
 #include "poolsrv/error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * A fixed-size thread pool with a bounded ring of jobs. It knows nothing
  * about sockets: a job is a function and an argument.
@@ -81,5 +85,9 @@ unsigned ps_pool_max_threads(const ps_pool *pool);
 
 /* Workers not running a job now: max - busy (the seed's GetAvailableThreads). */
 unsigned ps_pool_available_threads(const ps_pool *pool);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -9,6 +9,10 @@
 #include "poolsrv/lineframe.h"
 #include "poolsrv/pool.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * A line-based TCP server: an acceptor, a bounded queue, a fixed pool of
  * workers, and a handler called for each line. The connection layer does all
@@ -103,5 +107,9 @@ extern const ps_handler ps_echo_handler;
  * blocks the calling worker N ms, then is echoed: slow work for tests and
  * benchmarks. `ud` is the greeting, as for echo. */
 extern const ps_handler ps_sleep_handler;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

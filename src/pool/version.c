@@ -1,0 +1,6 @@
+#include "poolsrv/version.h"
+
+const char *ps_version(void)
+{
+    return POOLSRV_VERSION_BUILT;
+}

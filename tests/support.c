@@ -473,7 +473,7 @@ int t_run(char *const argv[], char *out, size_t cap, int timeout_ms)
 
 #include <dirent.h>
 
-long t_proc_rss_kb(int pid)
+long t_proc_status_kb(int pid, const char *field)
 {
     char path[64], line[256];
     snprintf(path, sizeof path, "/proc/%d/status", pid);
@@ -481,14 +481,20 @@ long t_proc_rss_kb(int pid)
     if (f == NULL)
         return -1;
     long kb = -1;
+    size_t n = strlen(field);
     while (fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
+        if (strncmp(line, field, n) == 0 && line[n] == ':') {
+            kb = strtol(line + n + 1, NULL, 10);
             break;
         }
     }
     fclose(f);
     return kb;
+}
+
+long t_proc_rss_kb(int pid)
+{
+    return t_proc_status_kb(pid, "VmRSS");
 }
 
 int t_proc_fd_count(int pid)

@@ -122,6 +122,9 @@ int t_run(char *const argv[], char *out, size_t cap, int timeout_ms);
 /* VmRSS of process pid in KiB, from /proc/PID/status; -1 if unreadable. */
 long t_proc_rss_kb(int pid);
 
+/* Any "Name: N kB" field of /proc/PID/status (VmRSS, RssAnon, ...), or -1. */
+long t_proc_status_kb(int pid, const char *field);
+
 /* Open descriptors of process pid (entries in /proc/PID/fd); -1 on error. */
 int t_proc_fd_count(int pid);
 

@@ -31,6 +31,8 @@
 #include <setjmp.h> /* cmocka.h needs these first */
 #include <cmocka.h>
 
+#include "poolsrv/version.h"
+
 #ifndef POOLSRV_BIN
 #error "POOLSRV_BIN must name the poolsrv binary"
 #endif
@@ -453,7 +455,7 @@ static void test_cli_bad_option(void **state)
 static void test_help_option(void **state)
 {
     (void)state;
-    const char *progs[] = {POOLCLI_BIN, POOLBENCH_BIN, POOLSRV_BIN};
+    const char *progs[] = {POOLCLI_BIN, POOLBENCH_BIN, POOLSRV_BIN, POOLCTL_BIN};
     for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
         for (int form = 0; form < 2; form++) {
             char *const argv[] = {(char *)progs[i], form ? "--help" : "-h", NULL};
@@ -470,6 +472,29 @@ static void test_help_option(void **state)
         assert_int_equal(r.status, 2);
         assert_non_null(strstr(r.err, "usage:"));
     }
+}
+
+/* --version and -V print "NAME VERSION" (the library's version) on stdout
+ * and exit 0, for every program. */
+static void test_version_option(void **state)
+{
+    (void)state;
+    const char *progs[] = {POOLCLI_BIN, POOLBENCH_BIN, POOLSRV_BIN, POOLCTL_BIN};
+    for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
+        const char *name = strrchr(progs[i], '/') ? strrchr(progs[i], '/') + 1 : progs[i];
+        char want[64];
+        snprintf(want, sizeof want, "%s %s\n", name, ps_version());
+        for (int form = 0; form < 2; form++) {
+            char *const argv[] = {(char *)progs[i], form ? "--version" : "-V", NULL};
+            run_result r;
+            assert_int_equal(run_prog(argv, NULL, &r), 0);
+            if (r.status != 0 || strcmp(r.out, want) != 0)
+                dump(progs[i], &r);
+            assert_int_equal(r.status, 0);
+            assert_string_equal(r.out, want);
+        }
+    }
+    assert_string_equal(ps_version(), POOLSRV_VERSION_STRING);
 }
 
 /* ---- poolbench ---------------------------------------------------------- */
@@ -572,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_cli_localhost_name),
         cmocka_unit_test(test_cli_bad_option),
         cmocka_unit_test(test_help_option),
+        cmocka_unit_test(test_version_option),
         cmocka_unit_test(test_bench_json),
         cmocka_unit_test(test_bench_greeting),
         cmocka_unit_test(test_bench_error_reply),

@@ -626,6 +626,8 @@ static void pb_usage(FILE *f)
             "  --connect-timeout SECONDS  for the connect phase (default 10)\n"
             "  --connect-burst N  connects in flight per thread (default 128)\n"
             "  --json          print one JSON object instead of the report\n"
+            "  -V, --version   print the version and exit\n"
+            "  -h, --help      this help\n"
             "A reply is one line ending in \\n. A closed connection or an error\n"
             "line (one starting with ERROR, SERVER_ERROR, CLIENT_ERROR or \"-\")\n"
             "counts as an error and stops that connection.\n"
@@ -641,6 +643,7 @@ static const struct option pb_longopts[] = {
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
     {"connect-burst", required_argument, NULL, OPT_CONNECT_BURST},
     {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
 
@@ -843,7 +846,7 @@ int main(int argc, char **argv)
         .message = "hello",
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "H:p:c:t:d:m:P:h", pb_longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "H:p:c:t:d:m:P:hV", pb_longopts, NULL)) != -1) {
         switch (opt) {
         case 'H':
             g_opts.host = optarg;
@@ -892,6 +895,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             pb_usage(stdout);
+            return 0;
+        case 'V':
+            printf("poolbench %s\n", POOLSRV_VERSION_BUILT);
             return 0;
         default:
             pb_usage(stderr);

@@ -69,6 +69,8 @@ static void ps_cli_usage(FILE *f)
             "                 server closes\n"
             "  -t TIMEOUT_MS  connect timeout, and how long the server has to\n"
             "                 close once we have sent everything (default %d)\n"
+            "  -V             print the version and exit\n"
+            "  -h             this help\n"
             "Lines are sent with \\r\\n endings; replies are printed as they\n"
             "arrive. Exit status 0 when the server closes or stdin ends; 1 when\n"
             "the connection fails, or with -e when the server does not close in\n"
@@ -333,9 +335,10 @@ int main(int argc, char **argv)
     int opt;
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    while ((opt = getopt_long(argc, argv, "H:p:e:t:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "H:p:e:t:hV", longopts, NULL)) != -1) {
         long v;
         switch (opt) {
         case 'H':
@@ -361,6 +364,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             ps_cli_usage(stdout);
+            return 0;
+        case 'V':
+            printf("poolcli %s\n", POOLSRV_VERSION_BUILT);
             return 0;
         default:
             ps_cli_usage(stderr);

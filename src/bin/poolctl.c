@@ -16,7 +16,9 @@ static void usage(FILE *f)
             "  COMMAND   threads | stats | help\n"
             "  -H HOST   admin address (default 127.0.0.1)\n"
             "  -p PORT   admin port (default 9051)\n"
-            "  -t MS     give up after this long (default 5000)\n");
+            "  -t MS     give up after this long (default 5000)\n"
+            "  -V        print the version and exit\n"
+            "  -h        this help\n");
 }
 
 static int connect_to(const char *host, const char *port, int timeout_ms, char *err, size_t errlen)
@@ -63,14 +65,16 @@ int main(int argc, char **argv)
     int opt;
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    while ((opt = getopt_long(argc, argv, "H:p:t:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "H:p:t:hV", longopts, NULL)) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;
         case 't': timeout_ms = atoi(optarg); break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("poolctl %s\n", POOLSRV_VERSION_BUILT); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -1,15 +1,18 @@
 /* poolsrv: the line echo server over the poolsrv library. */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "poolsrv/config.h"
 #include "poolsrv/log.h"
 #include "poolsrv/server.h"
+#include "poolsrv/version.h"
 
 static void usage(FILE *f)
 {
@@ -18,6 +21,7 @@ static void usage(FILE *f)
             "  -c FILE   configuration file (INI); without it, built-in defaults\n"
             "  -o S.K=V  override one key, e.g. -o pool.workers=4 (repeatable)\n"
             "  -t        check the configuration and exit (0 when valid)\n"
+            "  -V        print the version and exit\n"
             "  -h        this help\n");
 }
 
@@ -42,8 +46,24 @@ static void raise_fd_limit(const ps_config *cfg)
                     (unsigned long long)rl.rlim_cur, cfg->max_connections, PS_SPARE_FDS);
 }
 
+/*
+ * glibc gives a thread that meets a locked arena an arena of its own, up to
+ * 8 per CPU, and keeps up to 128 KiB free at the end of each after a free;
+ * pages touched there stay resident. With 25 workers the resident size so
+ * creeps up, round after round of clients, towards a bound of several MiB,
+ * though nothing leaks (valgrind: every block freed). One arena per CPU
+ * keeps it flat (bench/memory_rounds). A program, not the library, sets
+ * this: malloc's tuning belongs to whoever owns the process.
+ */
+static void tune_malloc(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    mallopt(M_ARENA_MAX, cpus > 0 && cpus < 64 ? (int)cpus : 64);
+}
+
 int main(int argc, char **argv)
 {
+    tune_malloc();
     const char *path = NULL;
     bool check_only = false;
     ps_config cfg;
@@ -58,14 +78,16 @@ int main(int argc, char **argv)
     int opt;
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    while ((opt = getopt_long(argc, argv, "c:o:th", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:o:thV", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 'o': overrides[noverrides++] = optarg; break;
         case 't': check_only = true; break;
         case 'h': usage(stdout); free(overrides); return 0;
+        case 'V': printf("poolsrv %s\n", ps_version()); free(overrides); return 0;
         default: usage(stderr); free(overrides); return 2;
         }
     }

@@ -106,7 +106,13 @@ static int wait_input(ps_conn *c, ps_server *srv)
 
 void ps__dispatch_connection_job(void *arg)
 {
-    ps__serve_blocking(arg);
+    ps_conn *c = arg;
+    /* The worker serves this connection alone until it closes: it lends
+     * the connection its scratch buffers, so a short session allocates no
+     * buffer of its own (thread mode does not: each thread would keep its
+     * own pair for one connection). */
+    c->borrow = true;
+    ps__serve_blocking(c);
 }
 
 void ps__serve_blocking(ps_conn *c)

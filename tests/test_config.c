@@ -51,6 +51,7 @@ static void config_all_changed(ps_config *cfg)
     cfg->admin_port = 9;
     cfg->log_level = PS_LOG_DEBUG;
     cfg->handler = PS_HANDLER_SLEEP;
+    strcpy(cfg->handler_module, "/changed.so");
 }
 
 static void assert_config_equal(const ps_config *a, const ps_config *b)
@@ -74,6 +75,12 @@ static void assert_config_equal(const ps_config *a, const ps_config *b)
     assert_int_equal(a->admin_port, b->admin_port);
     assert_int_equal(a->log_level, b->log_level);
     assert_int_equal(a->handler, b->handler);
+    assert_string_equal(a->handler_module, b->handler_module);
+    assert_int_equal(a->handler_nkeys, b->handler_nkeys);
+    for (size_t i = 0; i < a->handler_nkeys; i++) {
+        assert_string_equal(a->handler_keys[i].key, b->handler_keys[i].key);
+        assert_string_equal(a->handler_keys[i].value, b->handler_keys[i].value);
+    }
 }
 
 /* Writes len bytes to a new temporary file; the caller unlinks path. */
@@ -250,6 +257,15 @@ static void test_server_ini_is_defaults(void **state)
     if (rc != 0)
         fail_msg("%s: %s", server_ini_path, err);
     ps_config_defaults(&def);
+    /* The greeting is given in its new place, [handler] greeting, for the
+     * handler; the older server.greeting is left out. */
+    assert_int_equal(cfg.handler_nkeys, 1);
+    assert_string_equal(cfg.handler_keys[0].key, "greeting");
+    assert_string_equal(cfg.handler_keys[0].value, def.greeting);
+    assert_non_null(strstr(cfg.handler_keys[0].origin, "server.ini:"));
+    assert_string_equal(cfg.greeting, "changed");
+    strcpy(cfg.greeting, def.greeting);
+    cfg.handler_nkeys = 0;
     assert_config_equal(&cfg, &def);
     assert_int_equal(ps_config_validate(&cfg, err, sizeof(err)), 0);
 }

@@ -671,10 +671,11 @@ static void test_memory_flat_across_rounds(void **state)
     /* A sanitizer's allocator (quarantine, shadow) grows by design. */
     print_message("%s: sanitizer build: memory not compared\n", mode_name);
 #else
-    /* 32 KiB is a leak of 23 bytes per connection; thread mode's bound
-     * holds the thread stacks glibc keeps for reuse, touched as deep as the
-     * connections went. */
-    long bound = mode_is(PS_DISPATCH_THREAD) ? 1024 : 32;
+    /* 128 KiB is a leak of 94 bytes per connection, above the few steps
+     * malloc's heap and arenas take now and then (bench/memory_rounds);
+     * thread mode's bound holds the thread stacks glibc keeps for reuse,
+     * touched as deep as the connections went. */
+    long bound = mode_is(PS_DISPATCH_THREAD) ? 1024 : 128;
     if (anon[ROUNDS - 1] - anon[3] > bound)
         fail_msg("RssAnon grew %ld KiB from round 3 to round %d (bound %ld)",
                  anon[ROUNDS - 1] - anon[3], ROUNDS - 1, bound);

@@ -135,6 +135,147 @@ static void test_serves_and_poolctl(void **state)
     stop_ok(&p, SIGINT, T_MS);
 }
 
+/* A handler module named in the INI (or with -o) is loaded and serves:
+ * upper (examples/upper) in every dispatch mode. */
+static void test_module_serves(void **state)
+{
+    (void)state;
+    const char *modes[] = {"server.dispatch=connection", "server.dispatch=event",
+                           "server.dispatch=thread"};
+    for (size_t m = 0; m < 3; m++) {
+        t_proc p;
+        /* Built-in defaults, not conf/server.ini: its [handler] greeting
+         * is a key for echo, which upper would refuse. */
+        assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-o", "server.port=0", "-o",
+                                                     "admin.port=0", "-o",
+                                                     "handler.module=" UPPER_MODULE, "-o",
+                                                     (char *)modes[m], "-o", "log.level=info",
+                                                     NULL},
+                                      0, false, T_MS), 0);
+        t_proc_drain(&p);
+        assert_non_null(strstr(p.log, "handler upper from " UPPER_MODULE));
+        int fd = t_connect(p.port);
+        assert_true(fd >= 0);
+        assert_int_equal(t_send_str(fd, "Hello, Module\r\nmixed Case\n"), 0);
+        expect_line(fd, "HELLO, MODULE\r\n"); /* no greeting: the module sends none */
+        expect_line(fd, "MIXED CASE\n");
+        assert_int_equal(t_send_str(fd, "\n"), 0); /* an empty line ends it */
+        assert_true(t_wait_eof(fd, T_MS) >= 0);
+        close(fd);
+        stop_ok(&p, SIGTERM, T_MS);
+    }
+}
+
+/* A module's own [handler] keys reach its init; a bad one is FILE:LINE, an
+ * -o one names the option; -t reports it too; nothing is bound. */
+static void test_module_keys(void **state)
+{
+    (void)state;
+    char text[512], out[4096];
+    snprintf(text, sizeof text, "[handler]\nmodule = %s\nprefix = >> \nrepeat = 2\n", KEYS_MODULE);
+    char *ini = write_temp(text);
+    char ini_path[64];
+    snprintf(ini_path, sizeof ini_path, "%s", ini);
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-c", ini_path, "-o", "server.port=0",
+                                                 "-o", "admin.enabled=false", NULL},
+                                  0, false, T_MS), 0);
+    int fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "hi\n"), 0);
+    expect_line(fd, ">>hi\n"); /* the value is trimmed */
+    expect_line(fd, ">>hi\n");
+    close(fd);
+    stop_ok(&p, SIGTERM, T_MS);
+
+    /* A bad value in the file: its line. */
+    snprintf(text, sizeof text, "[handler]\nmodule = %s\nprefix = x\nrepeat = 9\n", KEYS_MODULE);
+    ini = write_temp(text);
+    snprintf(ini_path, sizeof ini_path, "%s", ini);
+    uint16_t port = t_free_port();
+    char port_opt[32];
+    snprintf(port_opt, sizeof port_opt, "server.port=%u", (unsigned)port);
+    for (int check = 0; check < 2; check++) {
+        int rc = t_run((char *[]){POOLSRV_BIN, "-c", ini_path, "-o", port_opt, check ? "-t" : "-o",
+                                  check ? NULL : "admin.enabled=false", NULL},
+                       out, sizeof out, T_MS);
+        assert_int_not_equal(rc, 0);
+        char want[160];
+        snprintf(want, sizeof want, "%s:4: handler.repeat: expected 1 to 5, got \"9\"", ini_path);
+        if (strstr(out, want) == NULL)
+            fail_msg("want \"%s\" in:\n%s", want, out);
+        assert_true(t_connect(port) < 0);
+    }
+    unlink(ini_path);
+    /* An unknown key given with -o, for a built-in handler and a module. */
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-o", "handler.colour=red", "-t", NULL}, out,
+                               sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "-o handler.colour=red: handler.colour: unknown key"));
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=" KEYS_MODULE, "-o",
+                                          "handler.colour=red", "-t", NULL},
+                               out, sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "-o handler.colour=red: handler.colour: unknown key (red)"));
+}
+
+/* A module that is missing, not a module, or built for another ABI is an
+ * error naming the file, with -t too; nothing is bound. */
+static void test_module_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *path, *says;
+    } bad[] = {
+        {"/nonexistent/handler.so", "/nonexistent/handler.so: handler module: No such file"},
+        {PS_SOURCE_DIR "/README.md", PS_SOURCE_DIR "/README.md: not a loadable handler module"},
+        {PS_SOURCE_DIR "/conf", PS_SOURCE_DIR "/conf: handler module: not a regular file"},
+        {NO_ENTRY_MODULE, NO_ENTRY_MODULE ": not a poolsrv handler module (no symbol poolsrv_module)"},
+        {WRONG_ABI_MODULE, WRONG_ABI_MODULE ": handler module built for module ABI 2; this poolsrv has ABI 1"},
+    };
+    uint16_t port = t_free_port();
+    char port_opt[32];
+    snprintf(port_opt, sizeof port_opt, "server.port=%u", (unsigned)port);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char opt[1200], out[4096];
+        snprintf(opt, sizeof opt, "handler.module=%s", bad[i].path);
+        for (int check = 0; check < 2; check++) {
+            int rc = t_run((char *[]){POOLSRV_BIN, "-o", opt, "-o", port_opt, "-o",
+                                      "admin.enabled=false", check ? "-t" : NULL, NULL},
+                           out, sizeof out, T_MS);
+            if (rc == 0 || strstr(out, bad[i].says) == NULL)
+                fail_msg("%s%s: exit %d, want \"%s\" in:\n%s", bad[i].path, check ? " -t" : "",
+                         rc, bad[i].says, out);
+            assert_true(t_connect(port) < 0);
+        }
+    }
+}
+
+/* The greeting moved under [handler]; server.greeting still works and is
+ * its default; [handler] greeting wins. (Built-in defaults: conf/server.ini
+ * sets [handler] greeting.) */
+static void test_handler_greeting(void **state)
+{
+    (void)state;
+    const char *opts[][2] = {
+        {"server.greeting=Old spelling", "Old spelling\r\n"},
+        {"handler.greeting=New spelling", "New spelling\r\n"},
+    };
+    for (int i = 0; i < 3; i++) {
+        t_proc p;
+#define DEFAULTS(...) \
+    (char *[]) { POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.port=0", __VA_ARGS__, NULL }
+        char **argv = i == 0   ? DEFAULTS("-o", (char *)opts[0][0])
+                      : i == 1 ? DEFAULTS("-o", (char *)opts[0][0], "-o", (char *)opts[1][0])
+                               : DEFAULTS("-o", (char *)opts[1][0]);
+#undef DEFAULTS
+        assert_int_equal(t_proc_start(&p, argv, 0, false, T_MS), 0);
+        int fd = t_connect(p.port);
+        assert_true(fd >= 0);
+        expect_line(fd, i == 0 ? opts[0][1] : opts[1][1]);
+        close(fd);
+        stop_ok(&p, SIGTERM, T_MS);
+    }
+}
+
 /* The default backlog is the system's somaxconn, and the start log says
  * so; a configured one is used as it is. */
 static void test_backlog_defaults_to_somaxconn(void **state)
@@ -338,6 +479,10 @@ int main(void)
         cmocka_unit_test(test_overrides_are_validated),
         cmocka_unit_test(test_config_error_binds_nothing),
         cmocka_unit_test(test_serves_and_poolctl),
+        cmocka_unit_test(test_module_serves),
+        cmocka_unit_test(test_module_keys),
+        cmocka_unit_test(test_module_errors),
+        cmocka_unit_test(test_handler_greeting),
         cmocka_unit_test(test_poolctl_cannot_connect),
         cmocka_unit_test(test_backlog_defaults_to_somaxconn),
         cmocka_unit_test(test_admin_beyond_loopback_warns),

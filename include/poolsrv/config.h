@@ -37,6 +37,21 @@ typedef enum ps_handler_kind {
 
 #define PS_CONFIG_HOST_MAX 256
 #define PS_CONFIG_GREETING_MAX 1024
+#define PS_CONFIG_MODULE_MAX 1024      /* [handler] module: a path */
+#define PS_CONFIG_HANDLER_KEYS 16      /* other [handler] keys, for the handler */
+#define PS_CONFIG_KEY_MAX 64
+#define PS_CONFIG_VALUE_MAX 1024
+#define PS_CONFIG_ORIGIN_MAX 256
+
+/* A [handler] key other than name and module: kept as text for the
+ * handler's init to judge (ps_module.init). */
+typedef struct ps_config_handler_key {
+    char key[PS_CONFIG_KEY_MAX];     /* letters, digits, '_' and '-' */
+    char value[PS_CONFIG_VALUE_MAX]; /* trimmed; one line */
+    /* Where it was set, to prefix a message about it: "FILE:LINE",
+     * "-o handler.KEY=VALUE" or "handler.KEY" (ps_config_set). */
+    char origin[PS_CONFIG_ORIGIN_MAX];
+} ps_config_handler_key;
 
 typedef struct ps_config {
     /* [server] */
@@ -63,7 +78,10 @@ typedef struct ps_config {
     /* [log] */
     ps_log_level log_level;
     /* [handler] */
-    ps_handler_kind handler;
+    ps_handler_kind handler;      /* the built-in handler, unless module is set */
+    char handler_module[PS_CONFIG_MODULE_MAX]; /* "" = none; else a module's path */
+    size_t handler_nkeys;
+    ps_config_handler_key handler_keys[PS_CONFIG_HANDLER_KEYS];
 } ps_config;
 
 /* Fills *cfg with the documented defaults (those of conf/server.ini). */

@@ -8,6 +8,7 @@
 #include "poolsrv/future.h"
 #include "poolsrv/lineframe.h"
 #include "poolsrv/log.h"
+#include "poolsrv/module.h"
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
 #include "poolsrv/version.h"

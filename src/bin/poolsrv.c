@@ -11,6 +11,7 @@
 
 #include "poolsrv/config.h"
 #include "poolsrv/log.h"
+#include "poolsrv/module.h"
 #include "poolsrv/server.h"
 #include "poolsrv/version.h"
 
@@ -57,6 +58,11 @@ static void raise_fd_limit(const ps_config *cfg)
  */
 static void tune_malloc(void)
 {
+    /* An operator's own setting wins. */
+    const char *tunables = getenv("GLIBC_TUNABLES");
+    if (getenv("MALLOC_ARENA_MAX") != NULL ||
+        (tunables != NULL && strstr(tunables, "arena_max") != NULL))
+        return;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     mallopt(M_ARENA_MAX, cpus > 0 && cpus < 64 ? (int)cpus : 64);
 }
@@ -109,8 +115,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "poolsrv: %s\n", err);
         return 2;
     }
+    /* The handler, loaded and given its keys before anything is bound. */
+    ps_module_instance *mod = NULL;
+    rc = ps_module_open(&cfg, &mod, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "poolsrv: %s\n", err);
+        return 2;
+    }
     if (check_only) {
-        printf("poolsrv: configuration %s is valid\n", path ? path : "(defaults)");
+        printf("poolsrv: configuration %s is valid (handler %s)\n", path ? path : "(defaults)",
+               ps_module_name(mod));
+        ps_module_close(mod);
         return 0;
     }
     ps_log_set_level(cfg.log_level);
@@ -130,23 +145,26 @@ int main(int argc, char **argv)
     raise_fd_limit(&cfg);
 
     ps_server *srv = NULL;
-    const ps_handler *handler =
-        cfg.handler == PS_HANDLER_SLEEP ? &ps_sleep_handler : &ps_echo_handler;
-    rc = ps_server_create(&srv, &cfg, handler, cfg.greeting);
+    rc = ps_server_create(&srv, &cfg, ps_module_handler(mod), ps_module_ud(mod));
     if (rc != 0) {
         fprintf(stderr, "poolsrv: %s\n", ps_strerror(rc));
+        ps_module_close(mod);
         return 1;
     }
     rc = ps_server_start(srv, err, sizeof err);
     if (rc != 0) {
         ps_log_error("%s", err);
         ps_server_destroy(srv);
+        ps_module_close(mod);
         return 1;
     }
+    if (cfg.handler_module[0] != '\0')
+        ps_log_always("handler %s from %s", ps_module_name(mod), cfg.handler_module);
     int sig = 0;
     while (sigwait(&stop_signals, &sig) != 0)
         ;
     ps_log_always("stopping on %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     ps_server_destroy(srv);
+    ps_module_close(mod);
     return 0;
 }

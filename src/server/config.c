@@ -54,6 +54,7 @@ typedef enum ps__kind {
     PS__K_BOOL,
     PS__K_LOG_LEVEL,
     PS__K_HANDLER,
+    PS__K_PATH,
 } ps__kind;
 
 /* C type of a PS__K_UINT field. */
@@ -93,6 +94,7 @@ static const ps__key ps__keys[] = {
     PS__UINT("admin", "port", admin_port, PS__W_U16, 0, 65535),
     PS__OTHER("log", "level", log_level, PS__K_LOG_LEVEL),
     PS__OTHER("handler", "name", handler, PS__K_HANDLER),
+    PS__OTHER("handler", "module", handler_module, PS__K_PATH),
 };
 #define PS__NKEYS (sizeof(ps__keys) / sizeof(ps__keys[0]))
 
@@ -367,6 +369,20 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
         *(ps_handler_kind *)(void *)field = (ps_handler_kind)i;
         return 0;
     }
+    case PS__K_PATH:
+        if (len >= k->size) {
+            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
+                        k->section, k->name, len, k->size - 1);
+            return PS_ECONFIG;
+        }
+        if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
+            ps__set_err(reason, reasonlen, "%s.%s: must be one line (no CR, LF or NUL), got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        memcpy(field, v, len);
+        field[len] = '\0';
+        return 0;
     case PS__K_LOG_LEVEL: {
         int i = ps__enum_index(ps__log_level_names, 4, v, len);
         if (i < 0) {
@@ -399,7 +415,12 @@ static bool ps__section_known(const char *s, size_t len)
     return false;
 }
 
-/* Finds section.name; returns its index, or -1 with the reason. */
+/* ps__find_key's answer for a [handler] key outside the schema: the
+ * handler's own (ps__set_handler_key). */
+#define PS__HANDLER_OWN (-2)
+
+/* Finds section.name; returns its index, PS__HANDLER_OWN, or -1 with the
+ * reason. */
 static int ps__find_key(const char *sec, size_t seclen, const char *name, size_t namelen,
                         char *reason, size_t reasonlen)
 {
@@ -413,8 +434,61 @@ static int ps__find_key(const char *sec, size_t seclen, const char *name, size_t
     for (size_t i = 0; i < PS__NKEYS; i++)
         if (ps__eq(sec, seclen, ps__keys[i].section) && ps__eq(name, namelen, ps__keys[i].name))
             return (int)i;
+    if (ps__eq(sec, seclen, "handler"))
+        return PS__HANDLER_OWN;
     ps__set_err(reason, reasonlen, "unknown key \"%s\" in [%s]", shown_name, shown_sec);
     return -1;
+}
+
+static bool ps__is_key_char(char c)
+{
+    return ps__is_alnum(c) || c == '_' || c == '-';
+}
+
+/* Stores [handler] name = v[0..len) for the handler to judge, replacing an
+ * earlier value of the same key; origin says where it was set. Returns its
+ * index, or -1 with "handler.KEY: reason". */
+static int ps__set_handler_key(ps_config *cfg, const char *name, size_t namelen, const char *v,
+                               size_t len, const char *origin, char *reason, size_t reasonlen)
+{
+    char shown[PS__SHOW_BUF];
+    ps__show(shown, name, namelen);
+    bool ok = namelen > 0 && namelen < PS_CONFIG_KEY_MAX;
+    for (size_t i = 0; ok && i < namelen; i++)
+        ok = ps__is_key_char(name[i]);
+    if (!ok) {
+        ps__set_err(reason, reasonlen,
+                    "handler.%s: a key is 1 to %d letters, digits, '_' or '-'", shown,
+                    PS_CONFIG_KEY_MAX - 1);
+        return -1;
+    }
+    if (len >= PS_CONFIG_VALUE_MAX) {
+        ps__set_err(reason, reasonlen, "handler.%s: too long (%zu bytes, at most %d)", shown, len,
+                    PS_CONFIG_VALUE_MAX - 1);
+        return -1;
+    }
+    if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
+        ps__set_err(reason, reasonlen, "handler.%s: must be one line (no CR, LF or NUL)", shown);
+        return -1;
+    }
+    size_t i = 0;
+    while (i < cfg->handler_nkeys && !ps__eq(name, namelen, cfg->handler_keys[i].key))
+        i++;
+    if (i == cfg->handler_nkeys) {
+        if (i == PS_CONFIG_HANDLER_KEYS) {
+            ps__set_err(reason, reasonlen, "handler.%s: more than %d handler keys", shown,
+                        PS_CONFIG_HANDLER_KEYS);
+            return -1;
+        }
+        cfg->handler_nkeys++;
+    }
+    ps_config_handler_key *k = &cfg->handler_keys[i];
+    memcpy(k->key, name, namelen);
+    k->key[namelen] = '\0';
+    memcpy(k->value, v, len);
+    k->value[len] = '\0';
+    snprintf(k->origin, sizeof k->origin, "%s", origin);
+    return (int)i;
 }
 
 /* ---- loading -------------------------------------------------------------- */
@@ -428,6 +502,8 @@ typedef struct ps__load {
     int io_errno;       /* a read error: reported as "path: reason" */
     char reason[PS__REASON_MAX];
     int first_line[PS__NKEYS]; /* where each key was set, 0 = not yet */
+    int handler_first_line[PS_CONFIG_HANDLER_KEYS]; /* the same for the handler's keys */
+    const char *name;   /* of the source, for origins */
 } ps__load;
 
 static void ps__fail(ps__load *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -542,16 +618,10 @@ static int ps__on_key(void *user, const char *section, const char *name, const c
 
     char reason[PS__REASON_MAX];
     int i = ps__find_key(section, strlen(section), name, strlen(name), reason, sizeof(reason));
-    if (i < 0) {
+    if (i == -1) {
         ps__fail(ld, "%s", reason);
         return 0;
     }
-    const ps__key *k = &ps__keys[i];
-    if (ld->first_line[i]) {
-        ps__fail(ld, "%s.%s given twice (first on line %d)", k->section, k->name, ld->first_line[i]);
-        return 0;
-    }
-    ld->first_line[i] = ld->line;
 
     /* inih strips " ;" comments; strip " #" ones too, as '#' starts a
      * comment at the beginning of a line. */
@@ -563,6 +633,30 @@ static int ps__on_key(void *user, const char *section, const char *name, const c
         }
     }
     const char *v = ps__trim(value, &len);
+    if (i == PS__HANDLER_OWN) {
+        char origin[PS_CONFIG_ORIGIN_MAX];
+        snprintf(origin, sizeof origin, "%s:%d", ld->name, ld->line);
+        size_t before = ld->cfg->handler_nkeys;
+        int h = ps__set_handler_key(ld->cfg, name, strlen(name), v, len, origin, reason,
+                                    sizeof reason);
+        if (h < 0) {
+            ps__fail(ld, "%s", reason);
+            return 0;
+        }
+        if (ld->handler_first_line[h] && (size_t)h < before) {
+            ps__fail(ld, "handler.%s given twice (first on line %d)", ld->cfg->handler_keys[h].key,
+                     ld->handler_first_line[h]);
+            return 0;
+        }
+        ld->handler_first_line[h] = ld->line;
+        return 1;
+    }
+    const ps__key *k = &ps__keys[i];
+    if (ld->first_line[i]) {
+        ps__fail(ld, "%s.%s given twice (first on line %d)", k->section, k->name, ld->first_line[i]);
+        return 0;
+    }
+    ld->first_line[i] = ld->line;
     if (ps__set_key(ld->cfg, k, v, len, reason, sizeof(reason)) != 0) {
         ps__fail(ld, "%s", reason);
         return 0;
@@ -576,6 +670,7 @@ static int ps__load_run(ps__load *ld, ps_config *cfg, const char *name, char *er
 {
     ps_config tmp = *cfg;
     ld->cfg = &tmp;
+    ld->name = name;
     int rc = ini_parse_stream(ps__read_line, ld, ps__on_key, ld);
     if (ld->io_errno) {
         ps__set_err(err, errlen, "%s: %s", name, ps_strerror(-ld->io_errno));
@@ -694,6 +789,17 @@ int ps_config_set(ps_config *cfg, const char *section, const char *key,
         return -EINVAL;
     }
     int i = ps__find_key(section, strlen(section), key, strlen(key), err, errlen);
+    if (i == PS__HANDLER_OWN) {
+        char origin[PS_CONFIG_ORIGIN_MAX];
+        char shown[PS__SHOW_BUF];
+        ps__show(shown, key, strlen(key));
+        snprintf(origin, sizeof origin, "handler.%.200s", shown);
+        if (ps__set_handler_key(cfg, key, strlen(key), value, strlen(value), origin, err,
+                                errlen) < 0)
+            return PS_ECONFIG;
+        ps__clear_err(err, errlen);
+        return 0;
+    }
     if (i < 0)
         return PS_ECONFIG;
     int rc = ps__set_key(cfg, &ps__keys[i], value, strlen(value), err, errlen);
@@ -726,6 +832,17 @@ int ps_config_override(ps_config *cfg, const char *spec, char *err, size_t errle
 
     char reason[PS__REASON_MAX];
     int i = ps__find_key(keyspec, seclen, dot + 1, namelen, reason, sizeof(reason));
+    if (i == PS__HANDLER_OWN) {
+        char origin[PS_CONFIG_ORIGIN_MAX];
+        snprintf(origin, sizeof origin, "-o %.240s", shown);
+        if (ps__set_handler_key(cfg, dot + 1, namelen, val, vallen, origin, reason,
+                                sizeof reason) < 0) {
+            ps__set_err(err, errlen, "-o %s: %s", shown, reason);
+            return PS_ECONFIG;
+        }
+        ps__clear_err(err, errlen);
+        return 0;
+    }
     if (i < 0 || ps__set_key(cfg, &ps__keys[i], val, vallen, reason, sizeof(reason)) != 0) {
         ps__set_err(err, errlen, "-o %s: %s", shown, reason);
         return PS_ECONFIG;
@@ -751,6 +868,7 @@ static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, si
         return true;
     case PS__K_HOST:
     case PS__K_GREETING:
+    case PS__K_PATH:
         if (!memchr(field, '\0', k->size) || strlen(field) >= outlen)
             return false;
         memcpy(out, field, strlen(field) + 1);
@@ -833,6 +951,22 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
         int rc = ps__set_key(&scratch, k, text, strlen(text), err, errlen);
         if (rc != 0)
             return rc;
+    }
+
+    if (cfg->handler_nkeys > PS_CONFIG_HANDLER_KEYS) {
+        ps__set_err(err, errlen, "handler: more than %d handler keys", PS_CONFIG_HANDLER_KEYS);
+        return PS_ECONFIG;
+    }
+    for (size_t i = 0; i < cfg->handler_nkeys; i++) {
+        const ps_config_handler_key *hk = &cfg->handler_keys[i];
+        char reason[PS__REASON_MAX];
+        if (!memchr(hk->key, '\0', sizeof hk->key) || !memchr(hk->value, '\0', sizeof hk->value) ||
+            !memchr(hk->origin, '\0', sizeof hk->origin) ||
+            ps__set_handler_key(&scratch, hk->key, strlen(hk->key), hk->value, strlen(hk->value),
+                                hk->origin, reason, sizeof reason) < 0) {
+            ps__set_err(err, errlen, "handler key %zu: invalid in the configuration structure", i);
+            return PS_ECONFIG;
+        }
     }
 
     if (cfg->admin_enabled && cfg->admin_port != 0 && cfg->admin_port == cfg->port &&

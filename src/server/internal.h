@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "poolsrv/config.h"
+#include "poolsrv/module.h"
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
 #include "../pool/lock.h"
@@ -327,5 +328,12 @@ bool ps__admin_client_flush(ps_server *srv, ps__admin_client *ac);
 /* Closes the client's socket (lingering, as a data connection's) and
  * frees it. */
 void ps__admin_client_close(ps_server *srv, ps__admin_client *ac);
+
+/* ---- echo.c ---- */
+
+/* The built-in modules' init and fini (echo and sleep): the greeting key. */
+int ps__echo_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
+                  char *err, size_t errlen, size_t *bad);
+void ps__echo_fini(void *ud);
 
 #endif

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <time.h>
 
+#include "internal.h"
+#include "poolsrv/module.h"
 #include "poolsrv/server.h"
 
 #define PS__SLEEP_MAX_MS 60000
@@ -48,4 +50,12 @@ const ps_handler ps_sleep_handler = {
     .on_open = sleep_open,
     .on_line = sleep_line,
     .on_close = NULL,
+};
+
+const ps_module ps_sleep_module = {
+    .abi = PS_MODULE_ABI,
+    .name = "sleep",
+    .handler = &ps_sleep_handler,
+    .init = ps__echo_init,
+    .fini = ps__echo_fini,
 };

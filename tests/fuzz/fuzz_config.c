@@ -23,6 +23,7 @@
  * an override. Nothing is written past errlen.
  */
 #include <errno.h>
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -70,6 +71,18 @@ static void check_config(const ps_config *cfg)
 }
 
 /* Field by field: struct assignment need not copy padding. */
+/* The handler's own keys, in order, with their values. */
+static bool same_handler_keys(const ps_config *a, const ps_config *b)
+{
+    if (a->handler_nkeys != b->handler_nkeys)
+        return false;
+    for (size_t i = 0; i < a->handler_nkeys; i++)
+        if (strcmp(a->handler_keys[i].key, b->handler_keys[i].key) != 0 ||
+            strcmp(a->handler_keys[i].value, b->handler_keys[i].value) != 0)
+            return false;
+    return true;
+}
+
 static bool config_equal(const ps_config *a, const ps_config *b)
 {
     return strcmp(a->bind, b->bind) == 0 && a->port == b->port && a->backlog == b->backlog &&
@@ -81,7 +94,8 @@ static bool config_equal(const ps_config *a, const ps_config *b)
            a->shutdown_timeout == b->shutdown_timeout && a->admin_enabled == b->admin_enabled &&
            strcmp(a->admin_bind, b->admin_bind) == 0 && a->admin_port == b->admin_port &&
            a->log_level == b->log_level && a->slow_handler_ms == b->slow_handler_ms &&
-           a->handler == b->handler;
+           a->handler == b->handler && strcmp(a->handler_module, b->handler_module) == 0 &&
+           same_handler_keys(a, b);
 }
 
 static void err_reset(char *err)
@@ -139,7 +153,7 @@ static const char *const schema[][2] = {
     {"limits", "max_connections"}, {"limits", "max_connections_wait_ms"}, {"limits", "max_line"}, {"limits", "idle_timeout"},
     {"limits", "send_timeout"}, {"limits", "shutdown_timeout"}, {"admin", "enabled"},
     {"limits", "slow_handler_ms"}, {"admin", "bind"}, {"admin", "port"}, {"log", "level"},
-    {"handler", "name"},
+    {"handler", "name"}, {"handler", "module"},
 };
 #define SCHEMA_KEYS (sizeof(schema) / sizeof(schema[0]))
 
@@ -157,7 +171,8 @@ static bool span_is(const char *s, size_t len, const char *word)
  * the loader accepted: one UTF-8 BOM at most, lines of at most 199
  * characters, "[section]" lines naming a known section with nothing but a
  * comment after them, and "key = value" (or inih's "key: value") lines
- * naming a known key of the current section, once. */
+ * naming a known key of the current section, once ([handler] also takes
+ * keys of its own, for the handler). */
 static void check_accepted_text(const char *text, size_t len)
 {
     static const char bom[] = "\xEF\xBB\xBF";
@@ -206,6 +221,13 @@ static void check_accepted_text(const char *text, size_t len)
         for (i = 0; i < SCHEMA_KEYS; i++)
             if (span_is(section, section_len, schema[i][0]) && span_is(s, name_len, schema[i][1]))
                 break;
+        if (i == SCHEMA_KEYS && span_is(section, section_len, "handler")) {
+            /* The handler's own key: a name of letters, digits, '_', '-'. */
+            FUZZ_CHECK(name_len > 0 && name_len < PS_CONFIG_KEY_MAX);
+            for (size_t c = 0; c < name_len; c++)
+                FUZZ_CHECK(isalnum((unsigned char)s[c]) || s[c] == '_' || s[c] == '-');
+            continue;
+        }
         FUZZ_CHECK(i < SCHEMA_KEYS);
         FUZZ_CHECK(!seen[i]);
         seen[i] = true;

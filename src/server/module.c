@@ -1,0 +1,156 @@
+/*
+ * Handler modules: the built-in ones, and shared objects loaded with dlopen
+ * through their one entry point, `poolsrv_module` (include/poolsrv/module.h).
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "poolsrv/module.h"
+
+struct ps_module_instance {
+    const ps_module *module;
+    void *ud;
+    void *dl; /* dlopen's handle; NULL for a built-in module */
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Loads the module file at path. */
+static int load(const char *path, const ps_module **mod, void **dl, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        set_err(err, errlen, "%s: handler module: %s", path, strerror(errno));
+        return -ENOENT;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        set_err(err, errlen, "%s: handler module: not a regular file", path);
+        return -EINVAL;
+    }
+    /* A path without a slash would be looked up in the library path:
+     * a module is always the file named. */
+    char local[PS_CONFIG_MODULE_MAX + 2];
+    if (strchr(path, '/') == NULL) {
+        snprintf(local, sizeof local, "./%s", path);
+        path = local;
+    }
+    *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (*dl == NULL) {
+        const char *why = dlerror();
+        set_err(err, errlen, "%s: not a loadable handler module: %s",
+                path == local ? local + 2 : path, why ? why : "dlopen failed");
+        return -EINVAL;
+    }
+    dlerror();
+    const ps_module *m = dlsym(*dl, PS_MODULE_SYMBOL);
+    if (m == NULL) {
+        set_err(err, errlen, "%s: not a poolsrv handler module (no symbol %s)",
+                path == local ? local + 2 : path, PS_MODULE_SYMBOL);
+        dlclose(*dl);
+        return -EINVAL;
+    }
+    if (m->abi != PS_MODULE_ABI) {
+        set_err(err, errlen,
+                "%s: handler module built for module ABI %u; this poolsrv has ABI %d: "
+                "rebuild it against these headers",
+                path == local ? local + 2 : path, m->abi, PS_MODULE_ABI);
+        dlclose(*dl);
+        return -EINVAL;
+    }
+    if (m->handler == NULL) {
+        set_err(err, errlen, "%s: handler module has no handler", path == local ? local + 2 : path);
+        dlclose(*dl);
+        return -EINVAL;
+    }
+    *mod = m;
+    return 0;
+}
+
+/* Unloads a module whose init did not run or failed: no fini. */
+static void discard(ps_module_instance *mi)
+{
+    if (mi->dl != NULL)
+        dlclose(mi->dl);
+    free(mi);
+}
+
+int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, size_t errlen)
+{
+    if (cfg == NULL || out == NULL)
+        return -EINVAL;
+    *out = NULL;
+    ps_module_instance *mi = calloc(1, sizeof *mi);
+    if (mi == NULL)
+        return -ENOMEM;
+    const char *what;
+    if (cfg->handler_module[0] != '\0') {
+        int rc = load(cfg->handler_module, &mi->module, &mi->dl, err, errlen);
+        if (rc != 0) {
+            free(mi);
+            return rc;
+        }
+        what = cfg->handler_module;
+    } else {
+        mi->module = cfg->handler == PS_HANDLER_SLEEP ? &ps_sleep_module : &ps_echo_module;
+        what = mi->module->name;
+    }
+
+    size_t n = cfg->handler_nkeys;
+    ps_module_key keys[PS_CONFIG_HANDLER_KEYS];
+    for (size_t i = 0; i < n && i < PS_CONFIG_HANDLER_KEYS; i++)
+        keys[i] = (ps_module_key){cfg->handler_keys[i].key, cfg->handler_keys[i].value};
+    if (mi->module->init == NULL) {
+        if (n > 0) {
+            set_err(err, errlen, "%s: handler.%s: unknown key (handler %s takes no keys)",
+                    cfg->handler_keys[0].origin, cfg->handler_keys[0].key, mi->module->name);
+            discard(mi);
+            return PS_ECONFIG;
+        }
+    } else {
+        char reason[512] = "";
+        size_t bad = (size_t)-1;
+        if (mi->module->init(&mi->ud, keys, n, cfg, reason, sizeof reason, &bad) != 0) {
+            if (bad < n)
+                set_err(err, errlen, "%s: handler.%s: %s", cfg->handler_keys[bad].origin,
+                        cfg->handler_keys[bad].key, reason[0] ? reason : "refused");
+            else
+                set_err(err, errlen, "%s: handler %s: %s", what, mi->module->name,
+                        reason[0] ? reason : "init failed");
+            discard(mi);
+            return PS_ECONFIG;
+        }
+    }
+    *out = mi;
+    return 0;
+}
+
+const ps_handler *ps_module_handler(const ps_module_instance *m) { return m->module->handler; }
+void *ps_module_ud(const ps_module_instance *m) { return m->ud; }
+const char *ps_module_name(const ps_module_instance *m) { return m->module->name; }
+
+void ps_module_close(ps_module_instance *m)
+{
+    if (m == NULL)
+        return;
+    if (m->module != NULL && m->module->fini != NULL)
+        m->module->fini(m->ud);
+    if (m->dl != NULL)
+        dlclose(m->dl);
+    free(m);
+}

@@ -251,7 +251,7 @@ ps_server *t_start_echo(const ps_config *cfg)
 ps_server *t_start(const ps_config *cfg, const ps_handler *handler)
 {
     ps_server *srv = NULL;
-    if (ps_server_create(&srv, cfg, handler, (void *)cfg->greeting) != 0)
+    if (ps_server_create(&srv, cfg, handler, (void *)cfg->greeting, NULL, 0) != 0)
         return NULL;
     char err[256];
     if (ps_server_start(srv, err, sizeof err) != 0) {

@@ -248,7 +248,7 @@ static void test_close_after_a_reply_that_waits(void **state)
     t_config(&cfg);
     atomic_store(&big_lines, 0);
     ps_server *srv = NULL;
-    assert_int_equal(ps_server_create(&srv, &cfg, &big, NULL), 0);
+    assert_int_equal(ps_server_create(&srv, &cfg, &big, NULL, NULL, 0), 0);
     char err[256];
     assert_int_equal(ps_server_start(srv, err, sizeof err), 0);
     int fd = t_connect(ps_server_port(srv));
@@ -1455,7 +1455,7 @@ static void test_start_failures(void **state)
     t_config(&clash);
     clash.port = ps_server_port(first);
     ps_server *srv = NULL;
-    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL), 0);
+    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL, NULL, 0), 0);
     char err[256] = "";
     assert_int_equal(ps_server_start(srv, err, sizeof err), -EADDRINUSE);
     assert_non_null(strstr(err, "bind"));
@@ -1464,7 +1464,7 @@ static void test_start_failures(void **state)
     /* The admin port is taken: the data port is released again. */
     t_config(&clash);
     clash.admin_port = ps_server_admin_port(first);
-    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL), 0);
+    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL, NULL, 0), 0);
     assert_int_equal(ps_server_start(srv, err, sizeof err), -EADDRINUSE);
     assert_non_null(strstr(err, "admin"));
     assert_int_equal(ps_server_port(srv), 0);
@@ -1473,12 +1473,91 @@ static void test_start_failures(void **state)
     /* An address that is not ours. */
     t_config(&clash);
     snprintf(clash.bind, sizeof clash.bind, "192.0.2.1");
-    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL), 0);
+    assert_int_equal(ps_server_create(&srv, &clash, &ps_echo_handler, NULL, NULL, 0), 0);
     assert_true(ps_server_start(srv, err, sizeof err) < 0);
     ps_server_destroy(srv);
 
-    assert_int_equal(ps_server_create(&srv, NULL, &ps_echo_handler, NULL), -EINVAL);
+    assert_int_equal(ps_server_create(&srv, NULL, &ps_echo_handler, NULL, NULL, 0), -EINVAL);
+    assert_int_equal(ps_server_create(&srv, NULL, &ps_echo_handler, NULL, err, sizeof err), -EINVAL);
+    assert_string_equal(err, "ps_server_create: invalid argument");
     ps_server_destroy(first);
+}
+
+/* An invalid configuration is refused by ps_server_create with the reason,
+ * as the file loader would give it (without file:line). */
+static void test_create_says_why(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 0;
+    ps_server *srv = NULL;
+    char err[256] = "";
+    assert_int_equal(ps_server_create(&srv, &cfg, &ps_echo_handler, NULL, err, sizeof err),
+                     PS_ECONFIG);
+    assert_null(srv);
+    assert_string_equal(err, "pool.workers: expected an integer from 1 to 4096, got \"0\"");
+    t_config(&cfg);
+    cfg.port = 7000;
+    cfg.admin_port = 7000;
+    assert_int_equal(ps_server_create(&srv, &cfg, &ps_echo_handler, NULL, err, sizeof err),
+                     PS_ECONFIG);
+    assert_non_null(strstr(err, "admin.port: admin 127.0.0.1:7000 clashes"));
+    /* A NULL err is allowed. */
+    assert_int_equal(ps_server_create(&srv, &cfg, &ps_echo_handler, NULL, NULL, 0), PS_ECONFIG);
+}
+
+/* A log sink set by an embedding program gets every line at or above the
+ * level, with its level and without a timestamp, from the server's threads;
+ * NULL restores stderr. */
+typedef struct log_capture {
+    pthread_mutex_t lock;
+    int lines, warns;
+    char listening[256];
+} log_capture;
+
+static void capture_line(ps_log_level level, const char *message, void *arg)
+{
+    log_capture *c = arg;
+    pthread_mutex_lock(&c->lock);
+    c->lines++;
+    if (level == PS_LOG_WARN)
+        c->warns++;
+    if (strncmp(message, "listening on ", 13) == 0)
+        snprintf(c->listening, sizeof c->listening, "%s", message);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void test_log_sink(void **state)
+{
+    (void)state;
+    log_capture cap = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    ps_log_level old = ps_log_get_level();
+    ps_config cfg;
+    t_config(&cfg); /* sets the level to error */
+    ps_log_set_level(PS_LOG_WARN);
+    ps_log_set_sink(capture_line, &cap);
+    cfg.max_line = 16;
+    cfg.slow_handler_ms = 0;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    /* A line too long is logged at info: below the level, not passed. */
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "this line is longer than sixteen bytes\n"), 0);
+    expect_line(fd, "ERROR line too long\r\n");
+    close(fd);
+    ps_log_warn("a warning from the test");
+    ps_server_destroy(srv);
+    ps_log_set_sink(NULL, NULL);
+    ps_log_set_level(old);
+    pthread_mutex_lock(&cap.lock);
+    char want[64];
+    snprintf(want, sizeof want, "listening on %s:", "127.0.0.1");
+    assert_non_null(strstr(cap.listening, want)); /* ps_log_always, whatever the level */
+    assert_int_equal(cap.warns, 1);
+    assert_true(cap.lines >= 2);
+    pthread_mutex_unlock(&cap.lock);
 }
 
 static void test_ipv6_loopback(void **state)
@@ -1488,7 +1567,7 @@ static void test_ipv6_loopback(void **state)
     t_config(&cfg);
     snprintf(cfg.bind, sizeof cfg.bind, "::1");
     ps_server *srv = NULL;
-    assert_int_equal(ps_server_create(&srv, &cfg, &ps_echo_handler, cfg.greeting), 0);
+    assert_int_equal(ps_server_create(&srv, &cfg, &ps_echo_handler, cfg.greeting, NULL, 0), 0);
     char err[256];
     if (ps_server_start(srv, err, sizeof err) != 0) {
         ps_server_destroy(srv);
@@ -1544,6 +1623,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stop_tells_queued_clients),
         cmocka_unit_test(test_admin_commands_sent_together),
         cmocka_unit_test(test_start_failures),
+        cmocka_unit_test(test_create_says_why),
+        cmocka_unit_test(test_log_sink),
         cmocka_unit_test(test_ipv6_loopback),
     };
     return cmocka_run_group_tests_name(argv[1], tests, NULL, NULL);

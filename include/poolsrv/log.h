@@ -18,6 +18,16 @@ void ps_log(ps_log_level level, const char *fmt, ...)
  * (the real listening addresses). */
 void ps_log_always(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Where an embedding program wants poolsrv's log lines instead of stderr:
+ * called with each line's level and message (no timestamp, no newline;
+ * valid during the call only), from any thread, possibly from several at
+ * once, so it must be thread-safe and must not call ps_log. Lines below the
+ * level set with ps_log_set_level are not passed. Set it before starting a
+ * server and do not change it while one runs; NULL sends lines to stderr
+ * again. */
+typedef void (*ps_log_sink)(ps_log_level level, const char *message, void *arg);
+void ps_log_set_sink(ps_log_sink sink, void *arg);
+
 #define ps_log_error(...) ps_log(PS_LOG_ERROR, __VA_ARGS__)
 #define ps_log_warn(...) ps_log(PS_LOG_WARN, __VA_ARGS__)
 #define ps_log_info(...) ps_log(PS_LOG_INFO, __VA_ARGS__)

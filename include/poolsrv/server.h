@@ -74,10 +74,22 @@ typedef struct ps_server_stats {
     uint64_t uptime_seconds;
 } ps_server_stats;
 
-/* Creates a server for cfg (copied) that calls `handler` with `ud`.
- * Nothing is bound yet. Returns 0, -EINVAL, -ENOMEM. */
-int ps_server_create(ps_server **out, const ps_config *cfg,
-                     const ps_handler *handler, void *ud);
+/*
+ * Creates a server for cfg (copied) that calls `handler` with `ud`. Nothing
+ * is bound yet. Returns 0; PS_ECONFIG with the reason in err (when err is
+ * not NULL) for an invalid configuration, e.g. "pool.workers: expected an
+ * integer from 1 to 4096, got \"0\""; -EINVAL for a NULL argument; -ENOMEM.
+ *
+ * Lifetimes and threads: `handler` and `ud` must stay valid until
+ * ps_server_destroy returns. ps_server_start, _stop and _destroy are called
+ * by the thread that owns the server, never from a handler callback (stop
+ * waits for the workers that run them). ps_server_port, _admin_port,
+ * _get_stats and _get_pool_stats may be called from any thread while the
+ * server exists. The ps_conn_* functions belong to the callbacks of their
+ * connection, on the thread running them.
+ */
+int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *handler, void *ud,
+                     char *err, size_t errlen);
 
 /* Binds the data and admin listeners and starts every thread. Returns 0,
  * or a negative errno with a message in err (e.g. "bind 127.0.0.1:9050:

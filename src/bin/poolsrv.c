@@ -145,9 +145,9 @@ int main(int argc, char **argv)
     raise_fd_limit(&cfg);
 
     ps_server *srv = NULL;
-    rc = ps_server_create(&srv, &cfg, ps_module_handler(mod), ps_module_ud(mod));
+    rc = ps_server_create(&srv, &cfg, ps_module_handler(mod), ps_module_ud(mod), err, sizeof err);
     if (rc != 0) {
-        fprintf(stderr, "poolsrv: %s\n", ps_strerror(rc));
+        fprintf(stderr, "poolsrv: %s\n", err);
         ps_module_close(mod);
         return 1;
     }

@@ -9,6 +9,14 @@
 #include "poolsrv/log.h"
 
 static atomic_int ps__log_level = PS_LOG_INFO;
+static _Atomic(ps_log_sink) ps__log_sink;
+static _Atomic(void *) ps__log_sink_arg;
+
+void ps_log_set_sink(ps_log_sink sink, void *arg)
+{
+    atomic_store_explicit(&ps__log_sink_arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&ps__log_sink, sink, memory_order_release);
+}
 
 void ps_log_set_level(ps_log_level level)
 {
@@ -25,6 +33,12 @@ static void ps__log_v(ps_log_level level, const char *fmt, va_list ap)
     static const char *const names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
     char line[1024];
+    ps_log_sink sink = atomic_load_explicit(&ps__log_sink, memory_order_acquire);
+    if (sink != NULL) {
+        vsnprintf(line, sizeof line, fmt, ap);
+        sink(level, line, atomic_load_explicit(&ps__log_sink_arg, memory_order_relaxed));
+        return;
+    }
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -30,18 +30,27 @@ ps__stripe *ps__stripe_of(ps_server *srv)
     return &srv->c.stripes[idx];
 }
 
-int ps_server_create(ps_server **out, const ps_config *cfg,
-                     const ps_handler *handler, void *ud)
+int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *handler, void *ud,
+                     char *err, size_t errlen)
 {
-    if (out == NULL || cfg == NULL || handler == NULL)
+    char tmp[256];
+    if (err == NULL || errlen == 0) {
+        err = tmp;
+        errlen = sizeof tmp;
+    }
+    if (out == NULL || cfg == NULL || handler == NULL) {
+        snprintf(err, errlen, "ps_server_create: invalid argument");
         return -EINVAL;
-    char err[256];
-    if (ps_config_validate(cfg, err, sizeof err) != 0)
-        return -EINVAL;
+    }
+    int rc = ps_config_validate(cfg, err, errlen);
+    if (rc != 0)
+        return rc;
     /* Aligned for the event shards' cache lines (calloc gives only 16). */
     ps_server *srv = aligned_alloc(_Alignof(ps_server), sizeof *srv);
-    if (srv == NULL)
+    if (srv == NULL) {
+        snprintf(err, errlen, "out of memory");
         return -ENOMEM;
+    }
     memset(srv, 0, sizeof *srv);
     srv->cfg = *cfg;
     srv->handler = handler;
@@ -54,6 +63,7 @@ int ps_server_create(ps_server **out, const ps_config *cfg,
     if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
         pthread_mutex_init(&srv->threads_lock, NULL) != 0) {
         free(srv);
+        snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     *out = srv;

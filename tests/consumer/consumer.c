@@ -65,9 +65,9 @@ int main(void)
         return 1;
     }
     ps_server *srv;
-    int rc = ps_server_create(&srv, &cfg, &upper, NULL);
-    if (rc != 0 || ps_server_start(srv, err, sizeof err) != 0) {
-        fprintf(stderr, "server: %s\n", rc != 0 ? ps_strerror(rc) : err);
+    if (ps_server_create(&srv, &cfg, &upper, NULL, err, sizeof err) != 0 ||
+        ps_server_start(srv, err, sizeof err) != 0) {
+        fprintf(stderr, "server: %s\n", err);
         return 1;
     }
     int fd = socket(AF_INET, SOCK_STREAM, 0);

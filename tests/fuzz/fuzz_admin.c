@@ -151,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ps_config_defaults(&cfg);
     ps_server *srv = NULL;
     static const ps_handler none = {0};
-    FUZZ_CHECK(ps_server_create(&srv, &cfg, &none, NULL) == 0);
+    FUZZ_CHECK(ps_server_create(&srv, &cfg, &none, NULL, NULL, 0) == 0);
     char help[4096];
     FUZZ_CHECK(ps__admin_command(srv, "help", 4, help, sizeof help) == PS_CONTINUE);
     int sv[2];

@@ -136,7 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.max_line = max_line;
     cfg.admin_enabled = false;
     ps_server *srv = NULL;
-    FUZZ_CHECK(ps_server_create(&srv, &cfg, &handler, NULL) == 0);
+    FUZZ_CHECK(ps_server_create(&srv, &cfg, &handler, NULL, NULL, 0) == 0);
     int sv[2];
     FUZZ_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
     struct sockaddr_storage peer = {.ss_family = AF_UNIX};

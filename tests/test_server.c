@@ -523,6 +523,189 @@ static void test_max_connections_wait_ends(void **state)
     ps_server_destroy(srv);
 }
 
+/* ---- deferred replies ---- */
+
+/* The "later" handler: "later MS TEXT" defers its reply and has a job on
+ * the test's own pool send TEXT after MS ms ("close" as TEXT: the reply
+ * closes the connection); "now TEXT" replies at once. */
+static ps_pool *later_pool;
+static atomic_int later_calls, later_closed, later_done;
+
+typedef struct later_job {
+    ps_reply *reply;
+    int ms;
+    char text[64];
+} later_job;
+
+static void later_run(void *arg)
+{
+    later_job *j = arg;
+    usleep((useconds_t)j->ms * 1000);
+    bool close_it = strcmp(j->text, "close") == 0;
+    int rc = ps_reply_send(j->reply, j->text, strlen(j->text));
+    if (rc == 0)
+        rc = ps_reply_send(j->reply, "\n", 1);
+    int done = ps_reply_done(j->reply, close_it ? PS_CLOSE : PS_CONTINUE);
+    if (rc == PS_ECLOSED && done == PS_ECLOSED)
+        atomic_fetch_add(&later_closed, 1);
+    else
+        assert_true(rc == 0 && done == 0);
+    free(j);
+    atomic_fetch_add(&later_done, 1);
+}
+
+static int later_line(ps_conn *c, const ps_line *line, void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&later_calls, 1);
+    char text[128];
+    size_t n = line->len < sizeof text - 1 ? line->len : sizeof text - 1;
+    memcpy(text, line->data, n);
+    text[n] = '\0';
+    if (strncmp(text, "now ", 4) == 0) {
+        ps_conn_send(c, text + 4, n - 4);
+        return ps_conn_send(c, "\n", 1) == 0 ? PS_CONTINUE : PS_CLOSE;
+    }
+    later_job *j = calloc(1, sizeof *j);
+    assert_non_null(j);
+    if (sscanf(text, "later %d %63s", &j->ms, j->text) != 2) {
+        free(j);
+        return PS_CLOSE;
+    }
+    j->reply = ps_reply_defer(c);
+    assert_non_null(j->reply);
+    assert_int_equal(ps_pool_submit(later_pool, later_run, j), 0);
+    return PS_CONTINUE;
+}
+
+static const ps_handler later_handler = {.on_line = later_line};
+
+static ps_server *start_later(unsigned workers)
+{
+    ps_pool_opts po = {.workers = 8, .queue_capacity = 256};
+    assert_int_equal(ps_pool_create(&later_pool, &po), 0);
+    atomic_store(&later_calls, 0);
+    atomic_store(&later_closed, 0);
+    atomic_store(&later_done, 0);
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = workers;
+    return t_start(&cfg, &later_handler);
+}
+
+/* Waits (bounded) until n jobs of the later pool have finished. */
+static void wait_later_done(int n)
+{
+    for (int64_t until = t_now_ms() + T_MS; atomic_load(&later_done) < n && t_now_ms() < until;)
+        usleep(1000);
+    assert_int_equal(atomic_load(&later_done), n);
+}
+
+/* Replies finished later, by another thread, go out in the order of the
+ * lines, interleaved with immediate ones, whatever order they finish in. */
+static void test_deferred_replies_in_order(void **state)
+{
+    (void)state;
+    ps_server *srv = start_later(2);
+    assert_non_null(srv);
+    int fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "later 80 A\nnow B\nlater 10 C\nlater 40 D\nnow E\n"), 0);
+    const char *want[] = {"A\n", "B\n", "C\n", "D\n", "E\n"};
+    for (int i = 0; i < 5; i++)
+        expect_line(fd, want[i]);
+    /* Many at once, finishing in reverse order. */
+    char batch[2048];
+    size_t len = 0;
+    for (int i = 0; i < 20; i++)
+        len += (size_t)snprintf(batch + len, sizeof batch - len, "later %d r%d\n", (20 - i) * 3, i);
+    assert_int_equal(t_write_all(fd, batch, len), 0);
+    for (int i = 0; i < 20; i++) {
+        char w[16];
+        snprintf(w, sizeof w, "r%d\n", i);
+        expect_line(fd, w);
+    }
+    wait_later_done(23);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.replies_deferred, 23);
+    close(fd);
+    ps_server_destroy(srv);
+    ps_pool_destroy(later_pool);
+}
+
+/* A deferred reply holds no worker: with one worker, another client is
+ * served while the reply is pending (event mode), and a client's later
+ * lines reach the handler meanwhile (every mode). */
+static void test_deferred_reply_frees_the_worker(void **state)
+{
+    (void)state;
+    ps_server *srv = start_later(1);
+    assert_non_null(srv);
+    int a = t_connect(ps_server_port(srv));
+    assert_true(a >= 0);
+    assert_int_equal(t_send_str(a, "later 400 slow\nnow after\n"), 0);
+    /* Both lines reach the handler before the first reply is done. */
+    for (int64_t until = t_now_ms() + T_MS; atomic_load(&later_calls) < 2 && t_now_ms() < until;)
+        usleep(1000);
+    assert_int_equal(atomic_load(&later_calls), 2);
+    assert_int_equal(atomic_load(&later_done), 0);
+    if (t_dispatch == PS_DISPATCH_EVENT) {
+        int b = t_connect(ps_server_port(srv));
+        assert_true(b >= 0);
+        assert_int_equal(t_send_str(b, "now quick\n"), 0);
+        expect_line(b, "quick\n");
+        assert_int_equal(atomic_load(&later_done), 0); /* served before it */
+        close(b);
+    }
+    expect_line(a, "slow\n");
+    expect_line(a, "after\n");
+    wait_later_done(1);
+    close(a);
+    ps_server_destroy(srv);
+    ps_pool_destroy(later_pool);
+}
+
+/* The client's end of stream, or a handler's close, waits for the replies
+ * still owed; a reply finished with PS_CLOSE closes after it; a client that
+ * leaves first makes ps_reply_send / _done return PS_ECLOSED, and nothing
+ * leaks. */
+static void test_deferred_reply_close_paths(void **state)
+{
+    (void)state;
+    ps_server *srv = start_later(2);
+    assert_non_null(srv);
+    /* Half-close with a reply owed: the reply, then EOF. */
+    int fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "later 100 owed\n"), 0);
+    shutdown(fd, SHUT_WR);
+    expect_line(fd, "owed\n");
+    assert_true(t_wait_eof(fd, T_MS) >= 0);
+    close(fd);
+    /* A reply that closes. */
+    fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "later 20 close\n"), 0);
+    expect_line(fd, "close\n");
+    assert_true(t_wait_eof(fd, T_MS) >= 0);
+    close(fd);
+    /* The client leaves before its reply. */
+    fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "later 300 lost\n"), 0);
+    for (int64_t until = t_now_ms() + T_MS; atomic_load(&later_calls) < 3 && t_now_ms() < until;)
+        usleep(1000);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg); /* RST */
+    close(fd);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    wait_later_done(3);
+    assert_int_equal(atomic_load(&later_closed), 1);
+    ps_server_destroy(srv);
+    ps_pool_destroy(later_pool);
+}
+
 /* What `threads` says as clients come and go: in connection mode each
  * client holds a worker; in event mode an idle client holds none; in thread
  * mode each client is a thread. */
@@ -1605,6 +1788,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_max_connections_close_then_connect),
         cmocka_unit_test(test_max_connections_waiters),
         cmocka_unit_test(test_max_connections_wait_ends),
+        cmocka_unit_test(test_deferred_replies_in_order),
+        cmocka_unit_test(test_deferred_reply_frees_the_worker),
+        cmocka_unit_test(test_deferred_reply_close_paths),
         cmocka_unit_test(test_admin_threads_follow_clients),
         cmocka_unit_test(test_admin_answers_while_saturated),
         cmocka_unit_test(test_blocked_handlers_fill_the_pool),

@@ -15,6 +15,7 @@ extern "C" {
 #define PS_EFULL      (-4002) /* the queue is full (try_submit) */
 #define PS_ELINELONG  (-4003) /* a line is longer than max_line */
 #define PS_ECONFIG    (-4004) /* a configuration value is invalid */
+#define PS_ECLOSED    (-4005) /* the connection has closed */
 
 /* Text for a code returned by any ps_ function; never NULL, thread-safe. */
 const char *ps_strerror(int code);

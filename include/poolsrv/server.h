@@ -53,6 +53,31 @@ const char *ps_conn_peer(const ps_conn *conn);
 void ps_conn_set_data(ps_conn *conn, void *data);
 void *ps_conn_get_data(const ps_conn *conn);
 
+/*
+ * Replies finished later, from any thread (the seed's EndInvoke, for a
+ * connection): a callback that starts slow work (a future on the pool, a
+ * request to another service) defers its reply, returns, and so frees its
+ * worker; whoever completes the work sends the reply.
+ *
+ * ps_reply_defer reserves the reply's place in the connection's output:
+ * whatever the connection sends after it (replies to later lines, other
+ * deferred replies) goes out only after it is done, so replies keep the
+ * order of the lines. Call it from a callback of conn, on its thread.
+ * Returns NULL when out of memory. Every reply must be finished with
+ * ps_reply_done, exactly once.
+ *
+ * ps_reply_send appends to the reply and ps_reply_done finishes it; both
+ * may be called from any thread, also after the connection has closed
+ * (then they return PS_ECLOSED and send nothing), and after the server is
+ * destroyed. A thread outside the server's pool must finish its replies
+ * before ps_server_stop. ps_reply_done frees the reply: do not use it
+ * after. With action PS_CLOSE the connection closes after the reply.
+ */
+typedef struct ps_reply ps_reply;
+ps_reply *ps_reply_defer(ps_conn *conn);
+int ps_reply_send(ps_reply *reply, const void *data, size_t len);
+int ps_reply_done(ps_reply *reply, int action);
+
 typedef struct ps_server_stats {
     uint64_t curr_connections;
     uint64_t total_connections;
@@ -61,6 +86,7 @@ typedef struct ps_server_stats {
     uint64_t rejected_max;         /* max_connections reached */
     uint64_t rejected_shutdown;    /* still queued when the server stopped */
     uint64_t slot_waits;           /* waited for a slot at max_connections */
+    uint64_t replies_deferred;     /* ps_reply_defer calls */
     uint64_t lines;
     uint64_t bytes_in;
     uint64_t bytes_out;

@@ -10,6 +10,7 @@ const char *ps_strerror(int code)
     case PS_EFULL: return "queue full";
     case PS_ELINELONG: return "line too long";
     case PS_ECONFIG: return "invalid configuration";
+    case PS_ECLOSED: return "connection closed";
     default: break;
     }
     if (code < 0) {

@@ -161,6 +161,7 @@ void ps__conn_end(ps_conn *c)
         handler_ended(c, began, "on_close");
     }
 
+    ps__conn_replies_close(c);
     ps__linger_close(srv, c->fd);
 
     uint64_t left = atomic_fetch_sub_explicit(&srv->c.curr_connections, 1,
@@ -183,6 +184,18 @@ void ps__conn_close(ps_conn *c)
 
 int ps_conn_send(ps_conn *c, const void *data, size_t len)
 {
+    if (c->replies != NULL) {
+        int rc = ps__conn_hold(c, data, len);
+        if (rc <= 0)
+            return rc;
+    }
+    return ps__conn_out_append(c, data, len);
+}
+
+int ps__conn_out_append(ps_conn *c, const void *data, size_t len)
+{
+    if (len == 0)
+        return 0;
     borrow(c, &c->out, &c->out_cap, &c->out_borrowed, false);
     if (c->out_len + len > c->out_cap) {
         /* Reuse the space in front of the unwritten bytes first. */
@@ -309,6 +322,8 @@ int ps__conn_process(ps_conn *c)
 
 int ps__conn_flush(ps_conn *c)
 {
+    if (c->replies != NULL && ps__conn_promote(c) < 0)
+        return -ENOMEM;
     size_t pending = c->out_len - c->out_off;
     if (pending == 0)
         return 0;

@@ -72,19 +72,21 @@ static int flush_all(ps_conn *c, ps_server *srv)
     }
 }
 
-/* Waits for input. Returns 1 when the socket is readable (or failed: the
- * read says how), 0 on idle timeout, -1 when the server is stopping. */
-static int wait_input(ps_conn *c, ps_server *srv)
+/* Waits for input (when `input`) or a finished deferred reply. Returns 1
+ * when the socket is readable (or failed: the read says how), 2 when a
+ * reply is ready to go, 0 on idle timeout, -1 when the server is stopping. */
+static int wait_input(ps_conn *c, ps_server *srv, bool input)
 {
     int64_t deadline = srv->cfg.idle_timeout > 0
                            ? ps__conn_last_line(c) + (int64_t)srv->cfg.idle_timeout * 1000
                            : -1;
     for (;;) {
-        struct pollfd p[2] = {
+        struct pollfd p[3] = {
             {.fd = srv->stop_fd, .events = POLLIN},
-            {.fd = c->fd, .events = POLLIN},
+            {.fd = input ? c->fd : -1, .events = POLLIN},
+            {.fd = ps__conn_wake_fd(c), .events = POLLIN},
         };
-        int n = poll(p, 2, ms_until(deadline, ps__now_ms()));
+        int n = poll(p, 3, ms_until(deadline, ps__now_ms()));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -92,6 +94,8 @@ static int wait_input(ps_conn *c, ps_server *srv)
         }
         if (p[0].revents)
             return -1;
+        if (p[2].revents)
+            return 2;
         if (p[1].revents)
             return 1;
         if (n == 0) {
@@ -129,24 +133,37 @@ void ps__serve_blocking(ps_conn *c)
         return;
     }
 
-    int rc = ps__conn_open(c);
+    /* `ended`: no more lines will be read (the handler closed, or the
+     * client's stream ended); the connection stays until the replies it
+     * deferred have gone out. */
+    bool ended = ps__conn_open(c) == PS_CLOSE;
     for (;;) {
-        if (flush_all(c, srv) < 0 || rc == PS_CLOSE)
+        if (flush_all(c, srv) < 0)
             break;
+        if (c->closing)
+            ended = true; /* a deferred reply was finished with PS_CLOSE */
+        if (ended) {
+            if (!ps__conn_replies_pending(c) || wait_input(c, srv, false) <= 0)
+                break;
+            continue;
+        }
         if (ps__conn_has_line(c)) {
             /* process stopped at its output high-water mark: more lines in
              * hand, answer them before reading anything new. */
-            rc = ps__conn_process(c);
+            ended = ps__conn_process(c) == PS_CLOSE;
             continue;
         }
-        if (wait_input(c, srv) <= 0)
+        int w = wait_input(c, srv, true);
+        if (w <= 0)
             break;
+        if (w == 2)
+            continue; /* a deferred reply is done: write it */
         ssize_t r = ps__conn_read(c);
         if (r == -EAGAIN)
             continue;
-        if (r <= 0)
-            break; /* end of stream or error: nothing more to answer */
-        rc = ps__conn_process(c);
+        if (r < 0)
+            break; /* a reset or an error: nothing more to answer */
+        ended = r == 0 || ps__conn_process(c) == PS_CLOSE;
     }
     ps__conn_close(c);
 }

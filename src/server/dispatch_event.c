@@ -140,6 +140,11 @@ struct ps__event {
      * it could wake for a held one (see watch_look()). */
     int nudge_fd;
     event_worker *w;          /* nworkers slots */
+    /* Connections a finished deferred reply woke: claimed, waiting for a
+     * worker (ps__event_wake); the idle hook takes them first. */
+    pthread_mutex_t woken_lock;
+    ps_conn *woken_head, *woken_tail;
+    atomic_bool any_woken;
 };
 
 static void list_add(ps_server *srv, ps_conn *c)
@@ -360,10 +365,12 @@ static void replace(ps_server *srv, ps_conn *c)
     atomic_fetch_add_explicit(&srv->c.event_moves, 1, memory_order_relaxed);
 }
 
-enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE };
+enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE, SERVE_REPLY };
 
 /* Serves what the connection has now. Returns what it waits for next:
- * input, room for output, its turn (read budget used up), or its close. */
+ * input, room for output, its turn (read budget used up), its close, or
+ * (closing) the replies it deferred: a finished one wakes it
+ * (ps__event_wake). */
 static int serve(ps_server *srv, ps_conn *c)
 {
     if (c->open_pending) {
@@ -384,8 +391,10 @@ static int serve(ps_server *srv, ps_conn *c)
             return SERVE_WRITE; /* when stopping, close_all flushes it */
         }
         atomic_store_explicit(&c->want_write, false, memory_order_relaxed);
-        if (f < 0 || c->closing)
+        if (f < 0)
             return SERVE_CLOSE;
+        if (c->closing)
+            return ps__conn_replies_pending(c) ? SERVE_REPLY : SERVE_CLOSE;
         if (ps__conn_has_line(c)) {
             if (ps__conn_process(c) != PS_CONTINUE)
                 c->closing = true;
@@ -405,10 +414,10 @@ static int serve(ps_server *srv, ps_conn *c)
         ssize_t r = ps__conn_read(c);
         if (r == -EAGAIN)
             return SERVE_READ;
-        if (r <= 0)
+        if (r < 0)
             return SERVE_CLOSE;
-        if (ps__conn_process(c) != PS_CONTINUE)
-            c->closing = true;
+        if (r == 0 || ps__conn_process(c) != PS_CONTINUE)
+            c->closing = true; /* after the replies it still owes */
     }
 }
 
@@ -706,6 +715,52 @@ static event_worker *worker_of(ps_server *srv)
     return mine;
 }
 
+void ps__event_wake(ps_server *srv, ps_conn *c)
+{
+    if (!claim(srv, c))
+        return; /* its owner serves it again */
+    ps__event *ev = srv->event;
+    ps__lock(&ev->woken_lock);
+    c->woken_next = NULL;
+    if (ev->woken_tail != NULL)
+        ev->woken_tail->woken_next = c;
+    else
+        ev->woken_head = c;
+    ev->woken_tail = c;
+    atomic_store_explicit(&ev->any_woken, true, memory_order_release);
+    ps__unlock(&ev->woken_lock);
+    if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
+        return; /* close_all takes it */
+    /* A sleeping worker, or else the pollers in epoll_wait. */
+    if (ps_pool_wake_idle(srv->pool, 1) == 0) {
+        uint64_t one = 1;
+        (void)!write(ev->nudge_fd, &one, sizeof one);
+    }
+}
+
+/* Moves the woken connections into the worker's batch, as many as fit.
+ * True when it took any. */
+static bool take_woken(ps_server *srv, event_worker *me)
+{
+    ps__event *ev = srv->event;
+    if (!atomic_load_explicit(&ev->any_woken, memory_order_acquire))
+        return false;
+    bool took = false;
+    ps__lock(&ev->woken_lock);
+    while (ev->woken_head != NULL) {
+        ps_conn *c = ev->woken_head;
+        if (!batch_add(me, c, false))
+            break;
+        took = true;
+        ev->woken_head = c->woken_next;
+        if (ev->woken_head == NULL)
+            ev->woken_tail = NULL;
+    }
+    atomic_store_explicit(&ev->any_woken, ev->woken_head != NULL, memory_order_relaxed);
+    ps__unlock(&ev->woken_lock);
+    return took;
+}
+
 int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
 {
     ps_server *srv = ctx;
@@ -717,7 +772,7 @@ int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
         return PS_POOL_IDLE_SLEEP;
     *fn = event_batch_job;
     *arg = me;
-    if (steal(srv, me))
+    if (take_woken(srv, me) || steal(srv, me))
         return 1;
     bool others_late;
     unsigned shard = take_any_shard(srv, &others_late);
@@ -870,13 +925,15 @@ static ps__event *event_new(ps_server *srv)
         return NULL;
     }
     pthread_condattr_t ca;
-    if (pthread_mutex_init(&ev->watch_lock, NULL) != 0 || pthread_condattr_init(&ca) != 0 ||
+    if (pthread_mutex_init(&ev->watch_lock, NULL) != 0 ||
+        pthread_mutex_init(&ev->woken_lock, NULL) != 0 || pthread_condattr_init(&ca) != 0 ||
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
         pthread_cond_init(&ev->watch_cond, &ca) != 0)
         abort(); /* default attributes: cannot fail on Linux but for ENOMEM */
     pthread_condattr_destroy(&ca);
     atomic_init(&ev->joined, 0);
     atomic_init(&ev->watch_asleep, false);
+    atomic_init(&ev->any_woken, false);
     for (unsigned i = 0; i < ev->nworkers; i++) {
         event_worker *w = &ev->w[i];
         if (pthread_mutex_init(&w->lock, NULL) != 0)
@@ -896,6 +953,7 @@ static void event_free(ps__event *ev)
         pthread_mutex_destroy(&ev->w[i].lock);
     pthread_cond_destroy(&ev->watch_cond);
     pthread_mutex_destroy(&ev->watch_lock);
+    pthread_mutex_destroy(&ev->woken_lock);
     close(ev->nudge_fd);
     free(ev->w);
     free(ev);
@@ -954,8 +1012,14 @@ void ps__event_teardown(ps_server *srv)
 
 void ps__event_close_all(ps_server *srv)
 {
-    /* Single-threaded now: every worker is gone, every connection parked. */
+    /* Single-threaded now: every worker is gone, every connection parked
+     * (or claimed by a finished reply and not served: on the list too). */
     int64_t deadline = atomic_load(&srv->stop_deadline_ms);
+    if (srv->event != NULL) {
+        ps__lock(&srv->event->woken_lock);
+        srv->event->woken_head = srv->event->woken_tail = NULL;
+        ps__unlock(&srv->event->woken_lock);
+    }
     while (srv->conns != NULL) {
         ps_conn *c = srv->conns;
         list_unlink(srv, c);

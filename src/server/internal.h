@@ -39,6 +39,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t rejected_max;
     atomic_uint_fast64_t rejected_shutdown; /* queued when the server stopped */
     atomic_uint_fast64_t slot_waits; /* waited for a slot at max_connections */
+    atomic_uint_fast64_t replies_deferred; /* ps_reply_defer calls */
     atomic_uint_fast64_t lines_too_long;
     atomic_uint_fast64_t idle_timeouts;
     atomic_uint_fast64_t send_timeouts;
@@ -197,6 +198,10 @@ struct ps_conn {
     /* Output: bytes [out_off, out_len) are queued for the client. */
     char *out;
     size_t out_off, out_len, out_cap;
+
+    /* Deferred replies (reply.c); NULL until the first ps_reply_defer. */
+    struct ps__replies *replies;
+    struct ps_conn *woken_next; /* event mode: in the list a reply woke */
 };
 
 
@@ -335,5 +340,25 @@ void ps__admin_client_close(ps_server *srv, ps__admin_client *ac);
 int ps__echo_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
                   char *err, size_t errlen, size_t *bad);
 void ps__echo_fini(void *ud);
+
+/* ---- reply.c ---- */
+
+typedef struct ps__replies ps__replies;
+/* ps_conn_send while replies are pending: holds the bytes behind the last
+ * one. Returns 0, -ENOMEM, or 1 when nothing is pending (send them). */
+int ps__conn_hold(ps_conn *conn, const void *data, size_t len);
+/* The owner moves the finished replies at the head into the output (and
+ * sets conn->closing for one finished with PS_CLOSE). 0 or -ENOMEM. */
+int ps__conn_promote(ps_conn *conn);
+bool ps__conn_replies_pending(const ps_conn *conn);
+/* Connection and thread modes: the eventfd a finished reply writes, or -1. */
+int ps__conn_wake_fd(const ps_conn *conn);
+/* At close: replies not done yet will find the connection gone. */
+void ps__conn_replies_close(ps_conn *conn);
+/* conn.c: appends to the output, past any deferred reply. */
+int ps__conn_out_append(ps_conn *conn, const void *data, size_t len);
+/* dispatch_event.c: a reply at the head of a parked connection is done:
+ * hand the connection to a worker. Called under the replies' lock. */
+void ps__event_wake(ps_server *srv, ps_conn *conn);
 
 #endif

@@ -463,6 +463,7 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->rejected_max = atomic_load_explicit(&c->rejected_max, memory_order_relaxed);
     st->rejected_shutdown = atomic_load_explicit(&c->rejected_shutdown, memory_order_relaxed);
     st->slot_waits = atomic_load_explicit(&c->slot_waits, memory_order_relaxed);
+    st->replies_deferred = atomic_load_explicit(&c->replies_deferred, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);

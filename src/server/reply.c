@@ -1,0 +1,253 @@
+/*
+ * Deferred replies (ps_reply_defer, include/poolsrv/server.h).
+ *
+ * A connection that defers a reply gets a ps__replies, shared with its
+ * replies and freed by the last of them: the connection may close before
+ * a reply is done, and a reply may be done after its server is gone. Under
+ * its lock: the replies not yet written, in the order they were deferred,
+ * each with its bytes (appended by whoever completes it, from any thread)
+ * and the bytes the connection sent after it (appended by the connection's
+ * owner). Only the owner moves finished replies into the connection's
+ * output (ps__conn_promote), the head first, so the output keeps the order
+ * of the lines. Finishing the head wakes the owner: event mode hands the
+ * connection to a worker (ps__event_wake); the blocking loop of connection
+ * and thread modes polls an eventfd.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct ps__replies {
+    pthread_mutex_t lock;
+    unsigned refs;       /* the connection's, and one per reply not freed */
+    ps_conn *conn;       /* NULL once the connection has closed */
+    ps_reply *head, *tail;
+    int wake_fd;         /* connection and thread modes; -1 in event mode */
+};
+
+struct ps_reply {
+    ps__replies *rs;
+    ps_reply *next;
+    bool done, close_after;
+    char *buf;           /* the reply */
+    size_t len, cap;
+    char *after;         /* what the connection sent after it was deferred */
+    size_t after_len, after_cap;
+};
+
+static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t n)
+{
+    if (*len + n > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *len + n)
+            c *= 2;
+        char *p = realloc(*buf, c);
+        if (p == NULL)
+            return -ENOMEM;
+        *buf = p;
+        *cap = c;
+    }
+    if (n > 0)
+        memcpy(*buf + *len, data, n);
+    *len += n;
+    return 0;
+}
+
+static void reply_free(ps_reply *r)
+{
+    free(r->buf);
+    free(r->after);
+    free(r);
+}
+
+/* Drops one reference; the caller holds rs->lock, which this releases. */
+static void replies_unref_unlock(ps__replies *rs)
+{
+    bool last = --rs->refs == 0;
+    ps__unlock(&rs->lock);
+    if (last) {
+        if (rs->wake_fd >= 0)
+            close(rs->wake_fd);
+        pthread_mutex_destroy(&rs->lock);
+        free(rs);
+    }
+}
+
+ps_reply *ps_reply_defer(ps_conn *c)
+{
+    if (c->replies == NULL) {
+        ps__replies *rs = calloc(1, sizeof *rs);
+        if (rs == NULL)
+            return NULL;
+        rs->wake_fd = -1;
+        if (c->srv->cfg.dispatch != PS_DISPATCH_EVENT) {
+            rs->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+            if (rs->wake_fd < 0) {
+                free(rs);
+                return NULL;
+            }
+        }
+        if (pthread_mutex_init(&rs->lock, NULL) != 0) {
+            if (rs->wake_fd >= 0)
+                close(rs->wake_fd);
+            free(rs);
+            return NULL;
+        }
+        rs->refs = 1;
+        rs->conn = c;
+        c->replies = rs;
+    }
+    ps_reply *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    ps__replies *rs = c->replies;
+    r->rs = rs;
+    ps__lock(&rs->lock);
+    rs->refs++;
+    if (rs->tail != NULL)
+        rs->tail->next = r;
+    else
+        rs->head = r;
+    rs->tail = r;
+    ps__unlock(&rs->lock);
+    atomic_fetch_add_explicit(&c->srv->c.replies_deferred, 1, memory_order_relaxed);
+    return r;
+}
+
+int ps_reply_send(ps_reply *r, const void *data, size_t len)
+{
+    ps__replies *rs = r->rs;
+    ps__lock(&rs->lock);
+    int rc = rs->conn == NULL ? PS_ECLOSED : append(&r->buf, &r->len, &r->cap, data, len);
+    ps__unlock(&rs->lock);
+    return rc;
+}
+
+int ps_reply_done(ps_reply *r, int action)
+{
+    ps__replies *rs = r->rs;
+    ps__lock(&rs->lock);
+    ps_conn *c = rs->conn;
+    if (c == NULL) {
+        /* The connection is gone: nobody will write this one. */
+        ps_reply **p = &rs->head;
+        ps_reply *prev = NULL;
+        while (*p != NULL && *p != r) {
+            prev = *p;
+            p = &(*p)->next;
+        }
+        if (*p == r) {
+            *p = r->next;
+            if (rs->tail == r)
+                rs->tail = prev;
+        }
+        reply_free(r);
+        replies_unref_unlock(rs);
+        return PS_ECLOSED;
+    }
+    r->done = true;
+    r->close_after = action == PS_CLOSE;
+    if (rs->head == r) {
+        /* Under the lock: the connection cannot close meanwhile. */
+        if (rs->wake_fd >= 0) {
+            uint64_t one = 1;
+            (void)!write(rs->wake_fd, &one, sizeof one);
+        } else {
+            ps__event_wake(c->srv, c);
+        }
+    }
+    ps__unlock(&rs->lock);
+    return 0;
+}
+
+int ps__conn_hold(ps_conn *c, const void *data, size_t len)
+{
+    ps__replies *rs = c->replies;
+    ps__lock(&rs->lock);
+    int rc = 1;
+    if (rs->tail != NULL) /* behind a reply not written yet */
+        rc = append(&rs->tail->after, &rs->tail->after_len, &rs->tail->after_cap, data, len);
+    ps__unlock(&rs->lock);
+    return rc;
+}
+
+int ps__conn_promote(ps_conn *c)
+{
+    ps__replies *rs = c->replies;
+    if (rs == NULL)
+        return 0;
+    if (rs->wake_fd >= 0) {
+        uint64_t v;
+        (void)!read(rs->wake_fd, &v, sizeof v);
+    }
+    int rc = 0;
+    ps__lock(&rs->lock);
+    while (rs->head != NULL && rs->head->done) {
+        ps_reply *r = rs->head;
+        /* Straight into the output: nothing is held behind it any more. */
+        if (ps__conn_out_append(c, r->buf, r->len) < 0 ||
+            ps__conn_out_append(c, r->after, r->after_len) < 0)
+            rc = -ENOMEM;
+        if (r->close_after)
+            c->closing = true;
+        rs->head = r->next;
+        if (rs->tail == r)
+            rs->tail = NULL;
+        reply_free(r);
+        rs->refs--; /* never the last: the connection holds one */
+    }
+    ps__unlock(&rs->lock);
+    return rc;
+}
+
+bool ps__conn_replies_pending(const ps_conn *c)
+{
+    ps__replies *rs = c->replies;
+    if (rs == NULL)
+        return false;
+    ps__lock(&rs->lock);
+    bool pending = rs->head != NULL;
+    ps__unlock(&rs->lock);
+    return pending;
+}
+
+int ps__conn_wake_fd(const ps_conn *c)
+{
+    return c->replies != NULL ? c->replies->wake_fd : -1;
+}
+
+void ps__conn_replies_close(ps_conn *c)
+{
+    ps__replies *rs = c->replies;
+    if (rs == NULL)
+        return;
+    c->replies = NULL;
+    ps__lock(&rs->lock);
+    rs->conn = NULL;
+    /* What the connection sent behind the pending replies goes nowhere. */
+    for (ps_reply *r = rs->head; r != NULL; r = r->next) {
+        free(r->after);
+        r->after = NULL;
+        r->after_len = r->after_cap = 0;
+    }
+    /* Finished replies nobody will write: free them now. */
+    ps_reply **p = &rs->head;
+    ps_reply *prev = NULL;
+    while (*p != NULL) {
+        ps_reply *r = *p;
+        if (r->done) {
+            *p = r->next;
+            reply_free(r);
+            rs->refs--;
+        } else {
+            prev = r;
+            p = &r->next;
+        }
+    }
+    rs->tail = prev;
+    replies_unref_unlock(rs);
+}

@@ -1,5 +1,7 @@
 #include <errno.h>
 #include <grp.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -371,6 +373,9 @@ int t_proc_start_with(t_proc *p, char *const argv[], const t_child_opts *o, bool
         }
         if (o->uid > 0 && (setgroups(0, NULL) < 0 || setgid(o->uid) < 0 || setuid(o->uid) < 0))
             _exit(126);
+        /* A test that fails leaves no server behind (after setuid, which
+         * clears it): ctest would wait for its output to close. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         execv(argv[0], argv);
         _exit(127);
     }
@@ -441,6 +446,7 @@ int t_run(char *const argv[], char *out, size_t cap, int timeout_ms)
     if (pid == 0) {
         dup2(fds[1], STDOUT_FILENO);
         dup2(fds[1], STDERR_FILENO);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         execv(argv[0], argv);
         _exit(127);
     }

@@ -152,8 +152,7 @@ static void test_module_serves(void **state)
                                                      (char *)modes[m], "-o", "log.level=info",
                                                      NULL},
                                       0, false, T_MS), 0);
-        t_proc_drain(&p);
-        assert_non_null(strstr(p.log, "handler upper from " UPPER_MODULE));
+        assert_true(t_proc_wait_log(&p, "handler upper from " UPPER_MODULE, T_MS));
         int fd = t_connect(p.port);
         assert_true(fd >= 0);
         assert_int_equal(t_send_str(fd, "Hello, Module\r\nmixed Case\n"), 0);
@@ -164,6 +163,43 @@ static void test_module_serves(void **state)
         close(fd);
         stop_ok(&p, SIGTERM, T_MS);
     }
+}
+
+/* examples/lookup: getaddrinfo on the module's own resolver pool, replies
+ * sent from the futures' callbacks, in the order of the lines, in every
+ * mode; its key is checked. Names from /etc/hosts and numbers only: no DNS. */
+static void test_module_lookup(void **state)
+{
+    (void)state;
+    const char *modes[] = {"server.dispatch=connection", "server.dispatch=event",
+                           "server.dispatch=thread"};
+    for (size_t m = 0; m < 3; m++) {
+        t_proc p;
+        assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-o", "server.port=0", "-o",
+                                                     "admin.enabled=false", "-o",
+                                                     "handler.module=" LOOKUP_MODULE, "-o",
+                                                     "handler.resolvers=2", "-o",
+                                                     (char *)modes[m], NULL},
+                                      0, false, T_MS), 0);
+        int fd = t_connect(p.port);
+        assert_true(fd >= 0);
+        assert_int_equal(t_send_str(fd, "localhost\n127.0.0.1\n::1\n10.1.2.3\n"), 0);
+        char line[1024];
+        assert_true(t_read_line(fd, line, sizeof line, T_MS) > 0);
+        if (strncmp(line, "localhost ", 10) != 0 ||
+            (strstr(line, "127.0.0.1") == NULL && strstr(line, "::1") == NULL))
+            fail_msg("localhost: got \"%s\"", line);
+        expect_line(fd, "127.0.0.1 127.0.0.1\r\n");
+        expect_line(fd, "::1 ::1\r\n");
+        expect_line(fd, "10.1.2.3 10.1.2.3\r\n");
+        close(fd);
+        stop_ok(&p, SIGTERM, T_MS);
+    }
+    char out[4096];
+    assert_int_not_equal(t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=" LOOKUP_MODULE, "-o",
+                                          "handler.resolvers=0", "-t", NULL},
+                               out, sizeof out, T_MS), 0);
+    assert_non_null(strstr(out, "-o handler.resolvers=0: handler.resolvers: expected 1 to 256"));
 }
 
 /* A module's own [handler] keys reach its init; a bad one is FILE:LINE, an
@@ -480,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_config_error_binds_nothing),
         cmocka_unit_test(test_serves_and_poolctl),
         cmocka_unit_test(test_module_serves),
+        cmocka_unit_test(test_module_lookup),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
         cmocka_unit_test(test_handler_greeting),

@@ -67,11 +67,13 @@ void *ps_conn_get_data(const ps_conn *conn);
  * ps_reply_done, exactly once.
  *
  * ps_reply_send appends to the reply and ps_reply_done finishes it; both
- * may be called from any thread, also after the connection has closed
- * (then they return PS_ECLOSED and send nothing), and after the server is
- * destroyed. A thread outside the server's pool must finish its replies
- * before ps_server_stop. ps_reply_done frees the reply: do not use it
- * after. With action PS_CLOSE the connection closes after the reply.
+ * may be called from any thread at any time: also after the connection
+ * has closed, while the server stops and after it is destroyed (then they
+ * return PS_ECLOSED and send nothing). ps_reply_done frees the reply: do
+ * not use it after. With action PS_CLOSE the connection closes after the
+ * reply. A connection that is closing (its client's stream ended, or a
+ * callback returned PS_CLOSE) stays until its deferred replies are done and
+ * written; ps_server_stop does not wait for them.
  */
 typedef struct ps_reply ps_reply;
 ps_reply *ps_reply_defer(ps_conn *conn);

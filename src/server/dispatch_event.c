@@ -729,13 +729,15 @@ void ps__event_wake(ps_server *srv, ps_conn *c)
     ev->woken_tail = c;
     atomic_store_explicit(&ev->any_woken, true, memory_order_release);
     ps__unlock(&ev->woken_lock);
+    /* The pollers in epoll_wait go back to the idle hook, which takes it.
+     * (Workers sleep only while every shard has a poller.) The pool is not
+     * touched: a reply may be finished while the server stops, after the
+     * pool is gone; the nudge fd lasts until every connection is closed,
+     * and this one cannot close while its replies' lock is held. */
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
         return; /* close_all takes it */
-    /* A sleeping worker, or else the pollers in epoll_wait. */
-    if (ps_pool_wake_idle(srv->pool, 1) == 0) {
-        uint64_t one = 1;
-        (void)!write(ev->nudge_fd, &one, sizeof one);
-    }
+    uint64_t one = 1;
+    (void)!write(ev->nudge_fd, &one, sizeof one);
 }
 
 /* Moves the woken connections into the worker's batch, as many as fit.

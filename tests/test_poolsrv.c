@@ -202,6 +202,78 @@ static void test_module_lookup(void **state)
     assert_non_null(strstr(out, "-o handler.resolvers=0: handler.resolvers: expected 1 to 256"));
 }
 
+/* examples/chat: a line reaches every other client, joins and leaves are
+ * announced; the sends cross connections and workers, in every mode. */
+static void test_module_chat(void **state)
+{
+    (void)state;
+    const char *modes[] = {"server.dispatch=connection", "server.dispatch=event",
+                           "server.dispatch=thread"};
+    for (size_t m = 0; m < 3; m++) {
+        t_proc p;
+        assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-o", "server.port=0", "-o",
+                                                     "admin.enabled=false", "-o",
+                                                     "handler.module=" CHAT_MODULE, "-o",
+                                                     (char *)modes[m], NULL},
+                                      0, false, T_MS), 0);
+        int fd[3];
+        unsigned long long id[3];
+        char line[256], want[256];
+        for (int i = 0; i < 3; i++) {
+            fd[i] = t_connect(p.port);
+            assert_true(fd[i] >= 0);
+            assert_true(t_read_line(fd[i], line, sizeof line, T_MS) > 0);
+            assert_int_equal(sscanf(line, "* you are %llu", &id[i]), 1);
+            /* Those already in hear of it. */
+            snprintf(want, sizeof want, "* %llu joined\r\n", id[i]);
+            for (int k = 0; k < i; k++)
+                expect_line(fd[k], want);
+        }
+        assert_int_equal(t_send_str(fd[1], "hello room\n"), 0);
+        snprintf(want, sizeof want, "%llu: hello room\r\n", id[1]);
+        expect_line(fd[0], want);
+        expect_line(fd[2], want);
+        assert_false(t_readable(fd[1], 50)); /* not back to the sender */
+        /* Many lines from two clients at once: each reaches the third, in
+         * the order each was sent. */
+        for (int k = 0; k < 50; k++) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "a%d\n", k);
+            assert_int_equal(t_send_str(fd[0], msg), 0);
+            snprintf(msg, sizeof msg, "b%d\n", k);
+            assert_int_equal(t_send_str(fd[1], msg), 0);
+        }
+        int next_a = 0, next_b = 0;
+        for (int k = 0; k < 100; k++) {
+            assert_true(t_read_line(fd[2], line, sizeof line, T_MS) > 0);
+            unsigned long long from;
+            char tag;
+            int num;
+            assert_int_equal(sscanf(line, "%llu: %c%d", &from, &tag, &num), 3);
+            if (from == id[0]) {
+                assert_int_equal(tag, 'a');
+                assert_int_equal(num, next_a++);
+            } else {
+                assert_true(from == id[1] && tag == 'b');
+                assert_int_equal(num, next_b++);
+            }
+        }
+        close(fd[2]);
+        snprintf(want, sizeof want, "* %llu left\r\n", id[2]);
+        /* fd[0] and fd[1] also get each other's 50 lines first. */
+        for (int i = 0; i < 2; i++) {
+            int seen = 0;
+            while (seen == 0) {
+                assert_true(t_read_line(fd[i], line, sizeof line, T_MS) > 0);
+                seen = strcmp(line, want) == 0;
+            }
+        }
+        close(fd[0]);
+        close(fd[1]);
+        stop_ok(&p, SIGTERM, T_MS);
+    }
+}
+
 /* A module's own [handler] keys reach its init; a bad one is FILE:LINE, an
  * -o one names the option; -t reports it too; nothing is bound. */
 static void test_module_keys(void **state)
@@ -517,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_serves_and_poolctl),
         cmocka_unit_test(test_module_serves),
         cmocka_unit_test(test_module_lookup),
+        cmocka_unit_test(test_module_chat),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
         cmocka_unit_test(test_handler_greeting),

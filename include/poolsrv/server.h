@@ -80,6 +80,22 @@ ps_reply *ps_reply_defer(ps_conn *conn);
 int ps_reply_send(ps_reply *reply, const void *data, size_t len);
 int ps_reply_done(ps_reply *reply, int action);
 
+/*
+ * Sending to a connection from elsewhere (another connection's callback, a
+ * timer thread): what a chat's broadcast needs. ps_conn_ref_new, from a
+ * callback of conn, returns a handle on it (NULL when out of memory);
+ * ps_conn_ref_send queues bytes for the client from any thread and returns
+ * 0, PS_ECLOSED once the connection has closed, or -ENOBUFS while 256 KiB
+ * sent this way still wait for a client that does not read (the bytes are
+ * dropped). They go out as soon as the connection's owner gets to them,
+ * between its own replies, never inside one. ps_conn_ref_release, from any
+ * thread, gives the handle back; every handle must be released once.
+ */
+typedef struct ps_conn_ref ps_conn_ref;
+ps_conn_ref *ps_conn_ref_new(ps_conn *conn);
+int ps_conn_ref_send(ps_conn_ref *ref, const void *data, size_t len);
+void ps_conn_ref_release(ps_conn_ref *ref);
+
 typedef struct ps_server_stats {
     uint64_t curr_connections;
     uint64_t total_connections;

@@ -23,11 +23,18 @@
 
 struct ps__replies {
     pthread_mutex_t lock;
-    unsigned refs;       /* the connection's, and one per reply not freed */
+    unsigned refs;       /* the connection's, one per reply not freed, one
+                            per ps_conn_ref */
     ps_conn *conn;       /* NULL once the connection has closed */
     ps_reply *head, *tail;
     int wake_fd;         /* connection and thread modes; -1 in event mode */
+    char *other;         /* ps_conn_ref_send's bytes, not yet in the output */
+    size_t other_len, other_cap;
 };
+
+/* What ps_conn_ref_send may leave waiting for a connection that does not
+ * read (the output's own high-water mark). */
+#define PS__OTHER_MAX (256 * 1024)
 
 struct ps_reply {
     ps__replies *rs;
@@ -77,7 +84,8 @@ static void replies_unref_unlock(ps__replies *rs)
     }
 }
 
-ps_reply *ps_reply_defer(ps_conn *c)
+/* The connection's replies object, made on first use (by its owner). */
+static ps__replies *replies_of(ps_conn *c)
 {
     if (c->replies == NULL) {
         ps__replies *rs = calloc(1, sizeof *rs);
@@ -101,10 +109,29 @@ ps_reply *ps_reply_defer(ps_conn *c)
         rs->conn = c;
         c->replies = rs;
     }
+    return c->replies;
+}
+
+/* Wakes the connection's owner to write what is ready. Under rs->lock,
+ * with rs->conn set. */
+static void wake(ps__replies *rs)
+{
+    if (rs->wake_fd >= 0) {
+        uint64_t one = 1;
+        (void)!write(rs->wake_fd, &one, sizeof one);
+    } else {
+        ps__event_wake(rs->conn->srv, rs->conn);
+    }
+}
+
+ps_reply *ps_reply_defer(ps_conn *c)
+{
+    ps__replies *rs = replies_of(c);
+    if (rs == NULL)
+        return NULL;
     ps_reply *r = calloc(1, sizeof *r);
     if (r == NULL)
         return NULL;
-    ps__replies *rs = c->replies;
     r->rs = rs;
     ps__lock(&rs->lock);
     rs->refs++;
@@ -151,17 +178,47 @@ int ps_reply_done(ps_reply *r, int action)
     }
     r->done = true;
     r->close_after = action == PS_CLOSE;
-    if (rs->head == r) {
-        /* Under the lock: the connection cannot close meanwhile. */
-        if (rs->wake_fd >= 0) {
-            uint64_t one = 1;
-            (void)!write(rs->wake_fd, &one, sizeof one);
-        } else {
-            ps__event_wake(c->srv, c);
-        }
-    }
+    if (rs->head == r)
+        wake(rs); /* under the lock: the connection cannot close meanwhile */
     ps__unlock(&rs->lock);
     return 0;
+}
+
+ps_conn_ref *ps_conn_ref_new(ps_conn *c)
+{
+    ps__replies *rs = replies_of(c);
+    if (rs == NULL)
+        return NULL;
+    ps__lock(&rs->lock);
+    rs->refs++;
+    ps__unlock(&rs->lock);
+    return (ps_conn_ref *)rs;
+}
+
+int ps_conn_ref_send(ps_conn_ref *ref, const void *data, size_t len)
+{
+    ps__replies *rs = (ps__replies *)ref;
+    ps__lock(&rs->lock);
+    int rc;
+    if (rs->conn == NULL)
+        rc = PS_ECLOSED;
+    else if (rs->other_len + len > PS__OTHER_MAX)
+        rc = -ENOBUFS; /* the client is not reading: drop, do not grow */
+    else
+        rc = append(&rs->other, &rs->other_len, &rs->other_cap, data, len);
+    if (rc == 0 && rs->other_len == len)
+        wake(rs); /* the first bytes waiting: the owner comes for them */
+    ps__unlock(&rs->lock);
+    return rc;
+}
+
+void ps_conn_ref_release(ps_conn_ref *ref)
+{
+    if (ref == NULL)
+        return;
+    ps__replies *rs = (ps__replies *)ref;
+    ps__lock(&rs->lock);
+    replies_unref_unlock(rs);
 }
 
 int ps__conn_hold(ps_conn *c, const void *data, size_t len)
@@ -186,6 +243,13 @@ int ps__conn_promote(ps_conn *c)
     }
     int rc = 0;
     ps__lock(&rs->lock);
+    /* Bytes sent from other threads go out as soon as they can: they answer
+     * none of this client's lines. */
+    if (rs->other_len > 0) {
+        if (ps__conn_out_append(c, rs->other, rs->other_len) < 0)
+            rc = -ENOMEM;
+        rs->other_len = 0;
+    }
     while (rs->head != NULL && rs->head->done) {
         ps_reply *r = rs->head;
         /* Straight into the output: nothing is held behind it any more. */
@@ -228,6 +292,9 @@ void ps__conn_replies_close(ps_conn *c)
     c->replies = NULL;
     ps__lock(&rs->lock);
     rs->conn = NULL;
+    free(rs->other);
+    rs->other = NULL;
+    rs->other_len = rs->other_cap = 0;
     /* What the connection sent behind the pending replies goes nowhere. */
     for (ps_reply *r = rs->head; r != NULL; r = r->next) {
         free(r->after);

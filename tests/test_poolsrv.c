@@ -135,23 +135,35 @@ static void test_serves_and_poolctl(void **state)
     stop_ok(&p, SIGINT, T_MS);
 }
 
+/* The dispatch modes, as -o options, for the module tests. */
+static const char *const dispatch_modes[] = {"server.dispatch=connection", "server.dispatch=event",
+                                             "server.dispatch=thread"};
+
+/* Starts poolsrv with built-in defaults (not conf/server.ini: its [handler]
+ * greeting is a key for echo, which a module would refuse), free ports,
+ * log level info, the module at path, dispatch mode m and one more -o
+ * option (or NULL). */
+static void start_module(t_proc *p, const char *path, size_t m, const char *extra)
+{
+    char module[1200];
+    snprintf(module, sizeof module, "handler.module=%s", path);
+    char *argv[] = {POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.port=0", "-o",
+                    "log.level=info", "-o", module, "-o", (char *)dispatch_modes[m],
+                    extra ? "-o" : NULL, (char *)extra, NULL};
+    int rc = t_proc_start(p, argv, 0, false, T_MS);
+    if (rc != 0)
+        print_message("poolsrv did not start (%d); its log:\n%s\n", rc, p->log);
+    assert_int_equal(rc, 0);
+}
+
 /* A handler module named in the INI (or with -o) is loaded and serves:
  * upper (examples/upper) in every dispatch mode. */
 static void test_module_serves(void **state)
 {
     (void)state;
-    const char *modes[] = {"server.dispatch=connection", "server.dispatch=event",
-                           "server.dispatch=thread"};
     for (size_t m = 0; m < 3; m++) {
         t_proc p;
-        /* Built-in defaults, not conf/server.ini: its [handler] greeting
-         * is a key for echo, which upper would refuse. */
-        assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-o", "server.port=0", "-o",
-                                                     "admin.port=0", "-o",
-                                                     "handler.module=" UPPER_MODULE, "-o",
-                                                     (char *)modes[m], "-o", "log.level=info",
-                                                     NULL},
-                                      0, false, T_MS), 0);
+        start_module(&p, UPPER_MODULE, m, NULL);
         assert_true(t_proc_wait_log(&p, "handler upper from " UPPER_MODULE, T_MS));
         int fd = t_connect(p.port);
         assert_true(fd >= 0);
@@ -171,16 +183,9 @@ static void test_module_serves(void **state)
 static void test_module_lookup(void **state)
 {
     (void)state;
-    const char *modes[] = {"server.dispatch=connection", "server.dispatch=event",
-                           "server.dispatch=thread"};
     for (size_t m = 0; m < 3; m++) {
         t_proc p;
-        assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-o", "server.port=0", "-o",
-                                                     "admin.enabled=false", "-o",
-                                                     "handler.module=" LOOKUP_MODULE, "-o",
-                                                     "handler.resolvers=2", "-o",
-                                                     (char *)modes[m], NULL},
-                                      0, false, T_MS), 0);
+        start_module(&p, LOOKUP_MODULE, m, "handler.resolvers=2");
         int fd = t_connect(p.port);
         assert_true(fd >= 0);
         assert_int_equal(t_send_str(fd, "localhost\n127.0.0.1\n::1\n10.1.2.3\n"), 0);
@@ -207,15 +212,9 @@ static void test_module_lookup(void **state)
 static void test_module_chat(void **state)
 {
     (void)state;
-    const char *modes[] = {"server.dispatch=connection", "server.dispatch=event",
-                           "server.dispatch=thread"};
     for (size_t m = 0; m < 3; m++) {
         t_proc p;
-        assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-o", "server.port=0", "-o",
-                                                     "admin.enabled=false", "-o",
-                                                     "handler.module=" CHAT_MODULE, "-o",
-                                                     (char *)modes[m], NULL},
-                                      0, false, T_MS), 0);
+        start_module(&p, CHAT_MODULE, m, NULL);
         int fd[3];
         unsigned long long id[3];
         char line[256], want[256];

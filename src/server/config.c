@@ -335,12 +335,14 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
         return 0;
     }
     case PS__K_GREETING:
+    case PS__K_PATH:
         if (len >= k->size) {
             ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
                         k->section, k->name, len, k->size - 1);
             return PS_ECONFIG;
         }
-        /* The greeting is sent as one line: a CR or LF would split it. */
+        /* The greeting is sent as one line: a CR or LF would split it; a
+         * path with one is no path anyone meant. */
         if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
             ps__set_err(reason, reasonlen, "%s.%s: must be one line (no CR, LF or NUL), got \"%s\"",
                         k->section, k->name, shown);
@@ -369,20 +371,6 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
         *(ps_handler_kind *)(void *)field = (ps_handler_kind)i;
         return 0;
     }
-    case PS__K_PATH:
-        if (len >= k->size) {
-            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
-                        k->section, k->name, len, k->size - 1);
-            return PS_ECONFIG;
-        }
-        if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
-            ps__set_err(reason, reasonlen, "%s.%s: must be one line (no CR, LF or NUL), got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        memcpy(field, v, len);
-        field[len] = '\0';
-        return 0;
     case PS__K_LOG_LEVEL: {
         int i = ps__enum_index(ps__log_level_names, 4, v, len);
         if (i < 0) {

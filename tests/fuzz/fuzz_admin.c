@@ -170,12 +170,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t len = next_chunk(data, size, &p, &chunk);
         for (int rounds = 0; len > 0 && alive; rounds++) {
             FUZZ_CHECK(rounds < 100000);
-            ssize_t w = send(sv[1], chunk, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (w > 0) {
-                chunk += w;
-                len -= (size_t)w;
-            } else {
-                FUZZ_CHECK(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+            if (!client_send(sv[1], &chunk, &len)) {
                 /* The server reads a line's worth at a time; when it waits
                  * for the client to read, the client gives in. */
                 if (ps__admin_client_wants_write(ac))

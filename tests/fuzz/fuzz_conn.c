@@ -155,12 +155,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* A chunk larger than the socket buffer goes in several writes. */
         for (int rounds = 0; len > 0 && state != CLOSED; rounds++) {
             FUZZ_CHECK(rounds < 100000);
-            ssize_t w = send(sv[1], chunk, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (w > 0) {
-                chunk += w;
-                len -= (size_t)w;
-            } else {
-                FUZZ_CHECK(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+            if (!client_send(sv[1], &chunk, &len)) {
                 FUZZ_CHECK(state == WAIT_WRITE); /* else the server read it all */
                 (void)client_read(sv[1], &got); /* both ways full: the client gives in */
             }

@@ -50,6 +50,20 @@ static inline size_t next_chunk(const uint8_t *data, size_t size, size_t *pos,
     return len;
 }
 
+/* Sends what the socket takes of *chunk (advancing it). Returns false when
+ * it took nothing: the socket is full. */
+static inline bool client_send(int fd, const uint8_t **chunk, size_t *len)
+{
+    ssize_t w = send(fd, *chunk, *len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w > 0) {
+        *chunk += w;
+        *len -= (size_t)w;
+        return true;
+    }
+    FUZZ_CHECK(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    return false;
+}
+
 /* Reads whatever the server has sent so far. Returns false once the
  * server has closed its side. */
 static inline bool client_read(int fd, sink *got)

@@ -373,6 +373,26 @@ int t_proc_start_with(t_proc *p, char *const argv[], const t_child_opts *o, bool
         }
         if (o->uid > 0 && (setgroups(0, NULL) < 0 || setgid(o->uid) < 0 || setuid(o->uid) < 0))
             _exit(126);
+        for (size_t i = 0; o->env != NULL && o->env[i] != NULL; i++)
+            putenv((char *)o->env[i]);
+        if (o->nlisten > 0) {
+            /* Above every fd in use first, then down to 3, 4, ... */
+            int moved[8];
+            for (int i = 0; i < o->nlisten && i < 8; i++)
+                moved[i] = fcntl(o->listen_fds[i], F_DUPFD, 100);
+            for (int i = 0; i < o->nlisten && i < 8; i++) {
+                if (moved[i] < 0 || dup2(moved[i], 3 + i) < 0)
+                    _exit(126);
+                close(moved[i]);
+            }
+            char num[32];
+            snprintf(num, sizeof num, "%d", (int)getpid());
+            setenv("LISTEN_PID", num, 1);
+            snprintf(num, sizeof num, "%d", o->nlisten);
+            setenv("LISTEN_FDS", num, 1);
+            if (o->listen_names != NULL)
+                setenv("LISTEN_FDNAMES", o->listen_names, 1);
+        }
         /* A test that fails leaves no server behind (after setuid, which
          * clears it): ctest would wait for its output to close. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);

@@ -96,6 +96,13 @@ typedef struct t_child_opts {
     unsigned long nofile; /* RLIMIT_NOFILE soft and hard; 0 = unchanged */
     unsigned long nproc;  /* RLIMIT_NPROC, the user's processes and threads; 0 = unchanged */
     unsigned uid;         /* run as this user and group id (needs root); 0 = unchanged */
+    const char *const *env; /* "NAME=VALUE" to add, NULL-ended; NULL = none */
+    /* Socket activation as a service manager does it: these sockets become
+     * fds 3, 4, ... with LISTEN_PID (the child's pid), LISTEN_FDS and, when
+     * listen_names is set, LISTEN_FDNAMES. */
+    const int *listen_fds;
+    int nlisten;
+    const char *listen_names;
 } t_child_opts;
 
 /* t_proc_start with more limits (a root process ignores RLIMIT_NPROC: give

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -383,6 +385,139 @@ static void test_handler_greeting(void **state)
     }
 }
 
+/* ---- service manager protocols ---- */
+
+/* A listening (or not) TCP socket on a free loopback port; its port in *port. */
+static int tcp_socket(bool listening, int type, uint16_t *port)
+{
+    int fd = socket(AF_INET, type, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    if (listening)
+        assert_int_equal(listen(fd, 64), 0);
+    socklen_t sl = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &sl), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Socket activation: poolsrv serves on the sockets it is given (data and
+ * admin, by name or by order), binds nothing, and says "(inherited)". */
+static void test_socket_activation(void **state)
+{
+    (void)state;
+    for (int named = 0; named < 2; named++) {
+        uint16_t dport, aport;
+        int fds[2] = {tcp_socket(true, SOCK_STREAM, &dport), tcp_socket(true, SOCK_STREAM, &aport)};
+        t_proc p;
+        /* server.port names a port the inherited socket overrides. */
+        t_child_opts o = {.listen_fds = fds, .nlisten = 2,
+                          .listen_names = named ? "data:admin" : NULL};
+        char *argv[] = {POOLSRV_BIN, "-o", "server.port=1", "-o", "admin.port=2", NULL};
+        int rc = t_proc_start_with(&p, argv, &o, true, T_MS);
+        if (rc != 0)
+            print_message("poolsrv did not start (%d):\n%s\n", rc, p.log);
+        assert_int_equal(rc, 0);
+        close(fds[0]);
+        close(fds[1]);
+        assert_int_equal(p.port, dport);
+        assert_int_equal(p.admin_port, aport);
+        char want[64];
+        snprintf(want, sizeof want, "listening on 127.0.0.1:%u (inherited)", (unsigned)dport);
+        assert_non_null(strstr(p.log, want));
+        int fd = t_connect(dport);
+        assert_true(fd >= 0);
+        expect_line(fd, "Welcome to my server\r\n");
+        close(fd);
+        char reply[4096];
+        assert_true(t_admin(aport, "threads", reply, sizeof reply) > 0);
+        assert_non_null(strstr(reply, "END"));
+        stop_ok(&p, SIGTERM, T_MS);
+    }
+}
+
+/* Inherited sockets that are not listening TCP sockets, or names that are
+ * not data and admin: a clear error, no start. */
+static void test_socket_activation_refused(void **state)
+{
+    (void)state;
+    static const struct {
+        int type;
+        bool listening;
+        const char *names, *says;
+    } bad[] = {
+        {SOCK_DGRAM, false, NULL, "not a TCP socket over IPv4 or IPv6"},
+        {SOCK_STREAM, false, NULL, "not listening"},
+        {SOCK_STREAM, true, "web", "socket 1 is named \"web\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint16_t port;
+        int fd = tcp_socket(bad[i].listening, bad[i].type, &port);
+        t_child_opts o = {.listen_fds = &fd, .nlisten = 1, .listen_names = bad[i].names};
+        char *argv[] = {POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.enabled=false", NULL};
+        t_proc p;
+        int rc = t_proc_start_with(&p, argv, &o, false, T_MS);
+        close(fd);
+        assert_int_not_equal(rc, 0);
+        if (strstr(p.log, bad[i].says) == NULL)
+            fail_msg("want \"%s\" in:\n%s", bad[i].says, p.log);
+    }
+}
+
+/* systemd's notify protocol on a test socket: READY=1 with a status once
+ * serving, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM. */
+static void test_notify(void **state)
+{
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/poolsrv-notify-%d", (int)getpid());
+    unlink(path);
+    int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_true(sock >= 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    assert_int_equal(bind(sock, (struct sockaddr *)&sa, sizeof sa), 0);
+    char notify[96];
+    snprintf(notify, sizeof notify, "NOTIFY_SOCKET=%s", path);
+    const char *env[] = {notify, "WATCHDOG_USEC=200000", NULL};
+    t_child_opts o = {.env = env};
+    t_proc p;
+    assert_int_equal(t_proc_start_with(&p, POOLSRV("-o", "log.level=warn"), &o, true, T_MS), 0);
+    char msg[512];
+    bool ready = false, watchdog = false, status = false;
+    for (int64_t until = t_now_ms() + T_MS; !(ready && watchdog && status) && t_now_ms() < until;) {
+        if (!t_readable(sock, 100))
+            continue;
+        ssize_t n = recv(sock, msg, sizeof msg - 1, 0);
+        assert_true(n > 0);
+        msg[n] = '\0';
+        static const char ready_msg[] = "READY=1\nSTATUS=serving on port ";
+        if (strncmp(msg, ready_msg, sizeof ready_msg - 1) == 0)
+            ready = true;
+        if (strcmp(msg, "WATCHDOG=1") == 0) {
+            assert_true(ready); /* never before it is ready */
+            watchdog = true;
+        }
+        if (strstr(msg, "STATUS=0 connections") != NULL)
+            status = true;
+    }
+    assert_true(ready);
+    assert_true(watchdog);
+    assert_true(status);
+    assert_int_equal(t_proc_stop(&p, SIGTERM, T_MS), 0);
+    bool stopping = false;
+    while (!stopping && t_readable(sock, 1000)) {
+        ssize_t n = recv(sock, msg, sizeof msg - 1, 0);
+        assert_true(n > 0);
+        msg[n] = '\0';
+        stopping = strcmp(msg, "STOPPING=1") == 0;
+    }
+    assert_true(stopping);
+    close(sock);
+    unlink(path);
+}
+
 /* The default backlog is the system's somaxconn, and the start log says
  * so; a configured one is used as it is. */
 static void test_backlog_defaults_to_somaxconn(void **state)
@@ -589,6 +724,9 @@ int main(void)
         cmocka_unit_test(test_module_serves),
         cmocka_unit_test(test_module_lookup),
         cmocka_unit_test(test_module_chat),
+        cmocka_unit_test(test_socket_activation),
+        cmocka_unit_test(test_socket_activation_refused),
+        cmocka_unit_test(test_notify),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
         cmocka_unit_test(test_handler_greeting),

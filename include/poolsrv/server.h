@@ -1,6 +1,7 @@
 #ifndef POOLSRV_SERVER_H
 #define POOLSRV_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -135,10 +136,23 @@ typedef struct ps_server_stats {
 int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *handler, void *ud,
                      char *err, size_t errlen);
 
+/* Socket activation: ps_server_start takes these listening sockets (the
+ * data one, and the admin one or -1) instead of binding; it checks that
+ * each is a listening TCP socket over IPv4 or IPv6 and fails, saying so,
+ * otherwise. With an admin fd the admin listener runs whatever
+ * admin.enabled says. The server owns them from start on (it closes them
+ * at stop, or when start fails). Call before ps_server_start: 0 or
+ * -EINVAL. */
+int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd);
+
 /* Binds the data and admin listeners and starts every thread. Returns 0,
  * or a negative errno with a message in err (e.g. "bind 127.0.0.1:9050:
  * Address in use"); on failure nothing stays bound or running. */
 int ps_server_start(ps_server *srv, char *err, size_t errlen);
+
+/* True while the server is started, not stopping, and its acceptor runs
+ * (a watchdog's question). Any thread. */
+bool ps_server_healthy(const ps_server *srv);
 
 /* The real bound ports (useful with port 0); 0 when not listening. */
 uint16_t ps_server_port(const ps_server *srv);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "poolsrv/config.h"
@@ -14,6 +15,7 @@
 #include "poolsrv/module.h"
 #include "poolsrv/server.h"
 #include "poolsrv/version.h"
+#include "service.h"
 
 static void usage(FILE *f)
 {
@@ -144,6 +146,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit(&cfg);
 
+    /* Listening sockets passed by a service manager (socket activation). */
+    int data_fd, admin_fd;
+    int inherited = svc_listen_fds(&data_fd, &admin_fd, err, sizeof err);
+    if (inherited < 0) {
+        fprintf(stderr, "poolsrv: %s\n", err);
+        ps_module_close(mod);
+        return 2;
+    }
     ps_server *srv = NULL;
     rc = ps_server_create(&srv, &cfg, ps_module_handler(mod), ps_module_ud(mod), err, sizeof err);
     if (rc != 0) {
@@ -151,6 +161,8 @@ int main(int argc, char **argv)
         ps_module_close(mod);
         return 1;
     }
+    if (inherited > 0)
+        ps_server_use_listeners(srv, data_fd, admin_fd);
     rc = ps_server_start(srv, err, sizeof err);
     if (rc != 0) {
         ps_log_error("%s", err);
@@ -160,9 +172,30 @@ int main(int argc, char **argv)
     }
     if (cfg.handler_module[0] != '\0')
         ps_log_always("handler %s from %s", ps_module_name(mod), cfg.handler_module);
-    int sig = 0;
-    while (sigwait(&stop_signals, &sig) != 0)
-        ;
+    svc_notify("READY=1\nSTATUS=serving on port %u", (unsigned)ps_server_port(srv));
+    /* Until a stop signal: the watchdog at half its interval, and a status
+     * line every few seconds, for a service manager. */
+    uint64_t watchdog_us = svc_watchdog_usec();
+    uint64_t tick_us = watchdog_us > 0 ? watchdog_us / 2 : 5000000;
+    if (tick_us > 5000000)
+        tick_us = 5000000;
+    int sig = -1;
+    while (sig != SIGINT && sig != SIGTERM) {
+        struct timespec ts = {.tv_sec = (time_t)(tick_us / 1000000),
+                              .tv_nsec = (long)(tick_us % 1000000) * 1000};
+        sig = sigtimedwait(&stop_signals, NULL, &ts);
+        if (sig >= 0)
+            continue;
+        ps_server_stats st;
+        ps_server_get_stats(srv, &st);
+        ps_pool_stats ps;
+        ps_server_get_pool_stats(srv, &ps);
+        if (watchdog_us > 0 && ps_server_healthy(srv))
+            svc_notify("WATCHDOG=1");
+        svc_notify("STATUS=%llu connections, %llu busy workers", (unsigned long long)st.curr_connections,
+                   (unsigned long long)ps.busy_threads);
+    }
+    svc_notify("STOPPING=1");
     ps_log_always("stopping on %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     ps_server_destroy(srv);
     ps_module_close(mod);

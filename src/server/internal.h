@@ -80,6 +80,8 @@ struct ps_server {
     ps_pool *pool;
     int listen_fd;
     int admin_fd;
+    int inherited_fd, inherited_admin_fd; /* ps_server_use_listeners; -1 = bind */
+    bool listen_inherited, admin_inherited;
     uint16_t port;
     uint16_t admin_port;
     int backlog;                 /* the data listener's, as listen() got it */
@@ -97,6 +99,7 @@ struct ps_server {
     int admin_reserve;           /* a descriptor the admin thread may give up
                                     to accept when none is left (admin.c) */
     bool acceptor_started;
+    atomic_bool acceptor_done; /* its loop has ended (an error, or stop) */
     bool admin_started;
     bool started;
     bool stopped;
@@ -130,6 +133,12 @@ ps__stripe *ps__stripe_of(ps_server *srv);
 /* Binds and listens on host:port (non-blocking, close-on-exec, SO_REUSEADDR).
  * Returns 0 with *fd and the bound address text, or a negative errno with a
  * message in err. */
+/* Takes an inherited socket (socket activation) as the `what` listener:
+ * checks it is a listening TCP socket over IPv4 or IPv6, makes it
+ * non-blocking and close-on-exec, and says its address. 0 or -errno with
+ * the reason in err. */
+int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *addr,
+                       size_t addrlen, char *err, size_t errlen);
 int ps__listen(const char *host, uint16_t port, int backlog, int *fd,
                uint16_t *bound_port, char *addr, size_t addrlen,
                char *err, size_t errlen);

@@ -137,6 +137,56 @@ int ps__listen(const char *host, uint16_t port, int backlog, int *fd_out,
     return rc;
 }
 
+int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *addr,
+                       size_t addrlen, char *err, size_t errlen)
+{
+    int type = 0, accepting = 0, domain = 0, proto = 0;
+    socklen_t l1 = sizeof type, l2 = sizeof accepting, l3 = sizeof domain, l4 = sizeof proto;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l1) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "inherited %s listener (fd %d): not a socket: %s", what, fd,
+                 strerror(e));
+        return -e;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l3) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l4) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &l2) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "inherited %s listener (fd %d): %s", what, fd, strerror(e));
+        return -e;
+    }
+    if (type != SOCK_STREAM || proto != IPPROTO_TCP ||
+        (domain != AF_INET && domain != AF_INET6)) {
+        snprintf(err, errlen, "inherited %s listener (fd %d): not a TCP socket over IPv4 or IPv6",
+                 what, fd);
+        return -EINVAL;
+    }
+    if (!accepting) {
+        snprintf(err, errlen, "inherited %s listener (fd %d): not listening", what, fd);
+        return -EINVAL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "inherited %s listener (fd %d): getsockname: %s", what, fd,
+                 strerror(e));
+        return -e;
+    }
+    /* Ours from now on: non-blocking, not leaked into programs we run. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "inherited %s listener (fd %d): fcntl: %s", what, fd, strerror(e));
+        return -e;
+    }
+    ps__format_addr((struct sockaddr *)&ss, addr, addrlen);
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return 0;
+}
+
 ssize_t ps__write_some(int fd, const void *buf, size_t len)
 {
     size_t done = 0;

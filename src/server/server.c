@@ -57,6 +57,8 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     srv->ud = ud;
     srv->listen_fd = -1;
     srv->admin_fd = -1;
+    srv->inherited_fd = -1;
+    srv->inherited_admin_fd = -1;
     srv->stop_fd = -1;
     srv->admin_reserve = -1;
     srv->start_ms = ps__now_ms();
@@ -275,6 +277,7 @@ static void *acceptor_main(void *arg)
     }
     slot_queue_drop(srv, slots);
     free(slots);
+    atomic_store_explicit(&srv->acceptor_done, true, memory_order_release);
     return NULL;
 }
 
@@ -306,11 +309,27 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         return rc;
     }
     srv->backlog = srv->cfg.backlog > 0 ? srv->cfg.backlog : ps__somaxconn();
-    rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, &srv->listen_fd,
-                    &srv->port, srv->listen_addr, sizeof srv->listen_addr, err, errlen);
-    if (rc != 0)
-        goto fail;
-    if (srv->cfg.admin_enabled) {
+    if (srv->inherited_fd >= 0) {
+        rc = ps__adopt_listener(srv->inherited_fd, "data", &srv->port, srv->listen_addr,
+                                sizeof srv->listen_addr, err, errlen);
+        if (rc != 0)
+            goto fail;
+        srv->listen_fd = srv->inherited_fd;
+        srv->inherited_fd = -1;
+    } else {
+        rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, &srv->listen_fd, &srv->port,
+                        srv->listen_addr, sizeof srv->listen_addr, err, errlen);
+        if (rc != 0)
+            goto fail;
+    }
+    if (srv->inherited_admin_fd >= 0) {
+        rc = ps__adopt_listener(srv->inherited_admin_fd, "admin", &srv->admin_port,
+                                srv->admin_addr, sizeof srv->admin_addr, err, errlen);
+        if (rc != 0)
+            goto fail;
+        srv->admin_fd = srv->inherited_admin_fd;
+        srv->inherited_admin_fd = -1;
+    } else if (srv->cfg.admin_enabled) {
         rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, &srv->admin_fd,
                         &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr,
                         err, errlen);
@@ -372,11 +391,13 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     }
     srv->acceptor_started = true;
     srv->started = true;
-    ps_log_always("listening on %s (dispatch %s, %u workers, queue %zu, backlog %d)",
-                  srv->listen_addr, ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers,
-                  srv->cfg.queue_capacity, srv->backlog);
+    ps_log_always("listening on %s%s (dispatch %s, %u workers, queue %zu, backlog %d)",
+                  srv->listen_addr, srv->listen_inherited ? " (inherited)" : "",
+                  ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers, srv->cfg.queue_capacity,
+                  srv->backlog);
     if (srv->admin_fd >= 0) {
-        ps_log_always("admin on %s", srv->admin_addr);
+        ps_log_always("admin on %s%s", srv->admin_addr,
+                      srv->admin_inherited ? " (inherited)" : "");
         if (!ps__is_loopback(srv->admin_fd))
             ps_log_warn("admin on %s is reachable beyond this machine and has no "
                         "authentication: bind it to loopback (admin.bind) or firewall it",
@@ -399,10 +420,29 @@ fail:
     ps__linger_stop(srv);
     close_fd(&srv->listen_fd);
     close_fd(&srv->admin_fd);
+    close_fd(&srv->inherited_fd);
+    close_fd(&srv->inherited_admin_fd);
     close_fd(&srv->stop_fd);
     atomic_store(&srv->stopping, false);
     srv->port = srv->admin_port = 0;
     return rc;
+}
+
+int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd)
+{
+    if (srv == NULL || srv->started || data_fd < 0)
+        return -EINVAL;
+    srv->inherited_fd = data_fd;
+    srv->inherited_admin_fd = admin_fd;
+    srv->listen_inherited = true;
+    srv->admin_inherited = admin_fd >= 0;
+    return 0;
+}
+
+bool ps_server_healthy(const ps_server *srv)
+{
+    return srv->started && !atomic_load_explicit(&srv->stopping, memory_order_acquire) &&
+           !atomic_load_explicit(&srv->acceptor_done, memory_order_acquire);
 }
 
 uint16_t ps_server_port(const ps_server *srv) { return srv->listen_fd >= 0 ? srv->port : 0; }
@@ -447,6 +487,8 @@ void ps_server_destroy(ps_server *srv)
     if (srv == NULL)
         return;
     ps_server_stop(srv);
+    close_fd(&srv->inherited_fd); /* given and never started */
+    close_fd(&srv->inherited_admin_fd);
     pthread_mutex_destroy(&srv->conns_lock);
     pthread_mutex_destroy(&srv->threads_lock);
     free(srv);

@@ -518,6 +518,60 @@ static void test_notify(void **state)
     unlink(path);
 }
 
+/* SIGHUP reads the file again: log.level applies at once, other changed
+ * keys are logged as needing a restart and keep their value, a broken file
+ * is logged with its line and changes nothing; all counted; it serves on. */
+static void test_sighup_reload(void **state)
+{
+    (void)state;
+    char *ini = write_temp("[log]\nlevel = warn\n[pool]\nworkers = 4\n");
+    char ini_path[64];
+    snprintf(ini_path, sizeof ini_path, "%s", ini);
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-c", ini_path, "-o", "server.port=0",
+                                                 "-o", "admin.port=0", NULL},
+                                  0, true, T_MS), 0);
+    int fd = t_connect_greeted(p.port, T_MS);
+    assert_true(fd >= 0);
+    close(fd);
+    t_proc_drain(&p);
+    assert_null(strstr(p.log, "connection 1 from")); /* info: not logged at warn */
+
+    FILE *f = fopen(ini_path, "w");
+    assert_non_null(f);
+    fputs("[log]\nlevel = info\n[pool]\nworkers = 8\n", f);
+    fclose(f);
+    kill(p.pid, SIGHUP);
+    assert_true(t_proc_wait_log(&p, "reloaded: log.level info; 1 changed key needs a restart", T_MS));
+    assert_non_null(strstr(p.log, "reload: pool.workers needs restart (stays 4)"));
+    fd = t_connect_greeted(p.port, T_MS);
+    assert_true(fd >= 0);
+    assert_true(t_proc_wait_log(&p, "connection 2 from", T_MS)); /* info now */
+    close(fd);
+    char reply[8192];
+    assert_true(t_admin(p.admin_port, "threads", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "max_threads"), 4);
+
+    f = fopen(ini_path, "w");
+    assert_non_null(f);
+    fputs("[log]\nlevel = warn\n[pool]\nworkers = zero\n", f);
+    fclose(f);
+    kill(p.pid, SIGHUP);
+    char want[128];
+    snprintf(want, sizeof want, "reload: %s:4: pool.workers", ini_path);
+    assert_true(t_proc_wait_log(&p, want, T_MS));
+    assert_non_null(strstr(p.log, "the running configuration stays"));
+    assert_true(t_admin(p.admin_port, "stats", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "reloads"), 1);
+    assert_int_equal(t_stat(reply, "reload_errors"), 1);
+    fd = t_connect_greeted(p.port, T_MS); /* serving on, still at info */
+    assert_true(fd >= 0);
+    assert_true(t_proc_wait_log(&p, "connection 3 from", T_MS));
+    close(fd);
+    stop_ok(&p, SIGTERM, T_MS);
+    unlink(ini_path);
+}
+
 /* The default backlog is the system's somaxconn, and the start log says
  * so; a configured one is used as it is. */
 static void test_backlog_defaults_to_somaxconn(void **state)
@@ -727,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_socket_activation),
         cmocka_unit_test(test_socket_activation_refused),
         cmocka_unit_test(test_notify),
+        cmocka_unit_test(test_sighup_reload),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
         cmocka_unit_test(test_handler_greeting),

@@ -106,6 +106,8 @@ typedef struct ps_server_stats {
     uint64_t rejected_shutdown;    /* still queued when the server stopped */
     uint64_t slot_waits;           /* waited for a slot at max_connections */
     uint64_t replies_deferred;     /* ps_reply_defer calls */
+    uint64_t reloads;              /* ps_server_reload that applied */
+    uint64_t reload_errors;        /* ... that found the configuration broken */
     uint64_t lines;
     uint64_t bytes_in;
     uint64_t bytes_out;
@@ -149,6 +151,14 @@ int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd);
  * or a negative errno with a message in err (e.g. "bind 127.0.0.1:9050:
  * Address in use"); on failure nothing stays bound or running. */
 int ps_server_start(ps_server *srv, char *err, size_t errlen);
+
+/* Applies a new configuration to a running server (SIGHUP): log.level
+ * takes effect at once; every other changed key is logged as needing a
+ * restart and keeps its running value. next == NULL means the new
+ * configuration could not be read. An invalid one changes nothing.
+ * Returns 0 (counted in reloads) or PS_ECONFIG with the reason in err
+ * (counted in reload_errors). From the thread that owns the server. */
+int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t errlen);
 
 /* True while the server is started, not stopping, and its acceptor runs
  * (a watchdog's question). Any thread. */

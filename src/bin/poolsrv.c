@@ -69,6 +69,45 @@ static void tune_malloc(void)
     mallopt(M_ARENA_MAX, cpus > 0 && cpus < 64 ? (int)cpus : 64);
 }
 
+/* Where the configuration comes from: the -c file and the -o overrides
+ * (pointers into argv), kept for a reload. */
+static const char *config_path;
+static const char **overrides;
+static int noverrides;
+
+/* The configuration: defaults, the file, the overrides, validated. */
+static int load_config(ps_config *cfg, char *err, size_t errlen)
+{
+    ps_config_defaults(cfg);
+    int rc = 0;
+    if (config_path != NULL)
+        rc = ps_config_load_file(cfg, config_path, err, errlen);
+    for (int i = 0; rc == 0 && i < noverrides; i++)
+        rc = ps_config_override(cfg, overrides[i], err, errlen);
+    if (rc == 0)
+        rc = ps_config_validate(cfg, err, errlen);
+    return rc;
+}
+
+/* SIGHUP: reads the configuration again and applies what can change while
+ * running (ps_server_reload); a broken one changes nothing. */
+static void reload(ps_server *srv)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    svc_notify("RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000);
+    static ps_config next; /* large: not on the stack */
+    char err[512];
+    if (load_config(&next, err, sizeof err) != 0) {
+        ps_log_error("reload: %s; the running configuration stays", err);
+        ps_server_reload(srv, NULL, NULL, 0);
+    } else if (ps_server_reload(srv, &next, err, sizeof err) != 0) {
+        ps_log_error("reload: %s; the running configuration stays", err);
+    }
+    svc_notify("READY=1");
+}
+
 int main(int argc, char **argv)
 {
     tune_malloc();
@@ -79,8 +118,7 @@ int main(int argc, char **argv)
     ps_config_defaults(&cfg);
 
     /* Overrides apply after the file, whatever their position. */
-    const char **overrides = calloc((size_t)argc, sizeof *overrides);
-    int noverrides = 0;
+    overrides = calloc((size_t)argc, sizeof *overrides);
     if (overrides == NULL)
         return 1;
     int opt;
@@ -91,7 +129,7 @@ int main(int argc, char **argv)
     };
     while ((opt = getopt_long(argc, argv, "c:o:thV", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'c': path = optarg; break;
+        case 'c': config_path = path = optarg; break;
         case 'o': overrides[noverrides++] = optarg; break;
         case 't': check_only = true; break;
         case 'h': usage(stdout); free(overrides); return 0;
@@ -105,14 +143,7 @@ int main(int argc, char **argv)
         free(overrides);
         return 2;
     }
-    int rc = 0;
-    if (path != NULL)
-        rc = ps_config_load_file(&cfg, path, err, sizeof err);
-    for (int i = 0; rc == 0 && i < noverrides; i++)
-        rc = ps_config_override(&cfg, overrides[i], err, sizeof err);
-    free(overrides);
-    if (rc == 0)
-        rc = ps_config_validate(&cfg, err, sizeof err);
+    int rc = load_config(&cfg, err, sizeof err);
     if (rc != 0) {
         fprintf(stderr, "poolsrv: %s\n", err);
         return 2;
@@ -138,10 +169,12 @@ int main(int argc, char **argv)
      * an ignored signal is discarded, and sigwait would never see it. */
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP); /* reload */
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit(&cfg);
@@ -184,6 +217,8 @@ int main(int argc, char **argv)
         struct timespec ts = {.tv_sec = (time_t)(tick_us / 1000000),
                               .tv_nsec = (long)(tick_us % 1000000) * 1000};
         sig = sigtimedwait(&stop_signals, NULL, &ts);
+        if (sig == SIGHUP)
+            reload(srv);
         if (sig >= 0)
             continue;
         ps_server_stats st;
@@ -199,5 +234,6 @@ int main(int argc, char **argv)
     ps_log_always("stopping on %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
     ps_server_destroy(srv);
     ps_module_close(mod);
+    free(overrides);
     return 0;
 }

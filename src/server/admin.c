@@ -88,6 +88,8 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT rejected_shutdown %llu\r\n", (unsigned long long)s.rejected_shutdown);
     add(r, "STAT slot_waits %llu\r\n", (unsigned long long)s.slot_waits);
     add(r, "STAT replies_deferred %llu\r\n", (unsigned long long)s.replies_deferred);
+    add(r, "STAT reloads %llu\r\n", (unsigned long long)s.reloads);
+    add(r, "STAT reload_errors %llu\r\n", (unsigned long long)s.reload_errors);
     add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);
     add(r, "STAT bytes_in %llu\r\n", (unsigned long long)s.bytes_in);
     add(r, "STAT bytes_out %llu\r\n", (unsigned long long)s.bytes_out);

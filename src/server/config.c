@@ -969,6 +969,33 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+int ps__config_diff(const ps_config *a, const ps_config *b,
+                    void (*changed)(const char *key, const char *was, const char *now, void *arg),
+                    void *arg)
+{
+    int n = 0;
+    char ta[PS_CONFIG_MODULE_MAX + 1], tb[PS_CONFIG_MODULE_MAX + 1], key[64];
+    for (size_t i = 0; i < PS__NKEYS; i++) {
+        const ps__key *k = &ps__keys[i];
+        if (!ps__format_key(a, k, ta, sizeof ta) || !ps__format_key(b, k, tb, sizeof tb) ||
+            strcmp(ta, tb) != 0) {
+            snprintf(key, sizeof key, "%s.%s", k->section, k->name);
+            changed(key, ta, tb, arg);
+            n++;
+        }
+    }
+    /* The handler's own keys, as one: any difference is a change. */
+    bool same = a->handler_nkeys == b->handler_nkeys;
+    for (size_t i = 0; same && i < a->handler_nkeys; i++)
+        same = strcmp(a->handler_keys[i].key, b->handler_keys[i].key) == 0 &&
+               strcmp(a->handler_keys[i].value, b->handler_keys[i].value) == 0;
+    if (!same) {
+        changed("handler keys", "", "", arg);
+        n++;
+    }
+    return n;
+}
+
 const char *ps_handler_name(ps_handler_kind kind)
 {
     if ((unsigned)kind < 2)

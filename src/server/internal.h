@@ -40,6 +40,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t rejected_shutdown; /* queued when the server stopped */
     atomic_uint_fast64_t slot_waits; /* waited for a slot at max_connections */
     atomic_uint_fast64_t replies_deferred; /* ps_reply_defer calls */
+    atomic_uint_fast64_t reloads, reload_errors;
     atomic_uint_fast64_t lines_too_long;
     atomic_uint_fast64_t idle_timeouts;
     atomic_uint_fast64_t send_timeouts;
@@ -349,6 +350,14 @@ void ps__admin_client_close(ps_server *srv, ps__admin_client *ac);
 int ps__echo_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
                   char *err, size_t errlen, size_t *bad);
 void ps__echo_fini(void *ud);
+
+/* ---- config.c ---- */
+
+/* Calls changed(key, was, now) for each key whose value differs between a
+ * and b ("handler keys" once for the handler's own); returns how many. */
+int ps__config_diff(const ps_config *a, const ps_config *b,
+                    void (*changed)(const char *key, const char *was, const char *now, void *arg),
+                    void *arg);
 
 /* ---- reply.c ---- */
 

@@ -439,6 +439,42 @@ int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd)
     return 0;
 }
 
+/* ps_server_reload: a key it cannot apply now. */
+static void needs_restart(const char *key, const char *was, const char *now, void *arg)
+{
+    (void)now;
+    if (strcmp(key, "log.level") == 0)
+        return; /* applied */
+    int *n = arg;
+    (*n)++;
+    if (strcmp(key, "handler keys") == 0)
+        ps_log_warn("reload: the handler's keys changed: needs restart (the old ones stay)");
+    else
+        ps_log_warn("reload: %s needs restart (stays %s)", key, was);
+}
+
+int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t errlen)
+{
+    char tmp[256];
+    if (err == NULL || errlen == 0) {
+        err = tmp;
+        errlen = sizeof tmp;
+    }
+    int rc = next == NULL ? PS_ECONFIG : ps_config_validate(next, err, errlen);
+    if (rc != 0) {
+        atomic_fetch_add_explicit(&srv->c.reload_errors, 1, memory_order_relaxed);
+        return rc;
+    }
+    int restart = 0;
+    ps__config_diff(&srv->cfg, next, needs_restart, &restart);
+    ps_log_set_level(next->log_level);
+    atomic_fetch_add_explicit(&srv->c.reloads, 1, memory_order_relaxed);
+    ps_log_always("reloaded: log.level %s; %d changed key%s need%s a restart",
+                  ps_log_level_name(next->log_level), restart, restart == 1 ? "" : "s",
+                  restart == 1 ? "s" : "");
+    return 0;
+}
+
 bool ps_server_healthy(const ps_server *srv)
 {
     return srv->started && !atomic_load_explicit(&srv->stopping, memory_order_acquire) &&
@@ -506,6 +542,8 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->rejected_shutdown = atomic_load_explicit(&c->rejected_shutdown, memory_order_relaxed);
     st->slot_waits = atomic_load_explicit(&c->slot_waits, memory_order_relaxed);
     st->replies_deferred = atomic_load_explicit(&c->replies_deferred, memory_order_relaxed);
+    st->reloads = atomic_load_explicit(&c->reloads, memory_order_relaxed);
+    st->reload_errors = atomic_load_explicit(&c->reload_errors, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);

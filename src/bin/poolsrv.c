@@ -100,8 +100,8 @@ static void reload(ps_server *srv)
     static ps_config next; /* large: not on the stack */
     char err[512];
     if (load_config(&next, err, sizeof err) != 0) {
+        ps_server_reload(srv, NULL, NULL, 0); /* counted before it is logged */
         ps_log_error("reload: %s; the running configuration stays", err);
-        ps_server_reload(srv, NULL, NULL, 0);
     } else if (ps_server_reload(srv, &next, err, sizeof err) != 0) {
         ps_log_error("reload: %s; the running configuration stays", err);
     }

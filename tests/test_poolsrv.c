@@ -518,8 +518,8 @@ static void test_notify(void **state)
     unlink(path);
 }
 
-/* SIGHUP reads the file again: log.level applies at once, other changed
- * keys are logged as needing a restart and keep their value, a broken file
+/* SIGHUP reads the file again: log.level and the limits apply at once,
+ * other changed keys are logged as needing a restart and keep their value, a broken file
  * is logged with its line and changes nothing; all counted; it serves on. */
 static void test_sighup_reload(void **state)
 {
@@ -539,14 +539,20 @@ static void test_sighup_reload(void **state)
 
     FILE *f = fopen(ini_path, "w");
     assert_non_null(f);
-    fputs("[log]\nlevel = info\n[pool]\nworkers = 8\n", f);
+    fputs("[log]\nlevel = info\n[pool]\nworkers = 8\n[limits]\nmax_line = 16\n", f);
     fclose(f);
     kill(p.pid, SIGHUP);
-    assert_true(t_proc_wait_log(&p, "reloaded: log.level info; 1 changed key needs a restart", T_MS));
+    assert_true(t_proc_wait_log(
+        &p, "reloaded: log.level info and limits applied; 1 changed key needs a restart", T_MS));
     assert_non_null(strstr(p.log, "reload: pool.workers needs restart (stays 4)"));
+    assert_non_null(strstr(p.log, "reload: limits.max_line 16 (was 8192)"));
     fd = t_connect_greeted(p.port, T_MS);
     assert_true(fd >= 0);
     assert_true(t_proc_wait_log(&p, "connection 2 from", T_MS)); /* info now */
+    /* The new max_line holds for the next line. */
+    assert_int_equal(t_send_str(fd, "sixteen bytes ok\nseventeen bytes!!\n"), 0);
+    expect_line(fd, "sixteen bytes ok\n");
+    expect_line(fd, "ERROR line too long\r\n");
     close(fd);
     char reply[8192];
     assert_true(t_admin(p.admin_port, "threads", reply, sizeof reply) > 0);

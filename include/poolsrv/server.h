@@ -152,9 +152,10 @@ int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd);
  * Address in use"); on failure nothing stays bound or running. */
 int ps_server_start(ps_server *srv, char *err, size_t errlen);
 
-/* Applies a new configuration to a running server (SIGHUP): log.level
- * takes effect at once; every other changed key is logged as needing a
- * restart and keeps its running value. next == NULL means the new
+/* Applies a new configuration to a running server (SIGHUP): log.level and
+ * the [limits] keys take effect at once (for the next line, connection or
+ * wait); every other changed key is logged as needing a restart and keeps
+ * its running value. next == NULL means the new
  * configuration could not be read. An invalid one changes nothing.
  * Returns 0 (counted in reloads) or PS_ECONFIG with the reason in err
  * (counted in reload_errors). From the thread that owns the server. */

@@ -60,7 +60,7 @@ static void add_threads(ps_server *srv, reply *r)
     if (srv->cfg.dispatch == PS_DISPATCH_THREAD) {
         /* No pool: a thread per connection, up to max_connections. */
         unsigned busy = (unsigned)atomic_load(&srv->c.conn_threads);
-        ps.max_threads = srv->cfg.max_connections;
+        ps.max_threads = PS__LIMIT(srv, max_connections);
         ps.busy_threads = busy;
         ps.available_threads = ps.max_threads > busy ? ps.max_threads - busy : 0;
     }

@@ -109,7 +109,7 @@ static int64_t handler_ended(ps_conn *c, int64_t began, const char *what)
     int64_t now = ps__now_us();
     if (handler_watch != NULL)
         atomic_store_explicit(handler_watch, 0, memory_order_relaxed);
-    unsigned slow_ms = c->srv->cfg.slow_handler_ms;
+    unsigned slow_ms = PS__LIMIT(c->srv, slow_handler_ms);
     if (slow_ms > 0 && now - began >= (int64_t)slow_ms * 1000) {
         atomic_fetch_add_explicit(&c->srv->c.slow_handlers, 1, memory_order_relaxed);
         ps_log_warn("connection %llu from %s: handler %s ran %lld ms (slow_handler_ms %u)",
@@ -234,7 +234,7 @@ ssize_t ps__conn_read(ps_conn *c)
     if (c->in_cap - c->in_len < PS__READ_CHUNK / 4) {
         /* Grow only as far as one maximal partial line plus a read: the
          * framer rejects anything longer, so this bounds memory. */
-        size_t limit = c->srv->cfg.max_line + 2 + PS__READ_CHUNK;
+        size_t limit = PS__LIMIT(c->srv, max_line) + 2 + PS__READ_CHUNK;
         size_t cap = c->in_cap * 2;
         if (cap < PS__READ_CHUNK)
             cap = PS__READ_CHUNK;
@@ -282,13 +282,13 @@ int ps__conn_process(ps_conn *c)
     while (c->out_len - c->out_off < PS__OUT_HIGH_WATER) {
         ps_line line;
         ssize_t n = ps_lineframe_next(c->in + c->in_off, c->in_len - c->in_off,
-                                      srv->cfg.max_line, &line);
+                                      PS__LIMIT(srv, max_line), &line);
         if (n == 0)
             break;
         if (n < 0) {
             atomic_fetch_add_explicit(&srv->c.lines_too_long, 1, memory_order_relaxed);
             ps_log_info("connection %llu from %s: line longer than %zu bytes",
-                        (unsigned long long)c->id, c->peer, srv->cfg.max_line);
+                        (unsigned long long)c->id, c->peer, PS__LIMIT(srv, max_line));
             static const char msg[] = "ERROR line too long\r\n";
             ps_conn_send(c, msg, sizeof msg - 1);
             c->in_off = c->in_len; /* the rest of that line is discarded */

@@ -34,7 +34,7 @@ static int64_t earliest(int64_t a, int64_t b)
  * client that stops reading for send_timeout seconds is dropped. */
 static int flush_all(ps_conn *c, ps_server *srv)
 {
-    int64_t deadline = ps__now_ms() + (int64_t)srv->cfg.send_timeout * 1000;
+    int64_t deadline = ps__now_ms() + (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
     size_t pending = ps__conn_pending_output(c);
     for (;;) {
         int rc = ps__conn_flush(c);
@@ -44,7 +44,7 @@ static int flush_all(ps_conn *c, ps_server *srv)
         size_t left = ps__conn_pending_output(c);
         if (left < pending) {
             pending = left;
-            deadline = now + (int64_t)srv->cfg.send_timeout * 1000;
+            deadline = now + (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
         }
         int64_t stop_deadline = atomic_load_explicit(&srv->stop_deadline_ms, memory_order_relaxed);
         int64_t until = earliest(deadline, stop_deadline > 0 ? stop_deadline : -1);
@@ -65,7 +65,7 @@ static int flush_all(ps_conn *c, ps_server *srv)
                 atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
                 ps_log_info("connection %llu from %s: not reading for %us, closing",
                             (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
-                            srv->cfg.send_timeout);
+                            PS__LIMIT(srv, send_timeout));
             }
             return -ETIMEDOUT;
         }
@@ -77,8 +77,8 @@ static int flush_all(ps_conn *c, ps_server *srv)
  * reply is ready to go, 0 on idle timeout, -1 when the server is stopping. */
 static int wait_input(ps_conn *c, ps_server *srv, bool input)
 {
-    int64_t deadline = srv->cfg.idle_timeout > 0
-                           ? ps__conn_last_line(c) + (int64_t)srv->cfg.idle_timeout * 1000
+    int64_t deadline = PS__LIMIT(srv, idle_timeout) > 0
+                           ? ps__conn_last_line(c) + (int64_t)PS__LIMIT(srv, idle_timeout) * 1000
                            : -1;
     for (;;) {
         struct pollfd p[3] = {
@@ -102,7 +102,7 @@ static int wait_input(ps_conn *c, ps_server *srv, bool input)
             atomic_fetch_add_explicit(&srv->c.idle_timeouts, 1, memory_order_relaxed);
             ps_log_info("connection %llu from %s: idle for %us, closing",
                         (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
-                        srv->cfg.idle_timeout);
+                        PS__LIMIT(srv, idle_timeout));
             return 0;
         }
     }

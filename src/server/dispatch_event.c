@@ -260,9 +260,9 @@ static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 {
     if (atomic_load_explicit(&c->want_write, memory_order_relaxed))
         return now - atomic_load_explicit(&c->write_wait_ms, memory_order_relaxed) >=
-               (int64_t)srv->cfg.send_timeout * 1000;
-    return srv->cfg.idle_timeout > 0 &&
-           now - ps__conn_last_line(c) >= (int64_t)srv->cfg.idle_timeout * 1000;
+               (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
+    return PS__LIMIT(srv, idle_timeout) > 0 &&
+           now - ps__conn_last_line(c) >= (int64_t)PS__LIMIT(srv, idle_timeout) * 1000;
 }
 
 /* Counts, logs and closes a connection found past its deadline. */
@@ -271,11 +271,11 @@ static void close_timed_out(ps_server *srv, ps_conn *c)
     if (atomic_load_explicit(&c->want_write, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
         ps_log_info("connection %llu from %s: not reading for %us, closing",
-                    (unsigned long long)c->id, c->peer, srv->cfg.send_timeout);
+                    (unsigned long long)c->id, c->peer, PS__LIMIT(srv, send_timeout));
     } else {
         atomic_fetch_add_explicit(&srv->c.idle_timeouts, 1, memory_order_relaxed);
         ps_log_info("connection %llu from %s: idle for %us, closing",
-                    (unsigned long long)c->id, c->peer, srv->cfg.idle_timeout);
+                    (unsigned long long)c->id, c->peer, PS__LIMIT(srv, idle_timeout));
     }
     event_close(srv, c);
 }

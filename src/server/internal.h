@@ -73,7 +73,18 @@ typedef struct ps__shard {
 typedef struct ps__linger ps__linger;
 typedef struct ps__event ps__event;
 
+/* The [limits] keys a reload may change while workers read them: atomic
+ * copies of cfg's (relaxed; each read takes the value of the moment).
+ * Read them with PS__LIMIT(srv, key), never cfg's fields. */
+typedef struct ps__limits {
+    _Atomic unsigned max_connections, max_connections_wait_ms;
+    _Atomic size_t max_line;
+    _Atomic unsigned idle_timeout, send_timeout, shutdown_timeout, slow_handler_ms;
+} ps__limits;
+#define PS__LIMIT(srv, key) atomic_load_explicit(&(srv)->limits.key, memory_order_relaxed)
+
 struct ps_server {
+    ps__limits limits;
     ps_config cfg;
     const ps_handler *handler;
     void *ud;

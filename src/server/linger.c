@@ -149,7 +149,7 @@ void ps__linger_close(ps_server *srv, int fd)
     if (l->count < PS__LINGER_MAX) {
         l->items[l->count++] = (ps__lingering){
             .fd = fd,
-            .deadline_ms = ps__now_ms() + (int64_t)srv->cfg.send_timeout * 1000,
+            .deadline_ms = ps__now_ms() + (int64_t)PS__LIMIT(srv, send_timeout) * 1000,
         };
         fd = -1;
     }

@@ -30,6 +30,20 @@ ps__stripe *ps__stripe_of(ps_server *srv)
     return &srv->c.stripes[idx];
 }
 
+/* The live copies of cfg's [limits]. */
+static void set_limits(ps_server *srv, const ps_config *cfg)
+{
+    ps__limits *l = &srv->limits;
+    atomic_store_explicit(&l->max_connections, cfg->max_connections, memory_order_relaxed);
+    atomic_store_explicit(&l->max_connections_wait_ms, cfg->max_connections_wait_ms,
+                          memory_order_relaxed);
+    atomic_store_explicit(&l->max_line, cfg->max_line, memory_order_relaxed);
+    atomic_store_explicit(&l->idle_timeout, cfg->idle_timeout, memory_order_relaxed);
+    atomic_store_explicit(&l->send_timeout, cfg->send_timeout, memory_order_relaxed);
+    atomic_store_explicit(&l->shutdown_timeout, cfg->shutdown_timeout, memory_order_relaxed);
+    atomic_store_explicit(&l->slow_handler_ms, cfg->slow_handler_ms, memory_order_relaxed);
+}
+
 int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *handler, void *ud,
                      char *err, size_t errlen)
 {
@@ -53,6 +67,7 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     }
     memset(srv, 0, sizeof *srv);
     srv->cfg = *cfg;
+    set_limits(srv, cfg);
     srv->handler = handler;
     srv->ud = ud;
     srv->listen_fd = -1;
@@ -78,7 +93,7 @@ static uint64_t count_in(ps_server *srv)
 {
     uint64_t active = atomic_fetch_add_explicit(&srv->c.curr_connections, 1,
                                                 memory_order_relaxed) + 1;
-    if (active <= srv->cfg.max_connections)
+    if (active <= PS__LIMIT(srv, max_connections))
         return active;
     atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
     return 0;
@@ -97,7 +112,7 @@ static void refuse_max(ps_server *srv, int fd)
 {
     refuse(srv, fd, &srv->c.rejected_max, "ERROR too many connections\r\n");
     ps_log_debug("rejected a connection: max_connections (%u) reached",
-                 srv->cfg.max_connections);
+                 PS__LIMIT(srv, max_connections));
 }
 
 /* Hands a counted-in socket to the dispatch without ever blocking the
@@ -191,14 +206,14 @@ static void take_connection(ps_server *srv, ps__slot_queue *q, int fd,
         serve(srv, fd, (const struct sockaddr *)peer, active);
         return;
     }
-    if (q->count == PS__SLOT_WAITERS || srv->cfg.max_connections_wait_ms == 0) {
+    if (q->count == PS__SLOT_WAITERS || PS__LIMIT(srv, max_connections_wait_ms) == 0) {
         refuse_max(srv, fd);
         return;
     }
     atomic_fetch_add_explicit(&srv->c.slot_waits, 1, memory_order_relaxed);
     ps__slot_waiter *w = &q->items[(q->head + q->count) % PS__SLOT_WAITERS];
     w->fd = fd;
-    w->deadline_ms = ps__now_ms() + srv->cfg.max_connections_wait_ms;
+    w->deadline_ms = ps__now_ms() + PS__LIMIT(srv, max_connections_wait_ms);
     w->peer = *peer;
     q->count++;
 }
@@ -439,12 +454,14 @@ int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd)
     return 0;
 }
 
-/* ps_server_reload: a key it cannot apply now. */
+/* ps_server_reload: a key it cannot apply now ([limits] and log.level it
+ * can). */
 static void needs_restart(const char *key, const char *was, const char *now, void *arg)
 {
-    (void)now;
-    if (strcmp(key, "log.level") == 0)
+    if (strcmp(key, "log.level") == 0 || strncmp(key, "limits.", 7) == 0) {
+        ps_log_always("reload: %s %s (was %s)", key, now, was);
         return; /* applied */
+    }
     int *n = arg;
     (*n)++;
     if (strcmp(key, "handler keys") == 0)
@@ -468,8 +485,19 @@ int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t er
     int restart = 0;
     ps__config_diff(&srv->cfg, next, needs_restart, &restart);
     ps_log_set_level(next->log_level);
+    /* The limits apply to the next line, connection or wait; cfg keeps
+     * what runs (only this thread reads its limits now). */
+    set_limits(srv, next);
+    srv->cfg.max_connections = next->max_connections;
+    srv->cfg.max_connections_wait_ms = next->max_connections_wait_ms;
+    srv->cfg.max_line = next->max_line;
+    srv->cfg.idle_timeout = next->idle_timeout;
+    srv->cfg.send_timeout = next->send_timeout;
+    srv->cfg.shutdown_timeout = next->shutdown_timeout;
+    srv->cfg.slow_handler_ms = next->slow_handler_ms;
+    srv->cfg.log_level = next->log_level;
     atomic_fetch_add_explicit(&srv->c.reloads, 1, memory_order_relaxed);
-    ps_log_always("reloaded: log.level %s; %d changed key%s need%s a restart",
+    ps_log_always("reloaded: log.level %s and limits applied; %d changed key%s need%s a restart",
                   ps_log_level_name(next->log_level), restart, restart == 1 ? "" : "s",
                   restart == 1 ? "s" : "");
     return 0;
@@ -490,7 +518,7 @@ void ps_server_stop(ps_server *srv)
         return;
     srv->stopped = true;
     atomic_store_explicit(&srv->stop_deadline_ms,
-                          ps__now_ms() + (int64_t)srv->cfg.shutdown_timeout * 1000,
+                          ps__now_ms() + (int64_t)PS__LIMIT(srv, shutdown_timeout) * 1000,
                           memory_order_relaxed);
     atomic_store_explicit(&srv->stopping, true, memory_order_release);
     uint64_t one = 1;

@@ -111,7 +111,6 @@ static void reload(ps_server *srv)
 int main(int argc, char **argv)
 {
     tune_malloc();
-    const char *path = NULL;
     bool check_only = false;
     ps_config cfg;
     char err[512];
@@ -129,7 +128,7 @@ int main(int argc, char **argv)
     };
     while ((opt = getopt_long(argc, argv, "c:o:thV", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'c': config_path = path = optarg; break;
+        case 'c': config_path = optarg; break;
         case 'o': overrides[noverrides++] = optarg; break;
         case 't': check_only = true; break;
         case 'h': usage(stdout); free(overrides); return 0;
@@ -156,7 +155,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check_only) {
-        printf("poolsrv: configuration %s is valid (handler %s)\n", path ? path : "(defaults)",
+        printf("poolsrv: configuration %s is valid (handler %s)\n",
+               config_path ? config_path : "(defaults)",
                ps_module_name(mod));
         ps_module_close(mod);
         return 0;

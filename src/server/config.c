@@ -969,6 +969,14 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+void ps__config_copy_section(ps_config *dst, const ps_config *src, const char *section)
+{
+    for (size_t i = 0; i < PS__NKEYS; i++)
+        if (strcmp(ps__keys[i].section, section) == 0)
+            memcpy((char *)dst + ps__keys[i].offset, (const char *)src + ps__keys[i].offset,
+                   ps__keys[i].size);
+}
+
 int ps__config_diff(const ps_config *a, const ps_config *b,
                     void (*changed)(const char *key, const char *was, const char *now, void *arg),
                     void *arg)

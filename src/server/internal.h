@@ -364,6 +364,9 @@ void ps__echo_fini(void *ud);
 
 /* ---- config.c ---- */
 
+/* Copies the keys of one section from src to dst. */
+void ps__config_copy_section(ps_config *dst, const ps_config *src, const char *section);
+
 /* Calls changed(key, was, now) for each key whose value differs between a
  * and b ("handler keys" once for the handler's own); returns how many. */
 int ps__config_diff(const ps_config *a, const ps_config *b,

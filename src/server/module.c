@@ -46,22 +46,23 @@ static int load(const char *path, const ps_module **mod, void **dl, char *err, s
     /* A path without a slash would be looked up in the library path:
      * a module is always the file named. */
     char local[PS_CONFIG_MODULE_MAX + 2];
+    const char *open_path = path;
     if (strchr(path, '/') == NULL) {
         snprintf(local, sizeof local, "./%s", path);
-        path = local;
+        open_path = local;
     }
-    *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    *dl = dlopen(open_path, RTLD_NOW | RTLD_LOCAL);
     if (*dl == NULL) {
         const char *why = dlerror();
         set_err(err, errlen, "%s: not a loadable handler module: %s",
-                path == local ? local + 2 : path, why ? why : "dlopen failed");
+                path, why ? why : "dlopen failed");
         return -EINVAL;
     }
     dlerror();
     const ps_module *m = dlsym(*dl, PS_MODULE_SYMBOL);
     if (m == NULL) {
         set_err(err, errlen, "%s: not a poolsrv handler module (no symbol %s)",
-                path == local ? local + 2 : path, PS_MODULE_SYMBOL);
+                path, PS_MODULE_SYMBOL);
         dlclose(*dl);
         return -EINVAL;
     }
@@ -69,12 +70,12 @@ static int load(const char *path, const ps_module **mod, void **dl, char *err, s
         set_err(err, errlen,
                 "%s: handler module built for module ABI %u; this poolsrv has ABI %d: "
                 "rebuild it against these headers",
-                path == local ? local + 2 : path, m->abi, PS_MODULE_ABI);
+                path, m->abi, PS_MODULE_ABI);
         dlclose(*dl);
         return -EINVAL;
     }
     if (m->handler == NULL) {
-        set_err(err, errlen, "%s: handler module has no handler", path == local ? local + 2 : path);
+        set_err(err, errlen, "%s: handler module has no handler", path);
         dlclose(*dl);
         return -EINVAL;
     }

@@ -74,6 +74,15 @@ void ps__format_addr(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+/* A listener's address as text, and its port. */
+static void describe_bound(const struct sockaddr_storage *ss, char *addr, size_t addrlen,
+                           uint16_t *port)
+{
+    ps__format_addr((const struct sockaddr *)ss, addr, addrlen);
+    *port = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+                                            : ((const struct sockaddr_in *)ss)->sin_port);
+}
+
 int ps__listen(const char *host, uint16_t port, int backlog, int *fd_out,
                uint16_t *bound_port, char *addr, size_t addrlen,
                char *err, size_t errlen)
@@ -125,10 +134,7 @@ int ps__listen(const char *host, uint16_t port, int backlog, int *fd_out,
             close(fd);
             continue;
         }
-        ps__format_addr((struct sockaddr *)&ss, addr, addrlen);
-        *bound_port = ntohs(ss.ss_family == AF_INET6
-                                ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                : ((struct sockaddr_in *)&ss)->sin_port);
+        describe_bound(&ss, addr, addrlen, bound_port);
         *fd_out = fd;
         rc = 0;
         break;
@@ -181,9 +187,7 @@ int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *add
         snprintf(err, errlen, "inherited %s listener (fd %d): fcntl: %s", what, fd, strerror(e));
         return -e;
     }
-    ps__format_addr((struct sockaddr *)&ss, addr, addrlen);
-    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    describe_bound(&ss, addr, addrlen, bound_port);
     return 0;
 }
 

@@ -484,18 +484,12 @@ int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t er
     }
     int restart = 0;
     ps__config_diff(&srv->cfg, next, needs_restart, &restart);
-    ps_log_set_level(next->log_level);
-    /* The limits apply to the next line, connection or wait; cfg keeps
-     * what runs (only this thread reads its limits now). */
-    set_limits(srv, next);
-    srv->cfg.max_connections = next->max_connections;
-    srv->cfg.max_connections_wait_ms = next->max_connections_wait_ms;
-    srv->cfg.max_line = next->max_line;
-    srv->cfg.idle_timeout = next->idle_timeout;
-    srv->cfg.send_timeout = next->send_timeout;
-    srv->cfg.shutdown_timeout = next->shutdown_timeout;
-    srv->cfg.slow_handler_ms = next->slow_handler_ms;
-    srv->cfg.log_level = next->log_level;
+    /* cfg keeps what runs (only this thread reads its limits and level);
+     * the limits apply to the next line, connection or wait. */
+    ps__config_copy_section(&srv->cfg, next, "limits");
+    ps__config_copy_section(&srv->cfg, next, "log");
+    set_limits(srv, &srv->cfg);
+    ps_log_set_level(srv->cfg.log_level);
     atomic_fetch_add_explicit(&srv->c.reloads, 1, memory_order_relaxed);
     ps_log_always("reloaded: log.level %s and limits applied; %d changed key%s need%s a restart",
                   ps_log_level_name(next->log_level), restart, restart == 1 ? "" : "s",

@@ -320,7 +320,7 @@ static uint16_t port_after(const char *log, const char *marker)
     return colon ? (uint16_t)strtoul(colon + 1, NULL, 10) : 0;
 }
 
-static int wait_exit(int pid, int timeout_ms)
+int t_wait_exit(int pid, int timeout_ms)
 {
     int64_t deadline = t_now_ms() + timeout_ms;
     for (;;) {
@@ -403,6 +403,8 @@ int t_proc_start_with(t_proc *p, char *const argv[], const t_child_opts *o, bool
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
     p->pid = pid;
     p->err_fd = fds[0];
+    if (o->no_wait)
+        return 0;
     int64_t deadline = t_now_ms() + timeout_ms;
     while (t_now_ms() < deadline) {
         t_proc_drain(p);
@@ -444,10 +446,10 @@ int t_proc_stop(t_proc *p, int sig, int timeout_ms)
     if (p->pid <= 0)
         return -ECHILD;
     kill(p->pid, sig);
-    int rc = wait_exit(p->pid, timeout_ms);
+    int rc = t_wait_exit(p->pid, timeout_ms);
     if (rc == -ETIMEDOUT) {
         kill(p->pid, SIGKILL);
-        wait_exit(p->pid, 5000);
+        t_wait_exit(p->pid, 5000);
     }
     t_proc_drain(p);
     close(p->err_fd);
@@ -487,10 +489,10 @@ int t_run(char *const argv[], char *out, size_t cap, int timeout_ms)
     }
     out[n] = '\0';
     close(fds[0]);
-    int rc = wait_exit(pid, (int)(deadline > t_now_ms() ? deadline - t_now_ms() : 0) + 100);
+    int rc = t_wait_exit(pid, (int)(deadline > t_now_ms() ? deadline - t_now_ms() : 0) + 100);
     if (rc == -ETIMEDOUT) {
         kill(pid, SIGKILL);
-        wait_exit(pid, 5000);
+        t_wait_exit(pid, 5000);
     }
     return rc;
 }

@@ -103,6 +103,9 @@ typedef struct t_child_opts {
     const int *listen_fds;
     int nlisten;
     const char *listen_names;
+    /* Return once the child runs, without waiting for its "listening on"
+     * line (a launcher that starts poolsrv later). */
+    bool no_wait;
 } t_child_opts;
 
 /* t_proc_start with more limits (a root process ignores RLIMIT_NPROC: give
@@ -116,6 +119,9 @@ void t_proc_drain(t_proc *p);
 /* Waits (bounded) until the child's log contains needle. */
 bool t_proc_wait_log(t_proc *p, const char *needle, int timeout_ms);
 
+/* Waits up to timeout_ms for child pid to exit and reaps it. Returns the
+ * exit status (0..255), 128+signal if killed by one, or -ETIMEDOUT. */
+int t_wait_exit(int pid, int timeout_ms);
 /* Sends sig and waits up to timeout_ms for exit. Returns the exit status
  * (0..255), 128+signal if killed by one, or -ETIMEDOUT (then SIGKILLs). */
 int t_proc_stop(t_proc *p, int sig, int timeout_ms);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1548,6 +1549,110 @@ static void test_stop_closes_clients(void **state)
     ps_server_destroy(NULL);
 }
 
+/* The clients of a draining server, driven from a thread while the test
+ * thread waits in ps_server_drain: each says a line, checks its echo and
+ * leaves; `queued` (connection mode: waiting for a worker) is greeted once
+ * one is free; a client arriving meanwhile is greeted by nobody. */
+typedef struct drain_clients {
+    int fds[3];         /* a, b: greeted; queued: connected */
+    uint16_t port;
+    int late;           /* connected during the drain */
+    bool late_greeted;  /* must stay false */
+    int failed_step;    /* 0 = all went well */
+} drain_clients;
+
+static bool say_and_leave(int fd, bool greet_first)
+{
+    char line[64];
+    if (greet_first && (t_read_line(fd, line, sizeof line, T_MS) <= 0 ||
+                        strcmp(line, "Welcome to my server\r\n") != 0))
+        return false;
+    if (t_send_str(fd, "before I go\n") != 0 || t_read_line(fd, line, sizeof line, T_MS) <= 0 ||
+        strcmp(line, "before I go\n") != 0)
+        return false;
+    return t_send_str(fd, "exit\n") == 0 && t_wait_eof(fd, T_MS) >= 0;
+}
+
+static void *drain_clients_main(void *arg)
+{
+    drain_clients *d = arg;
+    /* Give the drain a moment to begin: these clients must be served by a
+     * draining server, not by one that has not started to. */
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    d->late = t_connect(d->port);
+    d->late_greeted = d->late >= 0 && t_readable(d->late, 200);
+    for (int i = 0; i < 3 && d->failed_step == 0; i++)
+        if (!say_and_leave(d->fds[i], i == 2))
+            d->failed_step = i + 1;
+    return NULL;
+}
+
+/* ps_server_drain: no new client is taken, the connected ones (and one
+ * still queued for a worker) are served until they leave; then it returns
+ * 0 and the server stops. A client that never leaves is waited for
+ * shutdown_timeout, and counted in the return value. */
+static void test_drain_serves_then_stops(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 2;
+    cfg.shutdown_timeout = 20;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    drain_clients d = {.port = ps_server_port(srv), .late = -1};
+    d.fds[0] = t_connect_greeted(d.port, T_MS);
+    d.fds[1] = t_connect_greeted(d.port, T_MS);
+    d.fds[2] = t_connect(d.port);
+    assert_true(d.fds[0] >= 0 && d.fds[1] >= 0 && d.fds[2] >= 0);
+    ps_server_stats st;
+    for (int i = 0; i < 500; i++) { /* the third is accepted (bounded wait) */
+        ps_server_get_stats(srv, &st);
+        if (st.total_connections == 3)
+            break;
+        t_readable(d.fds[2], 10);
+    }
+    assert_int_equal(st.total_connections, 3);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, drain_clients_main, &d), 0);
+    int64_t t0 = t_now_ms();
+    unsigned left = ps_server_drain(srv);
+    int64_t ms = t_now_ms() - t0;
+    pthread_join(th, NULL);
+    assert_int_equal(left, 0);
+    assert_int_equal(d.failed_step, 0);
+    assert_true(d.late >= 0);
+    assert_false(d.late_greeted);
+    assert_true(ms < 10000);
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.total_connections, 3); /* the late one was not taken */
+    assert_false(ps_server_healthy(srv));
+    ps_server_stop(srv);
+    char line[64];
+    assert_true(t_read_line(d.late, line, sizeof line, T_MS) <= 0); /* never greeted */
+    for (int i = 0; i < 3; i++)
+        close(d.fds[i]);
+    close(d.late);
+    ps_server_destroy(srv);
+
+    /* A client that stays: the drain ends after shutdown_timeout. */
+    cfg.shutdown_timeout = 1;
+    srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int stays = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(stays >= 0);
+    t0 = t_now_ms();
+    assert_int_equal(ps_server_drain(srv), 1);
+    assert_true(t_now_ms() - t0 >= 1000);
+    assert_int_equal(t_send_str(stays, "still here\n"), 0);
+    expect_line(stays, "still here\n"); /* served until stop */
+    ps_server_stop(srv);
+    assert_true(t_wait_eof(stays, T_MS) >= 0);
+    close(stays);
+    ps_server_destroy(srv);
+}
+
 /* Connection mode: a client still in the queue when the server stops is
  * told so, and counted, instead of getting a bare FIN. */
 static void test_stop_tells_queued_clients(void **state)
@@ -1770,10 +1875,12 @@ static void test_ipv6_loopback(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2 || !t_set_dispatch(argv[1])) {
-        fprintf(stderr, "usage: test_server connection|event|thread\n");
+    if (argc < 2 || argc > 3 || !t_set_dispatch(argv[1])) {
+        fprintf(stderr, "usage: test_server connection|event|thread [TEST_PATTERN]\n");
         return 2;
     }
+    if (argc == 3)
+        cmocka_set_test_filter(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greeting_and_echo),
         cmocka_unit_test(test_close_commands),
@@ -1806,6 +1913,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_send_timeout_never_reading_client),
         cmocka_unit_test(test_vanishing_clients),
         cmocka_unit_test(test_stop_closes_clients),
+        cmocka_unit_test(test_drain_serves_then_stops),
         cmocka_unit_test(test_stop_tells_queued_clients),
         cmocka_unit_test(test_admin_commands_sent_together),
         cmocka_unit_test(test_start_failures),

@@ -169,6 +169,20 @@ bool ps_server_healthy(const ps_server *srv);
 uint16_t ps_server_port(const ps_server *srv);
 uint16_t ps_server_admin_port(const ps_server *srv);
 
+/* The listening sockets, data and admin (-1: none), still the server's: to
+ * pass to a process that takes over (SIGUSR2 in poolsrv). From the thread
+ * that owns the server. */
+int ps_server_listen_fd(const ps_server *srv);
+int ps_server_admin_listen_fd(const ps_server *srv);
+
+/* A graceful end, before ps_server_stop: takes no new client (on either
+ * listener; the listening sockets stay open until stop, so a process that
+ * shares them takes the connections waiting there), serves the connected
+ * clients until they leave, for at most cfg.shutdown_timeout seconds.
+ * Returns how many connections are still open (0: all left). From the
+ * thread that owns the server; the server is still to be stopped. */
+unsigned ps_server_drain(ps_server *srv);
+
 /* Stops accepting, lets connections finish the lines they already read,
  * closes them, joins every thread. Waits at most cfg.shutdown_timeout
  * seconds for connections, then closes the rest. Idempotent. */

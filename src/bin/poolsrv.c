@@ -16,11 +16,14 @@
 #include "poolsrv/server.h"
 #include "poolsrv/version.h"
 #include "service.h"
+#include "upgrade.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: poolsrv [-c FILE] [-o SECTION.KEY=VALUE]... [-t]\n"
+            "signals: TERM, INT stop; QUIT drains, then stops; HUP reloads;\n"
+            "         USR2 hands the listeners over to a new poolsrv, then drains\n"
             "  -c FILE   configuration file (INI); without it, built-in defaults\n"
             "  -o S.K=V  override one key, e.g. -o pool.workers=4 (repeatable)\n"
             "  -t        check the configuration and exit (0 when valid)\n"
@@ -108,8 +111,32 @@ static void reload(ps_server *srv)
     svc_notify("READY=1");
 }
 
+/* How long a new process started by SIGUSR2 may take to be ready. */
+#define HANDOVER_READY_MS 30000
+
+/* SIGUSR2: a new poolsrv (the program as it is on disk now) takes the
+ * listeners; true once it serves, and this one is to drain and exit. A
+ * failure changes nothing here. */
+static bool hand_over(ps_server *srv)
+{
+    ps_log_always("SIGUSR2: starting a new poolsrv with this one's listeners");
+    char err[256];
+    pid_t pid = upgrade_start(ps_server_listen_fd(srv), ps_server_admin_listen_fd(srv),
+                              HANDOVER_READY_MS, err, sizeof err);
+    if (pid < 0) {
+        ps_log_error("hand-over failed: %s; this process goes on serving", err);
+        return false;
+    }
+    ps_log_always("hand-over: pid %d serves from now on", (int)pid);
+    /* The manager's main process is now the new one (NotifyAccess=main
+     * takes its notifications from then on). */
+    svc_notify("MAINPID=%d\nSTATUS=handed over to pid %d", (int)pid, (int)pid);
+    return true;
+}
+
 int main(int argc, char **argv)
 {
+    upgrade_init(argv);
     tune_malloc();
     bool check_only = false;
     ps_config cfg;
@@ -170,11 +197,15 @@ int main(int argc, char **argv)
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    signal(SIGUSR2, SIG_DFL);
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGHUP); /* reload */
+    sigaddset(&stop_signals, SIGQUIT); /* drain, then stop */
+    sigaddset(&stop_signals, SIGHUP);  /* reload */
+    sigaddset(&stop_signals, SIGUSR2); /* hand over to a new process */
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit(&cfg);
@@ -206,6 +237,7 @@ int main(int argc, char **argv)
     if (cfg.handler_module[0] != '\0')
         ps_log_always("handler %s from %s", ps_module_name(mod), cfg.handler_module);
     svc_notify("READY=1\nSTATUS=serving on port %u", (unsigned)ps_server_port(srv));
+    upgrade_ready(); /* to the process that started this one, if one did */
     /* Until a stop signal: the watchdog at half its interval, and a status
      * line every few seconds, for a service manager. */
     uint64_t watchdog_us = svc_watchdog_usec();
@@ -213,12 +245,15 @@ int main(int argc, char **argv)
     if (tick_us > 5000000)
         tick_us = 5000000;
     int sig = -1;
-    while (sig != SIGINT && sig != SIGTERM) {
+    bool handed_over = false;
+    while (sig != SIGINT && sig != SIGTERM && sig != SIGQUIT && !handed_over) {
         struct timespec ts = {.tv_sec = (time_t)(tick_us / 1000000),
                               .tv_nsec = (long)(tick_us % 1000000) * 1000};
         sig = sigtimedwait(&stop_signals, NULL, &ts);
         if (sig == SIGHUP)
             reload(srv);
+        if (sig == SIGUSR2)
+            handed_over = hand_over(srv);
         if (sig >= 0)
             continue;
         ps_server_stats st;
@@ -230,8 +265,16 @@ int main(int argc, char **argv)
         svc_notify("STATUS=%llu connections, %llu busy workers", (unsigned long long)st.curr_connections,
                    (unsigned long long)ps.busy_threads);
     }
-    svc_notify("STOPPING=1");
-    ps_log_always("stopping on %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (handed_over) {
+        ps_log_always("stopping after the hand-over: draining first");
+        ps_server_drain(srv);
+    } else {
+        svc_notify("STOPPING=1");
+        ps_log_always("stopping on %s%s", sig == SIGINT ? "SIGINT" : sig == SIGQUIT ? "SIGQUIT" : "SIGTERM",
+                      sig == SIGQUIT ? ": draining first" : "");
+        if (sig == SIGQUIT)
+            ps_server_drain(srv);
+    }
     ps_server_destroy(srv);
     ps_module_close(mod);
     free(overrides);

@@ -271,17 +271,21 @@ static void *admin_main(void *arg)
      * server says it is up; this thread's alone from then on. */
     int *reserve = &srv->admin_reserve;
 
+    /* Draining, the listener is no longer polled (a negative fd is left
+     * out by poll): the clients connected go on being answered. */
+    bool listening = true;
     for (;;) {
-        struct pollfd p[2 + PS__ADMIN_MAX_CLIENTS];
+        struct pollfd p[3 + PS__ADMIN_MAX_CLIENTS];
         p[0] = (struct pollfd){.fd = srv->stop_fd, .events = POLLIN};
-        p[1] = (struct pollfd){.fd = srv->admin_fd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = listening ? srv->drain_fd : -1, .events = POLLIN};
+        p[2] = (struct pollfd){.fd = listening ? srv->admin_fd : -1, .events = POLLIN};
         for (int i = 0; i < nclients; i++) {
             admin_client *ac = clients[i];
             /* A client with a reply pending is not read until it takes it. */
             short ev = ps__admin_client_wants_write(ac) ? POLLOUT : POLLIN;
-            p[2 + i] = (struct pollfd){.fd = ac->fd, .events = ev};
+            p[3 + i] = (struct pollfd){.fd = ac->fd, .events = ev};
         }
-        int n = poll(p, 2 + (nfds_t)nclients, 1000);
+        int n = poll(p, 3 + (nfds_t)nclients, 1000);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -290,12 +294,16 @@ static void *admin_main(void *arg)
         }
         if (p[0].revents)
             break;
+        if (p[1].revents) {
+            listening = false;
+            p[2].revents = 0;
+        }
 
         int64_t now = ps__now_ms();
         for (int i = nclients - 1; i >= 0; i--) {
             admin_client *ac = clients[i];
             bool keep = true;
-            short rev = p[2 + i].revents;
+            short rev = p[3 + i].revents;
             if (rev & POLLOUT)
                 keep = ps__admin_client_flush(srv, ac);
             else if (rev & (POLLIN | POLLHUP | POLLERR))
@@ -310,7 +318,7 @@ static void *admin_main(void *arg)
 
         if (*reserve < 0)
             *reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (p[1].revents & POLLIN) {
+        if (p[2].revents & POLLIN) {
             struct sockaddr_storage ss;
             socklen_t sl = sizeof ss;
             int fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,

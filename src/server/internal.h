@@ -105,6 +105,11 @@ struct ps_server {
     int stop_fd;
     atomic_bool stopping;
     atomic_int_fast64_t stop_deadline_ms; /* monotonic; 0 = not stopping */
+    /* ps_server_drain: like stop_fd, written once and never read; it tells
+     * the acceptor and the admin thread to take no new client while the
+     * connections already in go on being served. */
+    int drain_fd;
+    atomic_bool draining;
 
     pthread_t acceptor;
     pthread_t admin;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -75,6 +76,7 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     srv->inherited_fd = -1;
     srv->inherited_admin_fd = -1;
     srv->stop_fd = -1;
+    srv->drain_fd = -1;
     srv->admin_reserve = -1;
     srv->start_ms = ps__now_ms();
     if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
@@ -239,28 +241,36 @@ static void *acceptor_main(void *arg)
 
     while (!atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
         slot_queue_run(srv, slots);
-        struct pollfd p[2] = {
+        /* Draining: no more accepts; the clients already waiting for a
+         * slot still get theirs (or are refused when their wait ends). */
+        bool draining = atomic_load_explicit(&srv->draining, memory_order_acquire);
+        if (draining && slots->count == 0)
+            break;
+        struct pollfd p[3] = {
             {.fd = srv->stop_fd, .events = POLLIN},
+            {.fd = srv->drain_fd, .events = POLLIN},
             {.fd = srv->listen_fd, .events = POLLIN},
         };
         int64_t now = ps__now_ms();
         bool paused = paused_until > now;
-        /* While paused, watch only the stop signal: the listening socket
-         * would report readable at once and turn the pause into a spin. */
+        /* While paused, watch only the stop and drain signals: the
+         * listening socket would report readable at once and turn the
+         * pause into a spin. Draining, the drain signal (readable for
+         * good) is left out too. */
         /* Thread mode wakes once a second to join finished threads. */
         int wait_ms = paused ? (int)(paused_until - now)
                       : srv->cfg.dispatch == PS_DISPATCH_THREAD ? 1000 : -1;
         if (slots->count > 0 && (wait_ms < 0 || wait_ms > PS__SLOT_TICK_MS))
             wait_ms = PS__SLOT_TICK_MS;
-        int n = poll(p, paused ? 1 : 2, wait_ms);
+        int n = poll(p, draining ? 1 : paused ? 2 : 3, wait_ms);
         if (srv->cfg.dispatch == PS_DISPATCH_THREAD)
             ps__thread_reap(srv, false);
         if (n < 0 && errno != EINTR) {
             ps_log_error("acceptor poll: %s", strerror(errno));
             break;
         }
-        if (n <= 0 || p[0].revents)
-            continue; /* timeout ends a pause; stop is checked by the loop */
+        if (n <= 0 || p[0].revents || p[1].revents || draining)
+            continue; /* timeout ends a pause; stop and drain are checked by the loop */
 
         for (int i = 0; i < PS__ACCEPT_BATCH; i++) {
             struct sockaddr_storage ss;
@@ -318,10 +328,11 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     int rc;
     srv->start_ms = ps__now_ms(); /* before any thread can read it */
     srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (srv->stop_fd < 0) {
+    srv->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (srv->stop_fd < 0 || srv->drain_fd < 0) {
         rc = -errno;
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
-        return rc;
+        goto fail;
     }
     srv->backlog = srv->cfg.backlog > 0 ? srv->cfg.backlog : ps__somaxconn();
     if (srv->inherited_fd >= 0) {
@@ -438,6 +449,7 @@ fail:
     close_fd(&srv->inherited_fd);
     close_fd(&srv->inherited_admin_fd);
     close_fd(&srv->stop_fd);
+    close_fd(&srv->drain_fd);
     atomic_store(&srv->stopping, false);
     srv->port = srv->admin_port = 0;
     return rc;
@@ -505,6 +517,43 @@ bool ps_server_healthy(const ps_server *srv)
 
 uint16_t ps_server_port(const ps_server *srv) { return srv->listen_fd >= 0 ? srv->port : 0; }
 uint16_t ps_server_admin_port(const ps_server *srv) { return srv->admin_fd >= 0 ? srv->admin_port : 0; }
+int ps_server_listen_fd(const ps_server *srv) { return srv->listen_fd; }
+int ps_server_admin_listen_fd(const ps_server *srv) { return srv->admin_fd; }
+
+unsigned ps_server_drain(ps_server *srv)
+{
+    if (srv == NULL || !srv->started || srv->stopped)
+        return 0;
+    if (!atomic_exchange_explicit(&srv->draining, true, memory_order_acq_rel)) {
+        uint64_t one = 1;
+        if (write(srv->drain_fd, &one, sizeof one) < 0)
+            ps_log_error("drain signal: %s", strerror(errno));
+        /* The acceptor ends once no client waits for a slot any more. The
+         * listener stays open until stop: whoever shares it (a process
+         * that inherited it) takes the connections waiting there. */
+        if (srv->acceptor_started)
+            pthread_join(srv->acceptor, NULL);
+        srv->acceptor_started = false;
+    }
+    unsigned timeout = PS__LIMIT(srv, shutdown_timeout);
+    int64_t deadline = ps__now_ms() + (int64_t)timeout * 1000;
+    uint64_t left = atomic_load_explicit(&srv->c.curr_connections, memory_order_relaxed);
+    ps_log_always("draining: %llu connection%s open; waiting up to %us for them to close",
+                  (unsigned long long)left, left == 1 ? "" : "s", timeout);
+    /* The connections end on their own, on whichever threads serve them;
+     * this thread only watches the count, a few times per 10 ms. */
+    while (left > 0 && ps__now_ms() < deadline) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        left = atomic_load_explicit(&srv->c.curr_connections, memory_order_relaxed);
+    }
+    if (left == 0)
+        ps_log_always("drained: every connection closed");
+    else
+        ps_log_warn("drain: %llu connection%s still open after %us; closing them",
+                    (unsigned long long)left, left == 1 ? "" : "s", timeout);
+    return (unsigned)left;
+}
 
 void ps_server_stop(ps_server *srv)
 {
@@ -536,6 +585,7 @@ void ps_server_stop(ps_server *srv)
     ps__event_teardown(srv);
     ps__linger_stop(srv); /* last: every connection has handed its socket over */
     close_fd(&srv->stop_fd);
+    close_fd(&srv->drain_fd);
     ps_log_info("stopped: %llu connections served",
                 (unsigned long long)atomic_load(&srv->c.total_connections));
 }

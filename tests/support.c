@@ -441,6 +441,24 @@ bool t_proc_wait_log(t_proc *p, const char *needle, int timeout_ms)
     }
 }
 
+const char *t_proc_wait_log_nth(t_proc *p, const char *needle, int n, int timeout_ms)
+{
+    int64_t deadline = t_now_ms() + timeout_ms;
+    for (;;) {
+        t_proc_drain(p);
+        const char *at = p->log;
+        int seen = 0;
+        while ((at = strstr(at, needle)) != NULL) {
+            if (++seen == n)
+                return at;
+            at += strlen(needle);
+        }
+        if (t_now_ms() >= deadline)
+            return NULL;
+        t_readable(p->err_fd, 50);
+    }
+}
+
 int t_proc_stop(t_proc *p, int sig, int timeout_ms)
 {
     if (p->pid <= 0)

@@ -119,6 +119,9 @@ void t_proc_drain(t_proc *p);
 /* Waits (bounded) until the child's log contains needle. */
 bool t_proc_wait_log(t_proc *p, const char *needle, int timeout_ms);
 
+/* Waits (bounded) for the n-th occurrence of needle in the child's log;
+ * returns where it starts, or NULL. */
+const char *t_proc_wait_log_nth(t_proc *p, const char *needle, int n, int timeout_ms);
 /* Waits up to timeout_ms for child pid to exit and reaps it. Returns the
  * exit status (0..255), 128+signal if killed by one, or -ETIMEDOUT. */
 int t_wait_exit(int pid, int timeout_ms);

@@ -338,7 +338,7 @@ static void test_module_errors(void **state)
         {PS_SOURCE_DIR "/README.md", PS_SOURCE_DIR "/README.md: not a loadable handler module"},
         {PS_SOURCE_DIR "/conf", PS_SOURCE_DIR "/conf: handler module: not a regular file"},
         {NO_ENTRY_MODULE, NO_ENTRY_MODULE ": not a poolsrv handler module (no symbol poolsrv_module)"},
-        {WRONG_ABI_MODULE, WRONG_ABI_MODULE ": handler module built for module ABI 2; this poolsrv has ABI 1"},
+        {WRONG_ABI_MODULE, WRONG_ABI_MODULE ": handler module built for module ABI 3; this poolsrv takes ABI 1 to 2"},
     };
     uint16_t port = t_free_port();
     char port_opt[32];
@@ -578,6 +578,90 @@ static void test_sighup_reload(void **state)
     unlink(ini_path);
 }
 
+/* Rewrites the file at path with text. */
+static void rewrite(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_true(fputs(text, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* SIGHUP and the handler's keys: the built-in modules take a new greeting
+ * for the next client (a client already in is served on); a key the
+ * module refuses fails the reload with FILE:LINE and changes nothing. */
+static void test_sighup_reload_handler_keys(void **state)
+{
+    (void)state;
+    char ini_path[64];
+    snprintf(ini_path, sizeof ini_path, "%s",
+             write_temp("[log]\nlevel = warn\n[handler]\ngreeting = Hello one\n"));
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-c", ini_path, "-o", "server.port=0",
+                                                 "-o", "admin.port=0", NULL},
+                                  0, true, T_MS), 0);
+    int before = t_connect(p.port);
+    assert_true(before >= 0);
+    expect_line(before, "Hello one\r\n");
+
+    rewrite(ini_path, "[log]\nlevel = warn\n[handler]\ngreeting = Hello two\n");
+    kill(p.pid, SIGHUP);
+    assert_true(t_proc_wait_log(&p, "reload: the handler's keys applied", T_MS));
+    assert_null(strstr(p.log, "needs restart"));
+    int fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    expect_line(fd, "Hello two\r\n");
+    close(fd);
+    assert_int_equal(t_send_str(before, "still served\n"), 0);
+    expect_line(before, "still served\n");
+
+    rewrite(ini_path, "[log]\nlevel = warn\n[handler]\ngreeting = Hello three\ncolour = blue\n");
+    kill(p.pid, SIGHUP);
+    char want[128];
+    snprintf(want, sizeof want, "reload: %s:5: handler.colour: unknown key", ini_path);
+    assert_true(t_proc_wait_log(&p, want, T_MS));
+    fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    expect_line(fd, "Hello two\r\n"); /* nothing changed */
+    close(fd);
+
+    /* server.greeting, the older spelling, reloads too. */
+    rewrite(ini_path, "[log]\nlevel = warn\n[server]\ngreeting = Old style\n");
+    kill(p.pid, SIGHUP);
+    assert_non_null(t_proc_wait_log_nth(&p, "reload: the handler's keys applied", 2, T_MS));
+    fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    expect_line(fd, "Old style\r\n");
+    close(fd);
+    char reply[8192];
+    assert_true(t_admin(p.admin_port, "stats", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "reloads"), 2);
+    assert_int_equal(t_stat(reply, "reload_errors"), 1);
+    close(before);
+    stop_ok(&p, SIGTERM, T_MS);
+    unlink(ini_path);
+
+    /* A module without reload (here one built for ABI 1, whose struct has
+     * no reload at all): loaded and served; a change to what its keys
+     * would be needs a restart. */
+    snprintf(ini_path, sizeof ini_path, "%s",
+             write_temp("[log]\nlevel = warn\n[handler]\nmodule = " ABI1_MODULE "\n"));
+    assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-c", ini_path, "-o", "server.port=0",
+                                                 "-o", "admin.port=0", NULL},
+                                  0, true, T_MS), 0);
+    fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    expect_line(fd, "abi 1 here\r\n");
+    close(fd);
+    rewrite(ini_path, "[log]\nlevel = warn\n[server]\ngreeting = x\n[handler]\nmodule = " ABI1_MODULE
+                      "\n");
+    kill(p.pid, SIGHUP);
+    assert_true(t_proc_wait_log(&p, "reload: server.greeting needs restart", T_MS));
+    assert_null(strstr(p.log, "keys applied"));
+    stop_ok(&p, SIGTERM, T_MS);
+    unlink(ini_path);
+}
+
 /* The default backlog is the system's somaxconn, and the start log says
  * so; a configured one is used as it is. */
 static void test_backlog_defaults_to_somaxconn(void **state)
@@ -788,6 +872,7 @@ int main(void)
         cmocka_unit_test(test_socket_activation_refused),
         cmocka_unit_test(test_notify),
         cmocka_unit_test(test_sighup_reload),
+        cmocka_unit_test(test_sighup_reload_handler_keys),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
         cmocka_unit_test(test_handler_greeting),

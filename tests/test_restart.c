@@ -216,26 +216,6 @@ static void report_and_check(const char *what, const loop_stats *s)
 
 /* ---- log helpers ---- */
 
-/* Waits (bounded) for the n-th occurrence of needle in the log; returns
- * where it starts, or NULL. */
-static const char *wait_log_nth(t_proc *p, const char *needle, int n, int timeout_ms)
-{
-    int64_t deadline = t_now_ms() + timeout_ms;
-    for (;;) {
-        t_proc_drain(p);
-        const char *at = p->log;
-        int seen = 0;
-        while ((at = strstr(at, needle)) != NULL) {
-            if (++seen == n)
-                return at;
-            at += strlen(needle);
-        }
-        if (t_now_ms() >= deadline)
-            return NULL;
-        t_readable(p->err_fd, 50);
-    }
-}
-
 static int count_in_log(const char *log, const char *needle)
 {
     int n = 0;
@@ -287,7 +267,7 @@ static void test_handover_loop(void **state)
     for (int r = 1; r <= ROUNDS; r++) {
         int old = p.pid;
         assert_int_equal(kill(old, SIGUSR2), 0);
-        const char *said = wait_log_nth(&p, "hand-over: pid ", r, START_MS);
+        const char *said = t_proc_wait_log_nth(&p, "hand-over: pid ", r, START_MS);
         if (said == NULL)
             fail_msg("hand-over %d not logged; log:\n%s", r, p.log);
         int next = atoi(said + strlen("hand-over: pid "));
@@ -352,7 +332,7 @@ static void test_handover_fails_then_succeeds(void **state)
     fclose(f);
     int old = p.pid;
     assert_int_equal(kill(old, SIGUSR2), 0);
-    const char *said = wait_log_nth(&p, "hand-over: pid ", 1, START_MS);
+    const char *said = t_proc_wait_log_nth(&p, "hand-over: pid ", 1, START_MS);
     if (said == NULL)
         fail_msg("second hand-over not logged:\n%s", p.log);
     p.pid = g_pid = atoi(said + strlen("hand-over: pid "));

@@ -23,8 +23,10 @@ extern "C" {
  */
 
 /* Raised whenever ps_module, ps_handler or what a module may call changes
- * incompatibly. */
-#define PS_MODULE_ABI 1
+ * incompatibly. ABI 2 added `reload`; poolsrv still loads ABI 1 modules
+ * (their keys then need a restart to change). */
+#define PS_MODULE_ABI 2
+#define PS_MODULE_ABI_OLDEST 1
 #define PS_MODULE_SYMBOL "poolsrv_module"
 
 /* A [handler] key of the module's own: every key of the section but name
@@ -51,10 +53,20 @@ typedef struct ps_module {
                 char *err, size_t errlen, size_t *bad);
     /* Frees what init made, after the server has stopped. May be NULL. */
     void (*fini)(void *ud);
+    /*
+     * Applies changed keys to the running module (SIGHUP), on the main
+     * thread while workers run its callbacks with the same ud: the module
+     * makes the change safe for them. Same arguments and errors as init;
+     * on an error nothing changes. May be NULL: then a change of its keys
+     * needs a restart.
+     */
+    int (*reload)(void *ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
+                  char *err, size_t errlen, size_t *bad);
 } ps_module;
 
 /* Defines the module's entry point: PS_MODULE_DEFINE("upper", &handler,
- * init_or_NULL, fini_or_NULL). */
+ * init_or_NULL, fini_or_NULL), or with a reload callback
+ * PS_MODULE_DEFINE_RELOAD("upper", &handler, init, fini, reload). */
 #ifdef __cplusplus
 #define PS__MODULE_LINKAGE extern "C"
 #else
@@ -62,7 +74,10 @@ typedef struct ps_module {
 #endif
 #define PS_MODULE_DEFINE(name_, handler_, init_, fini_)                                  \
     PS__MODULE_LINKAGE __attribute__((visibility("default"))) const ps_module            \
-        poolsrv_module = {PS_MODULE_ABI, (name_), (handler_), (init_), (fini_)}
+        poolsrv_module = {PS_MODULE_ABI, (name_), (handler_), (init_), (fini_), NULL}
+#define PS_MODULE_DEFINE_RELOAD(name_, handler_, init_, fini_, reload_)                  \
+    PS__MODULE_LINKAGE __attribute__((visibility("default"))) const ps_module            \
+        poolsrv_module = {PS_MODULE_ABI, (name_), (handler_), (init_), (fini_), (reload_)}
 
 /* The built-in modules: echo (greeting key: the greeting line, "" for none;
  * by default server.greeting) and sleep (echo, and "sleep N" blocks N ms). */
@@ -83,6 +98,13 @@ int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, si
 const ps_handler *ps_module_handler(const ps_module_instance *m);
 void *ps_module_ud(const ps_module_instance *m);
 const char *ps_module_name(const ps_module_instance *m);
+
+/* Applies cfg's handler keys to the running module (its reload). Returns
+ * 0 when applied; 1 when they cannot change while running (the module has
+ * no reload, or cfg names another module); PS_ECONFIG with the reason in
+ * err, as ps_module_open words it, when the module refuses them (nothing
+ * changed). From the main thread. */
+int ps_module_reload(ps_module_instance *m, const ps_config *cfg, char *err, size_t errlen);
 
 /* Runs the module's fini and unloads it. Call after the server is
  * destroyed. NULL is ignored. */

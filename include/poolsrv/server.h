@@ -154,12 +154,23 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen);
 
 /* Applies a new configuration to a running server (SIGHUP): log.level and
  * the [limits] keys take effect at once (for the next line, connection or
- * wait); every other changed key is logged as needing a restart and keeps
- * its running value. next == NULL means the new
+ * wait), the handler's keys when its reload (ps_server_set_handler_reload)
+ * takes them; every other changed key is logged as needing a restart and
+ * keeps its running value. next == NULL means the new
  * configuration could not be read. An invalid one changes nothing.
  * Returns 0 (counted in reloads) or PS_ECONFIG with the reason in err
  * (counted in reload_errors). From the thread that owns the server. */
 int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t errlen);
+
+/* What ps_server_reload asks when the handler's keys ([handler] keys other
+ * than name and module, or server.greeting) changed and the handler is
+ * the same: apply them and return 0; return 1 when they need a restart; or
+ * return a negative code with the reason in err, which fails the reload
+ * (nothing changes). Runs on the thread that calls ps_server_reload. */
+typedef int (*ps_handler_reload_fn)(const ps_config *next, void *arg, char *err, size_t errlen);
+
+/* Sets (fn NULL: clears) the handler's reload; before ps_server_start. */
+void ps_server_set_handler_reload(ps_server *srv, ps_handler_reload_fn fn, void *arg);
 
 /* True while the server is started, not stopping, and its acceptor runs
  * (a watchdog's question). Any thread. */

@@ -92,6 +92,12 @@ static int load_config(ps_config *cfg, char *err, size_t errlen)
     return rc;
 }
 
+/* The handler's part of a reload: the module's own reload. */
+static int reload_module(const ps_config *next, void *arg, char *err, size_t errlen)
+{
+    return ps_module_reload(arg, next, err, errlen);
+}
+
 /* SIGHUP: reads the configuration again and applies what can change while
  * running (ps_server_reload); a broken one changes nothing. */
 static void reload(ps_server *srv)
@@ -227,6 +233,7 @@ int main(int argc, char **argv)
     }
     if (inherited > 0)
         ps_server_use_listeners(srv, data_fd, admin_fd);
+    ps_server_set_handler_reload(srv, reload_module, mod);
     rc = ps_server_start(srv, err, sizeof err);
     if (rc != 0) {
         ps_log_error("%s", err);

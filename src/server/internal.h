@@ -88,6 +88,8 @@ struct ps_server {
     ps_config cfg;
     const ps_handler *handler;
     void *ud;
+    ps_handler_reload_fn handler_reload; /* ps_server_set_handler_reload */
+    void *handler_reload_arg;
 
     ps_pool *pool;
     int listen_fd;
@@ -362,10 +364,15 @@ void ps__admin_client_close(ps_server *srv, ps__admin_client *ac);
 
 /* ---- echo.c ---- */
 
-/* The built-in modules' init and fini (echo and sleep): the greeting key. */
+/* The built-in modules' init, reload and fini (echo and sleep): the
+ * greeting key, kept in a box whose greeting a reload replaces. */
 int ps__echo_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
                   char *err, size_t errlen, size_t *bad);
+int ps__echo_reload(void *ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
+                    char *err, size_t errlen, size_t *bad);
 void ps__echo_fini(void *ud);
+/* on_open of the built-in modules: the greeting in the box `ud`. */
+int ps__module_greeting_open(ps_conn *conn, void *ud);
 
 /* ---- config.c ---- */
 

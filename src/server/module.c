@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@ struct ps_module_instance {
     const ps_module *module;
     void *ud;
     void *dl; /* dlopen's handle; NULL for a built-in module */
+    char path[PS_CONFIG_MODULE_MAX]; /* handler.module as loaded; "" = built-in */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -66,11 +68,11 @@ static int load(const char *path, const ps_module **mod, void **dl, char *err, s
         dlclose(*dl);
         return -EINVAL;
     }
-    if (m->abi != PS_MODULE_ABI) {
+    if (m->abi < PS_MODULE_ABI_OLDEST || m->abi > PS_MODULE_ABI) {
         set_err(err, errlen,
-                "%s: handler module built for module ABI %u; this poolsrv has ABI %d: "
+                "%s: handler module built for module ABI %u; this poolsrv takes ABI %d to %d: "
                 "rebuild it against these headers",
-                path, m->abi, PS_MODULE_ABI);
+                path, m->abi, PS_MODULE_ABI_OLDEST, PS_MODULE_ABI);
         dlclose(*dl);
         return -EINVAL;
     }
@@ -89,6 +91,27 @@ static void discard(ps_module_instance *mi)
     if (mi->dl != NULL)
         dlclose(mi->dl);
     free(mi);
+}
+
+/* cfg's handler keys as a module sees them. */
+static void module_keys(const ps_config *cfg, ps_module_key *keys)
+{
+    for (size_t i = 0; i < cfg->handler_nkeys && i < PS_CONFIG_HANDLER_KEYS; i++)
+        keys[i] = (ps_module_key){cfg->handler_keys[i].key, cfg->handler_keys[i].value};
+}
+
+/* An init or reload that refused: "ORIGIN: handler.KEY: reason" for the
+ * key at fault, else "WHAT: handler NAME: reason". */
+static void key_error(const ps_config *cfg, const ps_module *mod, const char *what,
+                      const char *fallback, const char *reason, size_t bad, char *err,
+                      size_t errlen)
+{
+    if (bad < cfg->handler_nkeys)
+        set_err(err, errlen, "%s: handler.%s: %s", cfg->handler_keys[bad].origin,
+                cfg->handler_keys[bad].key, reason[0] ? reason : "refused");
+    else
+        set_err(err, errlen, "%s: handler %s: %s", what, mod->name,
+                reason[0] ? reason : fallback);
 }
 
 int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, size_t errlen)
@@ -112,10 +135,10 @@ int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, si
         what = mi->module->name;
     }
 
+    snprintf(mi->path, sizeof mi->path, "%s", cfg->handler_module);
     size_t n = cfg->handler_nkeys;
     ps_module_key keys[PS_CONFIG_HANDLER_KEYS];
-    for (size_t i = 0; i < n && i < PS_CONFIG_HANDLER_KEYS; i++)
-        keys[i] = (ps_module_key){cfg->handler_keys[i].key, cfg->handler_keys[i].value};
+    module_keys(cfg, keys);
     if (mi->module->init == NULL) {
         if (n > 0) {
             set_err(err, errlen, "%s: handler.%s: unknown key (handler %s takes no keys)",
@@ -127,12 +150,7 @@ int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, si
         char reason[512] = "";
         size_t bad = (size_t)-1;
         if (mi->module->init(&mi->ud, keys, n, cfg, reason, sizeof reason, &bad) != 0) {
-            if (bad < n)
-                set_err(err, errlen, "%s: handler.%s: %s", cfg->handler_keys[bad].origin,
-                        cfg->handler_keys[bad].key, reason[0] ? reason : "refused");
-            else
-                set_err(err, errlen, "%s: handler %s: %s", what, mi->module->name,
-                        reason[0] ? reason : "init failed");
+            key_error(cfg, mi->module, what, "init failed", reason, bad, err, errlen);
             discard(mi);
             return PS_ECONFIG;
         }
@@ -144,6 +162,30 @@ int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, si
 const ps_handler *ps_module_handler(const ps_module_instance *m) { return m->module->handler; }
 void *ps_module_ud(const ps_module_instance *m) { return m->ud; }
 const char *ps_module_name(const ps_module_instance *m) { return m->module->name; }
+
+int ps_module_reload(ps_module_instance *m, const ps_config *cfg, char *err, size_t errlen)
+{
+    if (m == NULL || cfg == NULL)
+        return -EINVAL;
+    bool same_module = cfg->handler_module[0] != '\0'
+                           ? strcmp(cfg->handler_module, m->path) == 0
+                           : m->path[0] == '\0' &&
+                                 m->module == (cfg->handler == PS_HANDLER_SLEEP ? &ps_sleep_module
+                                                                                : &ps_echo_module);
+    /* An ABI 1 module's struct ends before `reload`. */
+    if (!same_module || m->module->abi < 2 || m->module->reload == NULL)
+        return 1;
+    ps_module_key keys[PS_CONFIG_HANDLER_KEYS];
+    module_keys(cfg, keys);
+    char reason[512] = "";
+    size_t bad = (size_t)-1;
+    if (m->module->reload(m->ud, keys, cfg->handler_nkeys, cfg, reason, sizeof reason, &bad) != 0) {
+        key_error(cfg, m->module, m->path[0] ? m->path : m->module->name, "reload failed", reason,
+                  bad, err, errlen);
+        return PS_ECONFIG;
+    }
+    return 0;
+}
 
 void ps_module_close(ps_module_instance *m)
 {

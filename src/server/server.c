@@ -482,6 +482,26 @@ static void needs_restart(const char *key, const char *was, const char *now, voi
         ps_log_warn("reload: %s needs restart (stays %s)", key, was);
 }
 
+/* Whether the handler's keys (its [handler] keys, or server.greeting) differ. */
+static bool handler_keys_changed(const ps_config *a, const ps_config *b)
+{
+    if (strcmp(a->greeting, b->greeting) != 0 || a->handler_nkeys != b->handler_nkeys)
+        return true;
+    for (size_t i = 0; i < a->handler_nkeys; i++)
+        if (strcmp(a->handler_keys[i].key, b->handler_keys[i].key) != 0 ||
+            strcmp(a->handler_keys[i].value, b->handler_keys[i].value) != 0)
+            return true;
+    return false;
+}
+
+void ps_server_set_handler_reload(ps_server *srv, ps_handler_reload_fn fn, void *arg)
+{
+    if (srv == NULL || srv->started)
+        return;
+    srv->handler_reload = fn;
+    srv->handler_reload_arg = arg;
+}
+
 int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t errlen)
 {
     char tmp[256];
@@ -493,6 +513,22 @@ int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t er
     if (rc != 0) {
         atomic_fetch_add_explicit(&srv->c.reload_errors, 1, memory_order_relaxed);
         return rc;
+    }
+    if (handler_keys_changed(&srv->cfg, next) && srv->handler_reload != NULL &&
+        strcmp(srv->cfg.handler_module, next->handler_module) == 0 &&
+        srv->cfg.handler == next->handler) {
+        rc = srv->handler_reload(next, srv->handler_reload_arg, err, errlen);
+        if (rc < 0) {
+            atomic_fetch_add_explicit(&srv->c.reload_errors, 1, memory_order_relaxed);
+            return rc;
+        }
+        if (rc == 0) {
+            /* Applied: what runs is the new keys, for the diff below too. */
+            memcpy(srv->cfg.greeting, next->greeting, sizeof srv->cfg.greeting);
+            srv->cfg.handler_nkeys = next->handler_nkeys;
+            memcpy(srv->cfg.handler_keys, next->handler_keys, sizeof srv->cfg.handler_keys);
+            ps_log_always("reload: the handler's keys applied");
+        }
     }
     int restart = 0;
     ps__config_diff(&srv->cfg, next, needs_restart, &restart);

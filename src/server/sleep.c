@@ -52,10 +52,18 @@ const ps_handler ps_sleep_handler = {
     .on_close = NULL,
 };
 
+/* The module's callbacks: sleep's, greeting from the reloadable box. */
+static const ps_handler sleep_module_handler = {
+    .on_open = ps__module_greeting_open,
+    .on_line = sleep_line,
+    .on_close = NULL,
+};
+
 const ps_module ps_sleep_module = {
     .abi = PS_MODULE_ABI,
     .name = "sleep",
-    .handler = &ps_sleep_handler,
+    .handler = &sleep_module_handler,
     .init = ps__echo_init,
     .fini = ps__echo_fini,
+    .reload = ps__echo_reload,
 };

@@ -4,4 +4,4 @@
 static const ps_handler none = {0};
 
 __attribute__((visibility("default"))) const ps_module poolsrv_module = {
-    PS_MODULE_ABI + 1, "wrong_abi", &none, NULL, NULL};
+    PS_MODULE_ABI + 1, "wrong_abi", &none, NULL, NULL, NULL};

@@ -200,6 +200,31 @@ ssize_t t_admin(uint16_t port, const char *cmd, char *buf, size_t cap)
     return rc < 0 ? rc : (ssize_t)n;
 }
 
+/* Sends request to the admin port and reads until the server closes (or,
+ * with one_line, one line). Returns the bytes read or a negative code. */
+ssize_t t_admin_raw(uint16_t port, const char *request, bool one_line, char *buf, size_t cap)
+{
+    int fd = t_connect(port);
+    if (fd < 0)
+        return fd;
+    ssize_t n = t_send_str(fd, request);
+    if (n == 0 && one_line) {
+        n = t_read_line(fd, buf, cap, 5000);
+    } else if (n == 0) {
+        size_t got = 0;
+        while (got + 1 < cap && t_readable(fd, 5000)) {
+            ssize_t r = recv(fd, buf + got, cap - 1 - got, 0);
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        buf[got] = '\0';
+        n = (ssize_t)got;
+    }
+    close(fd);
+    return n;
+}
+
 long long t_stat(const char *reply, const char *name)
 {
     char key[128];

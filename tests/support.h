@@ -43,6 +43,10 @@ bool t_readable(int fd, int timeout_ms);
  * "ERROR" line into buf. Returns the reply length or a negative code. */
 ssize_t t_admin(uint16_t port, const char *cmd, char *buf, size_t cap);
 
+/* Sends request (as is) to the admin port and reads until the server
+ * closes, or with one_line one line; NUL-terminated. Returns the bytes
+ * read or a negative code. */
+ssize_t t_admin_raw(uint16_t port, const char *request, bool one_line, char *buf, size_t cap);
 /* The value of "STAT name N" in an admin reply, or -1. */
 long long t_stat(const char *reply, const char *name);
 

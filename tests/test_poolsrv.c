@@ -662,6 +662,74 @@ static void test_sighup_reload_handler_keys(void **state)
     unlink(ini_path);
 }
 
+/* drain_delay: SIGTERM first turns `ready` to NOT READY and `agent` to
+ * drain for that long while clients are still served, then stops. */
+static void test_drain_delay(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=warn", "-o", "limits.drain_delay=1"), 0,
+                                  true, T_MS), 0);
+    char buf[256];
+    assert_true(t_admin_raw(p.admin_port, "ready\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "READY\r\n");
+    char aport[16], out[1024];
+    snprintf(aport, sizeof aport, "%u", (unsigned)p.admin_port);
+    char *probe[] = {POOLCTL_BIN, "-p", aport, "ready", NULL};
+    assert_int_equal(t_run(probe, out, sizeof out, T_MS), 0);
+    int64_t t0 = t_now_ms();
+    assert_int_equal(kill(p.pid, SIGTERM), 0);
+    assert_true(t_proc_wait_log(&p, "drain_delay: serving 1 s more before the stop", T_MS));
+    assert_true(t_admin_raw(p.admin_port, "ready\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "NOT READY draining\r\n");
+    assert_true(t_admin_raw(p.admin_port, "agent\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "drain\n");
+    assert_int_equal(t_run(probe, out, sizeof out, T_MS), 1); /* a probe fails now */
+    assert_non_null(strstr(out, "NOT READY draining"));
+    int fd = t_connect_greeted(p.port, T_MS); /* still accepting */
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "still served\n"), 0);
+    expect_line(fd, "still served\n");
+    close(fd);
+    stop_ok(&p, 0, T_MS); /* signal 0: waits for the exit SIGTERM brings */
+    int64_t ms = t_now_ms() - t0;
+    assert_true(ms >= 1000);
+    assert_true(strstr(p.log, "stopping on SIGTERM") > strstr(p.log, "drain_delay: serving"));
+}
+
+/* The metrics of a live poolsrv parse with Prometheus' own parser
+ * (python3-prometheus-client), through tests/metrics/check_prometheus.py. */
+static void test_metrics_parse(void **state)
+{
+    (void)state;
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=warn"), 0, true, T_MS), 0);
+    int fd = t_connect_greeted(p.port, T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "a line\n"), 0);
+    expect_line(fd, "a line\n");
+    close(fd);
+    char body[32768];
+    ssize_t n = t_admin_raw(p.admin_port, "GET /metrics HTTP/1.0\r\n\r\n", false, body, sizeof body);
+    stop_ok(&p, SIGTERM, T_MS);
+    assert_true(n > 0);
+    const char *text = strstr(body, "\r\n\r\n");
+    assert_non_null(text);
+    char *path = write_temp(text + 4);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/metrics/check_prometheus.py < %s",
+             PS_SOURCE_DIR, path);
+    char out[4096];
+    int rc = t_run((char *[]){"/bin/sh", "-c", cmd, NULL}, out, sizeof out, 20000);
+    unlink(path);
+    if (rc == 77 && getenv("POOLSRV_REQUIRE_TOOLS") == NULL) {
+        print_message("SKIP: %s", out);
+        skip();
+    }
+    if (rc != 0)
+        fail_msg("check_prometheus.py exited %d:\n%s", rc, out);
+}
+
 /* The default backlog is the system's somaxconn, and the start log says
  * so; a configured one is used as it is. */
 static void test_backlog_defaults_to_somaxconn(void **state)
@@ -873,6 +941,8 @@ int main(void)
         cmocka_unit_test(test_notify),
         cmocka_unit_test(test_sighup_reload),
         cmocka_unit_test(test_sighup_reload_handler_keys),
+        cmocka_unit_test(test_drain_delay),
+        cmocka_unit_test(test_metrics_parse),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
         cmocka_unit_test(test_handler_greeting),

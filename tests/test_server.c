@@ -1686,6 +1686,117 @@ static void test_stop_tells_queued_clients(void **state)
     ps_server_destroy(srv);
 }
 
+/* The value of a sample line "name value" in Prometheus text, or -1. */
+static long long metric(const char *text, const char *name)
+{
+    size_t len = strlen(name);
+    for (const char *p = text; (p = strstr(p, name)) != NULL; p += len)
+        if ((p == text || p[-1] == '\n') && p[len] == ' ')
+            return strtoll(p + len + 1, NULL, 10);
+    return -1;
+}
+
+/* For load balancers and monitoring: `ready` (READY, NOT READY once a stop
+ * is announced or every worker stays busy with clients waiting), `agent`
+ * (up N%, drain), `metrics` and GET /metrics with the handler-time
+ * histogram counting each line. */
+static void test_admin_ready_agent_metrics(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = 2;
+    ps_server *srv = t_start(&cfg, &ps_sleep_handler);
+    assert_non_null(srv);
+    uint16_t ap = ps_server_admin_port(srv);
+    char buf[32768];
+    assert_true(t_admin_raw(ap, "ready\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "READY\r\n");
+    assert_true(t_admin_raw(ap, "agent\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "up 100%\n");
+
+    int fd = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "one\ntwo\nsleep 30\n"), 0);
+    expect_line(fd, "one\n");
+    expect_line(fd, "two\n");
+    expect_line(fd, "sleep 30\n");
+    assert_true(t_admin(ap, "metrics", buf, sizeof buf) > 0);
+    assert_int_equal(metric(buf, "poolsrv_lines_total"), 3);
+    assert_int_equal(metric(buf, "poolsrv_handler_seconds_count"), 3);
+    assert_int_equal(metric(buf, "poolsrv_handler_seconds_bucket{le=\"+Inf\"}"), 3);
+    /* The sleep of 30 ms is above 25 ms, the quick two at most 10 ms
+     * apart from scheduling: at most 2 at or below 25 ms. */
+    assert_true(metric(buf, "poolsrv_handler_seconds_bucket{le=\"0.025\"}") <= 2);
+    assert_non_null(strstr(buf, "# TYPE poolsrv_handler_seconds histogram"));
+    assert_non_null(strstr(buf, "END\r\n"));
+
+    /* A scrape: HTTP/1.0 and 1.1, the body's length as announced, then
+     * the connection closes. */
+    static const char *const gets[] = {"GET /metrics HTTP/1.0\r\n\r\n",
+                                       "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"};
+    for (int i = 0; i < 2; i++) {
+        ssize_t n = t_admin_raw(ap, gets[i], false, buf, sizeof buf);
+        assert_true(n > 0);
+        assert_true(strncmp(buf, "HTTP/1.0 200 OK\r\n", 17) == 0);
+        const char *cl = strstr(buf, "Content-Length: ");
+        const char *body = strstr(buf, "\r\n\r\n");
+        assert_non_null(cl);
+        assert_non_null(body);
+        body += 4;
+        assert_int_equal(strtol(cl + 16, NULL, 10), (long)(buf + n - body));
+        assert_int_equal(metric(body, "poolsrv_lines_total"), 3);
+        assert_null(strstr(body, "END"));
+    }
+    assert_true(t_admin_raw(ap, "GET /other HTTP/1.0\r\n\r\n", false, buf, sizeof buf) > 0);
+    assert_true(strncmp(buf, "HTTP/1.0 404 Not Found\r\n", 24) == 0);
+
+    /* Every worker held, a client waiting: NOT READY within a moment. */
+    int busy[2];
+    for (int i = 0; i < 2; i++) {
+        busy[i] = t_connect(ps_server_port(srv));
+        assert_true(busy[i] >= 0);
+    }
+    assert_int_equal(t_send_str(fd, "sleep 4000\n"), 0);
+    int waiting = -1;
+    if (t_dispatch != PS_DISPATCH_THREAD) { /* thread mode has no pool to fill */
+        char line[64];
+        assert_true(t_read_line(busy[0], line, sizeof line, T_MS) > 0);
+        assert_int_equal(t_send_str(busy[0], "sleep 4000\n"), 0);
+        waiting = busy[1];
+        assert_int_equal(t_send_str(waiting, "hello\n"), 0);
+        bool not_ready = false;
+        for (int i = 0; i < 40 && !not_ready; i++) {
+            assert_true(t_admin_raw(ap, "ready\r\n", true, buf, sizeof buf) > 0);
+            not_ready = strcmp(buf, "NOT READY no worker free\r\n") == 0;
+            if (!not_ready) { /* the admin thread samples 4 times a second */
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        if (!not_ready) {
+            t_admin(ap, "threads", buf, sizeof buf);
+            fail_msg("ready stayed READY with every worker held; threads:\n%s", buf);
+        }
+        assert_true(t_admin_raw(ap, "agent\r\n", true, buf, sizeof buf) > 0);
+        assert_string_equal(buf, "up 1%\n");
+    }
+    for (int i = 0; i < 2; i++)
+        close(busy[i]);
+    close(fd);
+
+    /* A stop announced: NOT READY and drain, and still serving. */
+    ps_server_announce_stop(srv);
+    assert_true(t_admin_raw(ap, "ready\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "NOT READY draining\r\n");
+    assert_true(t_admin_raw(ap, "agent\r\n", true, buf, sizeof buf) > 0);
+    assert_string_equal(buf, "drain\n");
+    int late = t_connect_greeted(ps_server_port(srv), 10000);
+    assert_true(late >= 0);
+    close(late);
+    ps_server_destroy(srv);
+}
+
 /* Admin commands sent together each get their reply, in order: four in one
  * write; 1,000 then a half-close; 100 `help`s. */
 static void test_admin_commands_sent_together(void **state)
@@ -1916,6 +2027,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_drain_serves_then_stops),
         cmocka_unit_test(test_stop_tells_queued_clients),
         cmocka_unit_test(test_admin_commands_sent_together),
+        cmocka_unit_test(test_admin_ready_agent_metrics),
         cmocka_unit_test(test_start_failures),
         cmocka_unit_test(test_create_says_why),
         cmocka_unit_test(test_log_sink),

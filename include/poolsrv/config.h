@@ -70,6 +70,7 @@ typedef struct ps_config {
     unsigned idle_timeout;        /* seconds, 0 = never; <= 86400 */
     unsigned send_timeout;        /* seconds, 1..3600 */
     unsigned shutdown_timeout;    /* seconds to finish on SIGTERM, 1..3600 */
+    unsigned drain_delay;         /* seconds NOT READY, still serving, before a stop; 0..3600 */
     unsigned slow_handler_ms;     /* handler calls this long are logged; 0 = off */
     /* [admin] */
     bool admin_enabled;

@@ -186,6 +186,12 @@ uint16_t ps_server_admin_port(const ps_server *srv);
 int ps_server_listen_fd(const ps_server *srv);
 int ps_server_admin_listen_fd(const ps_server *srv);
 
+/* From now on the admin port's `ready` answers NOT READY and `agent`
+ * drain, while the server goes on accepting and serving: a load balancer
+ * stops sending it new clients before it stops accepting (drain_delay).
+ * Any thread; idempotent. */
+void ps_server_announce_stop(ps_server *srv);
+
 /* A graceful end, before ps_server_stop: takes no new client (on either
  * listener; the listening sockets stay open until stop, so a process that
  * shares them takes the connections waiting there), serves the connected

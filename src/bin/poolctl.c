@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,7 +14,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: poolctl [-H HOST] [-p PORT] [-t TIMEOUT_MS] COMMAND\n"
-            "  COMMAND   threads | stats | help\n"
+            "  COMMAND   threads | stats | metrics | ready | agent | help\n"
+            "            (ready: exit 1 unless the server answers READY)\n"
             "  -H HOST   admin address (default 127.0.0.1)\n"
             "  -p PORT   admin port (default 9051)\n"
             "  -t MS     give up after this long (default 5000)\n"
@@ -99,6 +101,8 @@ int main(int argc, char **argv)
     /* The server closes after "quit": read until then, bounded by time. */
     int status = 0;
     char buf[4096];
+    char first[8] = ""; /* the reply's first bytes, for `ready` */
+    size_t nfirst = 0;
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int r = poll(&p, 1, timeout_ms);
@@ -120,9 +124,14 @@ int main(int argc, char **argv)
             break;
         }
         fwrite(buf, 1, (size_t)got, stdout);
+        for (ssize_t i = 0; i < got && nfirst < sizeof first - 1; i++)
+            first[nfirst++] = buf[i];
         if (memmem(buf, (size_t)got, "ERROR", 5) != NULL)
             status = 1;
     }
     close(fd);
+    /* A probe (Kubernetes exec, a script) reads the exit status. */
+    if (strcasecmp(cmd, "ready") == 0 && strcmp(first, "READY\r\n") != 0)
+        status = 1;
     return status;
 }

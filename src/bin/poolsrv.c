@@ -77,6 +77,8 @@ static void tune_malloc(void)
 static const char *config_path;
 static const char **overrides;
 static int noverrides;
+/* limits.drain_delay as last loaded (a reload may change it). */
+static unsigned drain_delay;
 
 /* The configuration: defaults, the file, the overrides, validated. */
 static int load_config(ps_config *cfg, char *err, size_t errlen)
@@ -113,6 +115,8 @@ static void reload(ps_server *srv)
         ps_log_error("reload: %s; the running configuration stays", err);
     } else if (ps_server_reload(srv, &next, err, sizeof err) != 0) {
         ps_log_error("reload: %s; the running configuration stays", err);
+    } else {
+        drain_delay = next.drain_delay;
     }
     svc_notify("READY=1");
 }
@@ -138,6 +142,31 @@ static bool hand_over(ps_server *srv)
      * takes its notifications from then on). */
     svc_notify("MAINPID=%d\nSTATUS=handed over to pid %d", (int)pid, (int)pid);
     return true;
+}
+
+/* drain_delay: before a stop, `ready` says NOT READY and `agent` drain
+ * while the server goes on serving, so that a load balancer sends new
+ * clients elsewhere first. SIGINT (or the stop signal again) cuts it short. */
+static void announce_stop(ps_server *srv, const sigset_t *signals)
+{
+    svc_notify("STOPPING=1\nSTATUS=draining for %u s", drain_delay);
+    ps_server_announce_stop(srv);
+    ps_log_always("drain_delay: serving %u s more before the stop", drain_delay);
+    struct timespec end, now;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += (time_t)drain_delay;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long left_ns = (long long)(end.tv_sec - now.tv_sec) * 1000000000LL + (end.tv_nsec - now.tv_nsec);
+        if (left_ns <= 0)
+            return;
+        struct timespec ts = {.tv_sec = (time_t)(left_ns / 1000000000LL), .tv_nsec = (long)(left_ns % 1000000000LL)};
+        int sig = sigtimedwait(signals, NULL, &ts);
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGQUIT) {
+            ps_log_always("drain_delay cut short by %s", sig == SIGINT ? "SIGINT" : sig == SIGQUIT ? "SIGQUIT" : "SIGTERM");
+            return;
+        }
+    }
 }
 
 int main(int argc, char **argv)
@@ -195,6 +224,7 @@ int main(int argc, char **argv)
         return 0;
     }
     ps_log_set_level(cfg.log_level);
+    drain_delay = cfg.drain_delay;
 
     /* Signals are taken by sigwait in this thread only: block them before
      * any thread starts so every thread inherits the mask. */
@@ -272,6 +302,8 @@ int main(int argc, char **argv)
         svc_notify("STATUS=%llu connections, %llu busy workers", (unsigned long long)st.curr_connections,
                    (unsigned long long)ps.busy_threads);
     }
+    if ((sig == SIGTERM || sig == SIGQUIT) && drain_delay > 0)
+        announce_stop(srv, &stop_signals);
     if (handed_over) {
         ps_log_always("stopping after the hand-over: draining first");
         ps_server_drain(srv);

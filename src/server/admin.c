@@ -1,7 +1,9 @@
 /*
  * The admin listener: its own thread with its own poll loop, never a pool
  * worker, so it answers while every worker is busy and the queue is full.
- * Read-only commands, memcached's "STAT name value" replies.
+ * Read-only commands, memcached's "STAT name value" replies; `metrics` in
+ * Prometheus text, also as the reply to an HTTP GET /metrics; `ready` and
+ * `agent` for a load balancer's health and agent checks.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,12 +20,14 @@
 
 #define PS__ADMIN_MAX_CLIENTS 32
 #define PS__ADMIN_LINE_MAX 256
-#define PS__ADMIN_REPLY_MAX 4096
+#define PS__ADMIN_REPLY_MAX 16384 /* metrics: about 7 KiB */
 #define PS__ADMIN_IDLE_MS 60000
 
 struct ps__admin_client {
     int fd;
     bool closing;      /* close once the reply is written */
+    bool http;         /* an HTTP request line came: headers until a blank line */
+    bool http_metrics; /* ... for /metrics */
     bool eof;          /* the client sent all it will: answer, then close */
     int64_t last_ms;
     size_t in_len;
@@ -53,17 +57,24 @@ static void add(reply *r, const char *fmt, ...)
         r->len += (size_t)n < r->cap - r->len ? (size_t)n : r->cap - r->len - 1;
 }
 
-static void add_threads(ps_server *srv, reply *r)
+/* The pool's numbers as an operator reads them: in thread mode, the
+ * threads per connection up to max_connections. */
+static void pool_stats(ps_server *srv, ps_pool_stats *ps)
 {
-    ps_pool_stats ps;
-    ps_server_get_pool_stats(srv, &ps);
+    ps_server_get_pool_stats(srv, ps);
     if (srv->cfg.dispatch == PS_DISPATCH_THREAD) {
         /* No pool: a thread per connection, up to max_connections. */
         unsigned busy = (unsigned)atomic_load(&srv->c.conn_threads);
-        ps.max_threads = PS__LIMIT(srv, max_connections);
-        ps.busy_threads = busy;
-        ps.available_threads = ps.max_threads > busy ? ps.max_threads - busy : 0;
+        ps->max_threads = PS__LIMIT(srv, max_connections);
+        ps->busy_threads = busy;
+        ps->available_threads = ps->max_threads > busy ? ps->max_threads - busy : 0;
     }
+}
+
+static void add_threads(ps_server *srv, reply *r)
+{
+    ps_pool_stats ps;
+    pool_stats(srv, &ps);
     add(r, "STAT max_threads %u\r\n", ps.max_threads);
     add(r, "STAT available_threads %u\r\n", ps.available_threads);
     add(r, "STAT busy_threads %u\r\n", ps.busy_threads);
@@ -119,6 +130,73 @@ static void add_stats(ps_server *srv, reply *r)
     add_threads(srv, r);
 }
 
+/* The whole exposition (Prometheus text), or a line saying it did not fit. */
+static void add_metrics(ps_server *srv, reply *r)
+{
+    ps_server_stats st;
+    ps_pool_stats ps;
+    ps_server_get_stats(srv, &st);
+    pool_stats(srv, &ps);
+    ps__hist_snapshot h = {0};
+    ps__handler_time_snapshot(srv, &h);
+    int n = ps__metrics_render(r->buf + r->len, r->cap - r->len, &st, &ps, &h);
+    if (n >= 0 && (size_t)n < r->cap - r->len)
+        r->len += (size_t)n;
+    else
+        add(r, "# metrics did not fit the reply buffer\n");
+}
+
+/* ready: whether a balancer should send this server new clients. */
+static const char *readiness(ps_server *srv)
+{
+    if (!atomic_load_explicit(&srv->serving, memory_order_acquire))
+        return "NOT READY starting";
+    if (atomic_load_explicit(&srv->stop_announced, memory_order_acquire) ||
+        atomic_load_explicit(&srv->draining, memory_order_acquire) ||
+        atomic_load_explicit(&srv->stopping, memory_order_acquire))
+        return "NOT READY draining";
+    if (atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed) != 0 &&
+        ps__now_ms() - atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed) >=
+            PS__SATURATED_MS)
+        return "NOT READY no worker free";
+    return "READY";
+}
+
+/* agent: HAProxy's agent-check reply: drain while stopping, else up with a
+ * weight from the free workers (at least 1%, so that a busy server is not
+ * taken for a draining one). */
+static void add_agent(ps_server *srv, reply *r)
+{
+    const char *ready = readiness(srv);
+    if (strcmp(ready, "NOT READY draining") == 0 || strcmp(ready, "NOT READY starting") == 0) {
+        add(r, "drain\n");
+        return;
+    }
+    ps_pool_stats ps;
+    pool_stats(srv, &ps);
+    unsigned pct = ps.max_threads > 0 ? (unsigned)(100ULL * ps.available_threads / ps.max_threads) : 0;
+    add(r, "up %u%%\n", pct > 0 ? pct : 1);
+}
+
+/* Samples whether every worker is busy and clients wait (admin thread,
+ * each poll round): `ready` turns NOT READY once that lasts. */
+static void watch_saturation(ps_server *srv, int64_t now)
+{
+    ps_pool_stats ps;
+    pool_stats(srv, &ps);
+    /* Event mode: a worker held by a handler polls nothing, so with none
+     * free, input waits unseen whatever the queue says. The other modes: a
+     * worker (or thread) per connection, so only clients queued for one
+     * are kept waiting. */
+    bool waiting = ps.queue_depth > 0 || srv->cfg.dispatch == PS_DISPATCH_EVENT;
+    bool full = ps.max_threads > 0 && ps.available_threads == 0 && waiting;
+    int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
+    if (full && since == 0)
+        atomic_store_explicit(&srv->saturated_since_ms, now, memory_order_relaxed);
+    else if (!full && since != 0)
+        atomic_store_explicit(&srv->saturated_since_ms, 0, memory_order_relaxed);
+}
+
 static bool is_command(const char *line, size_t len, const char *name)
 {
     return strlen(name) == len && strncasecmp(line, name, len) == 0;
@@ -143,9 +221,19 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
     } else if (is_command(line, len, "stats")) {
         add_stats(srv, &r);
         add(&r, "END\r\n");
+    } else if (is_command(line, len, "metrics")) {
+        add_metrics(srv, &r);
+        add(&r, "END\r\n");
+    } else if (is_command(line, len, "ready")) {
+        add(&r, "%s\r\n", readiness(srv));
+    } else if (is_command(line, len, "agent")) {
+        add_agent(srv, &r);
     } else if (is_command(line, len, "help")) {
         add(&r, "threads   max, available and busy workers; queue depth and capacity\r\n"
                 "stats     every server and pool counter\r\n"
+                "metrics   the counters in Prometheus text (also: GET /metrics HTTP/1.x)\r\n"
+                "ready     READY, or NOT READY and why (starting, draining, no worker free)\r\n"
+                "agent     an HAProxy agent-check reply: up N%% (free workers), or drain\r\n"
                 "help      this list\r\n"
                 "quit      close this connection\r\n"
                 "END\r\n");
@@ -166,6 +254,45 @@ static void client_reply(admin_client *ac, const char *text, size_t len)
     ac->out_len += len;
 }
 
+/* An HTTP request (a Prometheus scrape): the request line, headers up to
+ * a blank line, then one response, and the connection closes. Returns
+ * false for a line that is an admin command. */
+static bool http_line(ps_server *srv, admin_client *ac, const ps_line *line, char *buf,
+                      size_t cap)
+{
+    if (!ac->http) {
+        static const char get[] = "GET ";
+        if (line->len < sizeof get - 1 || memcmp(line->data, get, sizeof get - 1) != 0)
+            return false;
+        const char *path = line->data + 4;
+        const char *end = memchr(path, ' ', line->len - 4);
+        size_t plen = end != NULL ? (size_t)(end - path) : line->len - 4;
+        ac->http = true;
+        ac->http_metrics = plen == 8 && memcmp(path, "/metrics", 8) == 0;
+        atomic_fetch_add_explicit(&srv->c.admin_commands, 1, memory_order_relaxed);
+        return true;
+    }
+    if (line->len > 0)
+        return true; /* a header: none matters */
+    reply body = {.buf = buf, .cap = cap, .len = 0};
+    buf[0] = '\0';
+    if (ac->http_metrics)
+        add_metrics(srv, &body);
+    else
+        add(&body, "not found: this server answers GET /metrics\n");
+    char head[256];
+    int hn = snprintf(head, sizeof head,
+                      "HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\n\r\n",
+                      ac->http_metrics ? "200 OK" : "404 Not Found",
+                      ac->http_metrics ? PS__METRICS_CONTENT_TYPE : "text/plain; charset=utf-8",
+                      body.len);
+    client_reply(ac, head, (size_t)hn);
+    client_reply(ac, buf, body.len);
+    ac->closing = true;
+    return true;
+}
+
 /* Frames the lines the client sent and answers each. */
 static void client_process(ps_server *srv, admin_client *ac)
 {
@@ -184,6 +311,8 @@ static void client_process(ps_server *srv, admin_client *ac)
         }
         off += (size_t)n;
         char buf[PS__ADMIN_REPLY_MAX];
+        if (http_line(srv, ac, &line, buf, sizeof buf))
+            continue;
         if (ps__admin_command(srv, line.data, line.len, buf, sizeof buf) == PS_CLOSE)
             ac->closing = true;
         else
@@ -285,7 +414,8 @@ static void *admin_main(void *arg)
             short ev = ps__admin_client_wants_write(ac) ? POLLOUT : POLLIN;
             p[3 + i] = (struct pollfd){.fd = ac->fd, .events = ev};
         }
-        int n = poll(p, 3 + (nfds_t)nclients, 1000);
+        /* A quarter second: `ready` sees a saturated pool soon enough. */
+        int n = poll(p, 3 + (nfds_t)nclients, 250);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -300,6 +430,7 @@ static void *admin_main(void *arg)
         }
 
         int64_t now = ps__now_ms();
+        watch_saturation(srv, now);
         for (int i = nclients - 1; i >= 0; i--) {
             admin_client *ac = clients[i];
             bool keep = true;

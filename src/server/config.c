@@ -88,6 +88,7 @@ static const ps__key ps__keys[] = {
     PS__UINT("limits", "idle_timeout", idle_timeout, PS__W_UNSIGNED, 0, 86400),
     PS__UINT("limits", "send_timeout", send_timeout, PS__W_UNSIGNED, 1, 3600),
     PS__UINT("limits", "shutdown_timeout", shutdown_timeout, PS__W_UNSIGNED, 1, 3600),
+    PS__UINT("limits", "drain_delay", drain_delay, PS__W_UNSIGNED, 0, 3600),
     PS__UINT("limits", "slow_handler_ms", slow_handler_ms, PS__W_UNSIGNED, 0, 3600000),
     PS__OTHER("admin", "enabled", admin_enabled, PS__K_BOOL),
     PS__OTHER("admin", "bind", admin_bind, PS__K_HOST),

@@ -278,6 +278,7 @@ int ps__conn_process(ps_conn *c)
     uint64_t lines = 0;
     int rc = PS_CONTINUE;
     int64_t began = 0; /* of the next handler call; one clock read per call */
+    ps__hist *hist = NULL; /* this thread's handler time, found once */
 
     while (c->out_len - c->out_off < PS__OUT_HIGH_WATER) {
         ps_line line;
@@ -303,7 +304,11 @@ int ps__conn_process(ps_conn *c)
             began = ps__now_us();
         handler_started(began);
         int r = h->on_line(c, &line, srv->ud);
-        began = handler_ended(c, began, "on_line");
+        int64_t ended = handler_ended(c, began, "on_line");
+        if (hist == NULL)
+            hist = ps__handler_time_of(srv);
+        ps__hist_observe(hist, ended > began ? (uint64_t)(ended - began) : 0);
+        began = ended;
         if (r != PS_CONTINUE) {
             rc = PS_CLOSE;
             break;

@@ -13,6 +13,7 @@
 #include "poolsrv/module.h"
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
+#include "metrics.h"
 #include "../pool/lock.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
@@ -53,6 +54,9 @@ typedef struct ps__counters {
     atomic_uint_fast64_t event_wakes;  /* event mode: workers woken for a held one */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
+    /* Handler time per line, one histogram per stripe (as `stripes`):
+     * summed on read (metrics). */
+    ps__hist handler_time[PS__STRIPES];
 } ps__counters;
 
 typedef struct ps__conn_thread ps__conn_thread;
@@ -112,6 +116,12 @@ struct ps_server {
      * connections already in go on being served. */
     int drain_fd;
     atomic_bool draining;
+    /* What the admin port's `ready` and `agent` read: set once start is
+     * done; set by ps_server_announce_stop; when every worker became busy
+     * with clients waiting (0: not so), sampled by the admin thread. */
+    atomic_bool serving;
+    atomic_bool stop_announced;
+    atomic_int_fast64_t saturated_since_ms;
 
     pthread_t acceptor;
     pthread_t admin;
@@ -146,6 +156,16 @@ struct ps_server {
 
 /* The calling thread's stripe of srv's counters. */
 ps__stripe *ps__stripe_of(ps_server *srv);
+
+/* How long every worker must stay busy with clients waiting before
+ * `ready` says NOT READY. */
+#define PS__SATURATED_MS 1000
+
+/* The histogram of handler time per line of the calling thread's stripe. */
+ps__hist *ps__handler_time_of(ps_server *srv);
+
+/* Every stripe's handler time summed. Any thread. */
+void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into);
 
 /* ---- net.c ---- */
 

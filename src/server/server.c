@@ -31,6 +31,17 @@ ps__stripe *ps__stripe_of(ps_server *srv)
     return &srv->c.stripes[idx];
 }
 
+ps__hist *ps__handler_time_of(ps_server *srv)
+{
+    return &srv->c.handler_time[ps__stripe_of(srv) - srv->c.stripes];
+}
+
+void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into)
+{
+    for (int i = 0; i < PS__STRIPES; i++)
+        ps__hist_add(into, &srv->c.handler_time[i]);
+}
+
 /* The live copies of cfg's [limits]. */
 static void set_limits(ps_server *srv, const ps_config *cfg)
 {
@@ -79,6 +90,8 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     srv->drain_fd = -1;
     srv->admin_reserve = -1;
     srv->start_ms = ps__now_ms();
+    for (int i = 0; i < PS__STRIPES; i++)
+        ps__hist_init(&srv->c.handler_time[i]);
     if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
         pthread_mutex_init(&srv->threads_lock, NULL) != 0) {
         free(srv);
@@ -417,6 +430,7 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     }
     srv->acceptor_started = true;
     srv->started = true;
+    atomic_store_explicit(&srv->serving, true, memory_order_release);
     ps_log_always("listening on %s%s (dispatch %s, %u workers, queue %zu, backlog %d)",
                   srv->listen_addr, srv->listen_inherited ? " (inherited)" : "",
                   ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers, srv->cfg.queue_capacity,
@@ -555,6 +569,12 @@ uint16_t ps_server_port(const ps_server *srv) { return srv->listen_fd >= 0 ? srv
 uint16_t ps_server_admin_port(const ps_server *srv) { return srv->admin_fd >= 0 ? srv->admin_port : 0; }
 int ps_server_listen_fd(const ps_server *srv) { return srv->listen_fd; }
 int ps_server_admin_listen_fd(const ps_server *srv) { return srv->admin_fd; }
+
+void ps_server_announce_stop(ps_server *srv)
+{
+    if (srv != NULL && !atomic_exchange(&srv->stop_announced, true))
+        ps_log_always("announcing the stop: ready says NOT READY, agent says drain");
+}
 
 unsigned ps_server_drain(ps_server *srv)
 {

@@ -1959,6 +1959,113 @@ static void test_log_sink(void **state)
     pthread_mutex_unlock(&cap.lock);
 }
 
+/* Greets with the client's address as the connection layer has it. */
+static int peer_open(ps_conn *conn, void *ud)
+{
+    (void)ud;
+    char line[128];
+    int n = snprintf(line, sizeof line, "peer %s\r\n", ps_conn_peer(conn));
+    return ps_conn_send(conn, line, (size_t)n) < 0 ? PS_CLOSE : PS_CONTINUE;
+}
+
+static const ps_handler peer_handler = {.on_open = peer_open, .on_line = NULL};
+
+/* Sends bytes and expects the peer greeting `want` (NULL: expects the
+ * connection closed without a byte). Returns the socket (or -1). */
+static int proxied(uint16_t port, const void *hdr, size_t len, size_t split, const char *want)
+{
+    int fd = t_connect(port);
+    assert_true(fd >= 0);
+    if (split > 0 && split < len) {
+        assert_int_equal(t_write_all(fd, hdr, split), 0);
+        assert_false(t_readable(fd, 50)); /* half a header: nothing yet */
+        assert_int_equal(t_write_all(fd, (const char *)hdr + split, len - split), 0);
+    } else if (len > 0) {
+        assert_int_equal(t_write_all(fd, hdr, len), 0);
+    }
+    char line[256];
+    ssize_t n = t_read_line(fd, line, sizeof line, T_MS);
+    if (want == NULL) {
+        assert_true(n <= 0);
+        close(fd);
+        return -1;
+    }
+    assert_true(n > 0);
+    assert_string_equal(line, want);
+    return fd;
+}
+
+/* PROXY protocol: a trusted peer's header gives the client's address to
+ * the connection (v1, v2 in pieces, v2 LOCAL keeping the real one); the
+ * bytes after the header are the client's; a bad, missing or untrusted
+ * header closes the connection, counted in proxy_errors. */
+static void test_proxy_protocol(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.proxy_protocol = PS_PROXY_ANY;
+    cfg.proxy_timeout = 1;
+    ps_server *srv = t_start(&cfg, &peer_handler);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+
+    static const char v1[] = "PROXY TCP4 203.0.113.7 192.0.2.1 40000 9050\r\n";
+    int fd = proxied(port, v1, sizeof v1 - 1, 0, "peer 203.0.113.7:40000\r\n");
+    close(fd);
+    /* v2 over IPv6, in two writes. */
+    static const unsigned char v2[] = {
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x21, 0x00, 36,
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, /* 2001:db8::1 */
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, /* 2001:db8::2 */
+        0x15, 0xb3, 0x23, 0x82};                                    /* 5555, 9090 */
+    fd = proxied(port, v2, sizeof v2, 7, "peer [2001:db8::1]:5555\r\n");
+    close(fd);
+    /* LOCAL (a balancer's own health check): the real address stays. */
+    static const unsigned char local[] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51,
+                                          0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00};
+    int lfd = t_connect(port);
+    assert_true(lfd >= 0);
+    assert_int_equal(t_write_all(lfd, local, sizeof local), 0);
+    char line[256];
+    assert_true(t_read_line(lfd, line, sizeof line, T_MS) > 0);
+    assert_true(strncmp(line, "peer 127.0.0.1:", 15) == 0);
+    close(lfd);
+
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.proxy_errors, 0);
+    /* Not a header; a header cut by a close; no header in time. */
+    proxied(port, "GET / HTTP/1.0\r\n\r\n", 18, 0, NULL);
+    proxied(port, v1, 20, 0, NULL); /* half, then nothing: the timeout */
+    fd = t_connect(port);
+    assert_true(fd >= 0);
+    assert_int_equal(t_write_all(fd, v1, 10), 0);
+    shutdown(fd, SHUT_WR);
+    assert_true(t_read_line(fd, line, sizeof line, T_MS) <= 0);
+    close(fd);
+    for (int i = 0; i < 100; i++) { /* counted before the close is seen, mostly */
+        ps_server_get_stats(srv, &st);
+        if (st.proxy_errors == 3 && st.curr_connections == 0)
+            break;
+        t_readable(-1, 10);
+    }
+    assert_int_equal(st.proxy_errors, 3);
+    assert_int_equal(st.curr_connections, 0);
+    ps_server_destroy(srv);
+
+    /* A peer outside proxy_trusted: closed at once, header or not. */
+    snprintf(cfg.proxy_trusted, sizeof cfg.proxy_trusted, "10.0.0.0/8, 192.168.0.0/16");
+    srv = t_start(&cfg, &peer_handler);
+    assert_non_null(srv);
+    int64_t t0 = t_now_ms();
+    proxied(ps_server_port(srv), v1, sizeof v1 - 1, 0, NULL);
+    assert_true(t_now_ms() - t0 < 900); /* not the header timeout */
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.proxy_errors, 1);
+    ps_server_destroy(srv);
+}
+
 static void test_ipv6_loopback(void **state)
 {
     (void)state;
@@ -2032,6 +2139,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_create_says_why),
         cmocka_unit_test(test_log_sink),
         cmocka_unit_test(test_ipv6_loopback),
+        cmocka_unit_test(test_proxy_protocol),
     };
     return cmocka_run_group_tests_name(argv[1], tests, NULL, NULL);
 }

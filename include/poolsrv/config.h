@@ -28,6 +28,15 @@ typedef enum ps_log_level {
     PS_LOG_DEBUG = 3,
 } ps_log_level;
 
+/* [server] proxy_protocol: whether connections from proxy_trusted must
+ * start with a PROXY protocol header, and which versions (a bit each). */
+typedef enum ps_proxy_mode {
+    PS_PROXY_OFF = 0,
+    PS_PROXY_V1 = 1,
+    PS_PROXY_V2 = 2,
+    PS_PROXY_ANY = 3,
+} ps_proxy_mode;
+
 /* The handlers poolsrv itself runs ([handler] name). */
 typedef enum ps_handler_kind {
     PS_HANDLER_ECHO = 0,  /* the echo protocol */
@@ -42,6 +51,7 @@ typedef enum ps_handler_kind {
 #define PS_CONFIG_KEY_MAX 64
 #define PS_CONFIG_VALUE_MAX 1024
 #define PS_CONFIG_ORIGIN_MAX 256
+#define PS_CONFIG_CIDRS_MAX 1024       /* [server] proxy_trusted: a list of ranges */
 
 /* A [handler] key other than name and module: kept as text for the
  * handler's init to judge (ps_module.init). */
@@ -60,6 +70,10 @@ typedef struct ps_config {
     int backlog;                  /* 1..65535; 0 = the system's somaxconn */
     char greeting[PS_CONFIG_GREETING_MAX]; /* "" = no greeting */
     ps_dispatch_mode dispatch;
+    bool reuseport;               /* SO_REUSEPORT: several processes on one port */
+    ps_proxy_mode proxy_protocol; /* off | v1 | v2 | any */
+    char proxy_trusted[PS_CONFIG_CIDRS_MAX]; /* CIDR ranges allowed to send a header */
+    unsigned proxy_timeout;       /* seconds for the whole header, 1..60 */
     /* [pool] */
     unsigned workers;             /* 1..4096 */
     size_t queue_capacity;        /* 1..1048576 */
@@ -114,6 +128,7 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen);
 
 /* Names for enums, as written in the INI file. */
 const char *ps_dispatch_name(ps_dispatch_mode mode);
+const char *ps_proxy_mode_name(ps_proxy_mode mode);
 const char *ps_log_level_name(ps_log_level level);
 const char *ps_handler_name(ps_handler_kind kind);
 

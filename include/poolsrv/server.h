@@ -108,6 +108,7 @@ typedef struct ps_server_stats {
     uint64_t replies_deferred;     /* ps_reply_defer calls */
     uint64_t reloads;              /* ps_server_reload that applied */
     uint64_t reload_errors;        /* ... that found the configuration broken */
+    uint64_t proxy_errors;         /* PROXY header missing, malformed, late or untrusted */
     uint64_t lines;
     uint64_t bytes_in;
     uint64_t bytes_out;

@@ -101,6 +101,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT replies_deferred %llu\r\n", (unsigned long long)s.replies_deferred);
     add(r, "STAT reloads %llu\r\n", (unsigned long long)s.reloads);
     add(r, "STAT reload_errors %llu\r\n", (unsigned long long)s.reload_errors);
+    add(r, "STAT proxy_errors %llu\r\n", (unsigned long long)s.proxy_errors);
     add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);
     add(r, "STAT bytes_in %llu\r\n", (unsigned long long)s.bytes_in);
     add(r, "STAT bytes_out %llu\r\n", (unsigned long long)s.bytes_out);

@@ -40,6 +40,7 @@
 
 #include "poolsrv/config.h"
 #include "poolsrv/error.h"
+#include "proxy.h"
 
 #define PS__REASON_MAX 512
 #define PS__FILE_MAX (1024 * 1024) /* bytes of a configuration file */
@@ -55,6 +56,8 @@ typedef enum ps__kind {
     PS__K_LOG_LEVEL,
     PS__K_HANDLER,
     PS__K_PATH,
+    PS__K_PROXY,
+    PS__K_CIDRS,
 } ps__kind;
 
 /* C type of a PS__K_UINT field. */
@@ -80,6 +83,10 @@ static const ps__key ps__keys[] = {
     PS__UINT("server", "backlog", backlog, PS__W_INT, 0, 65535),
     PS__OTHER("server", "greeting", greeting, PS__K_GREETING),
     PS__OTHER("server", "dispatch", dispatch, PS__K_DISPATCH),
+    PS__OTHER("server", "reuseport", reuseport, PS__K_BOOL),
+    PS__OTHER("server", "proxy_protocol", proxy_protocol, PS__K_PROXY),
+    PS__OTHER("server", "proxy_trusted", proxy_trusted, PS__K_CIDRS),
+    PS__UINT("server", "proxy_timeout", proxy_timeout, PS__W_UNSIGNED, 1, 60),
     PS__UINT("pool", "workers", workers, PS__W_UNSIGNED, 1, 4096),
     PS__UINT("pool", "queue_capacity", queue_capacity, PS__W_SIZE, 1, 1048576),
     PS__UINT("limits", "max_connections", max_connections, PS__W_UNSIGNED, 1, 1000000),
@@ -105,6 +112,7 @@ static const char *const ps__sections[] = {"server", "pool", "limits", "admin", 
 static const char *const ps__dispatch_names[] = {"connection", "event", "thread"};
 static const char *const ps__log_level_names[] = {"error", "warn", "info", "debug"};
 static const char *const ps__handler_names[] = {"echo", "sleep"};
+static const char *const ps__proxy_names[] = {"off", "v1", "v2", "any"};
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -360,6 +368,33 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
             return PS_ECONFIG;
         }
         *(ps_dispatch_mode *)(void *)field = (ps_dispatch_mode)i;
+        return 0;
+    }
+    case PS__K_PROXY: {
+        int i = ps__enum_index(ps__proxy_names, 4, v, len);
+        if (i < 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: expected off, v1, v2 or any, got \"%s\"",
+                        k->section, k->name, shown);
+            return PS_ECONFIG;
+        }
+        *(ps_proxy_mode *)(void *)field = (ps_proxy_mode)i;
+        return 0;
+    }
+    case PS__K_CIDRS: {
+        if (len >= k->size || memchr(v, '\0', len)) {
+            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
+                        k->section, k->name, len, k->size - 1);
+            return PS_ECONFIG;
+        }
+        char text[PS_CONFIG_CIDRS_MAX], why[256];
+        memcpy(text, v, len);
+        text[len] = '\0';
+        ps__cidr_list list;
+        if (ps__cidr_parse(text, &list, why, sizeof why) != 0) {
+            ps__set_err(reason, reasonlen, "%s.%s: %s", k->section, k->name, why);
+            return PS_ECONFIG;
+        }
+        memcpy(field, text, len + 1);
         return 0;
     }
     case PS__K_HANDLER: {
@@ -700,6 +735,9 @@ void ps_config_defaults(ps_config *cfg)
     cfg->backlog = 0; /* the system's somaxconn, read when listening */
     snprintf(cfg->greeting, sizeof(cfg->greeting), "%s", "Welcome to my server");
     cfg->dispatch = PS_DISPATCH_EVENT;
+    cfg->proxy_protocol = PS_PROXY_OFF;
+    snprintf(cfg->proxy_trusted, sizeof(cfg->proxy_trusted), "%s", "127.0.0.0/8 ::1/128");
+    cfg->proxy_timeout = 3;
     cfg->workers = 25;
     cfg->queue_capacity = 256;
     cfg->max_connections = 10000;
@@ -858,6 +896,7 @@ static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, si
     case PS__K_HOST:
     case PS__K_GREETING:
     case PS__K_PATH:
+    case PS__K_CIDRS:
         if (!memchr(field, '\0', k->size) || strlen(field) >= outlen)
             return false;
         memcpy(out, field, strlen(field) + 1);
@@ -867,6 +906,13 @@ static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, si
         if ((unsigned)m >= 3)
             return false;
         snprintf(out, outlen, "%s", ps__dispatch_names[m]);
+        return true;
+    }
+    case PS__K_PROXY: {
+        ps_proxy_mode m = *(const ps_proxy_mode *)(const void *)field;
+        if ((unsigned)m >= 4)
+            return false;
+        snprintf(out, outlen, "%s", ps__proxy_names[m]);
         return true;
     }
     case PS__K_HANDLER: {
@@ -1009,6 +1055,13 @@ const char *ps_handler_name(ps_handler_kind kind)
 {
     if ((unsigned)kind < 2)
         return ps__handler_names[kind];
+    return "unknown";
+}
+
+const char *ps_proxy_mode_name(ps_proxy_mode mode)
+{
+    if ((unsigned)mode < 4)
+        return ps__proxy_names[mode];
     return "unknown";
 }
 

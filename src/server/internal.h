@@ -54,6 +54,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t event_wakes;  /* event mode: workers woken for a held one */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
+    atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];
@@ -75,6 +76,7 @@ typedef struct ps__shard {
 } ps__shard;
 
 typedef struct ps__linger ps__linger;
+typedef struct ps__proxy_stage ps__proxy_stage;
 typedef struct ps__event ps__event;
 
 /* The [limits] keys a reload may change while workers read them: atomic
@@ -148,6 +150,7 @@ struct ps_server {
     ps__conn_thread *threads;
 
     ps__linger *linger;          /* closes sockets whose replies are in flight */
+    ps__proxy_stage *proxy;      /* reads PROXY headers (proxy_stage.c); NULL = off */
 
     atomic_uint_fast64_t next_conn_id;
     int64_t start_ms;
@@ -169,7 +172,8 @@ void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into);
 
 /* ---- net.c ---- */
 
-/* Binds and listens on host:port (non-blocking, close-on-exec, SO_REUSEADDR).
+/* Binds and listens on host:port (non-blocking, close-on-exec, SO_REUSEADDR;
+ * SO_REUSEPORT too with reuseport).
  * Returns 0 with *fd and the bound address text, or a negative errno with a
  * message in err. */
 /* Takes an inherited socket (socket activation) as the `what` listener:
@@ -178,7 +182,7 @@ void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into);
  * the reason in err. */
 int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *addr,
                        size_t addrlen, char *err, size_t errlen);
-int ps__listen(const char *host, uint16_t port, int backlog, int *fd,
+int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int *fd,
                uint16_t *bound_port, char *addr, size_t addrlen,
                char *err, size_t errlen);
 
@@ -306,6 +310,22 @@ static inline int64_t ps__conn_last_line(const ps_conn *c)
 {
     return atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
 }
+
+/* ---- proxy_stage.c ---- */
+
+/* What the stage hands a connection to once its header is read: the
+ * server's dispatch, with the client's address from the header. */
+typedef void (*ps__serve_fn)(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active);
+
+/* Starts the thread that reads PROXY headers (cfg.proxy_protocol on). 0, or
+ * a negative code with the reason in err. */
+int ps__proxy_stage_start(ps_server *srv, ps__serve_fn serve, char *err, size_t errlen);
+/* Takes a counted-in connection from the acceptor: closes it at once when
+ * its peer is not in proxy_trusted, else waits for its header. */
+void ps__proxy_stage_take(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active);
+/* Ends the thread; connections still waiting for a header are closed.
+ * After the acceptor has stopped; no-op when never started. */
+void ps__proxy_stage_stop(ps_server *srv);
 
 /* ---- linger.c ---- */
 

@@ -88,6 +88,8 @@ static const ps__metrics_field fields[] = {
     SRV(reloads, "reloads_total", PS__COUNTER, "Configuration reloads applied."),
     SRV(reload_errors, "reload_errors_total", PS__COUNTER,
         "Configuration reloads refused because the configuration was broken."),
+    SRV(proxy_errors, "proxy_errors_total", PS__COUNTER,
+        "Connections closed for a PROXY header missing, malformed, late or from an untrusted peer."),
     SRV(lines, "lines_total", PS__COUNTER, "Lines received and passed to the handler."),
     SRV(bytes_in, "bytes_in_total", PS__COUNTER, "Bytes read from clients."),
     SRV(bytes_out, "bytes_out_total", PS__COUNTER, "Bytes written to clients."),

@@ -83,7 +83,7 @@ static void describe_bound(const struct sockaddr_storage *ss, char *addr, size_t
                                             : ((const struct sockaddr_in *)ss)->sin_port);
 }
 
-int ps__listen(const char *host, uint16_t port, int backlog, int *fd_out,
+int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int *fd_out,
                uint16_t *bound_port, char *addr, size_t addrlen,
                char *err, size_t errlen)
 {
@@ -111,6 +111,7 @@ int ps__listen(const char *host, uint16_t port, int backlog, int *fd_out,
         }
         int one = 1;
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+            (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
             (ai->ai_family == AF_INET6 &&
              setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)) {
             rc = -errno;

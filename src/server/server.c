@@ -131,8 +131,8 @@ static void refuse_max(ps_server *srv, int fd)
 }
 
 /* Hands a counted-in socket to the dispatch without ever blocking the
- * acceptor. */
-static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
+ * acceptor (or the PROXY stage, which calls it with the header's address). */
+static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
 {
     ps_conn *c = ps__conn_new(srv, fd, peer);
     if (c == NULL) {
@@ -164,6 +164,16 @@ static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t 
                                                            : "queue full");
         ps__conn_close(c);
     }
+}
+
+/* A counted-in socket from the acceptor: first to the PROXY stage when
+ * headers are required, else straight to the dispatch. */
+static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
+{
+    if (srv->proxy != NULL)
+        ps__proxy_stage_take(srv, fd, peer, active);
+    else
+        serve_now(srv, fd, peer, active);
 }
 
 /*
@@ -356,7 +366,7 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         srv->listen_fd = srv->inherited_fd;
         srv->inherited_fd = -1;
     } else {
-        rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, &srv->listen_fd, &srv->port,
+        rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, srv->cfg.reuseport, &srv->listen_fd, &srv->port,
                         srv->listen_addr, sizeof srv->listen_addr, err, errlen);
         if (rc != 0)
             goto fail;
@@ -369,7 +379,7 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         srv->admin_fd = srv->inherited_admin_fd;
         srv->inherited_admin_fd = -1;
     } else if (srv->cfg.admin_enabled) {
-        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, &srv->admin_fd,
+        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, false, &srv->admin_fd,
                         &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr,
                         err, errlen);
         if (rc != 0) {
@@ -416,6 +426,11 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
             }
         }
     }
+    if (srv->cfg.proxy_protocol != PS_PROXY_OFF) {
+        rc = ps__proxy_stage_start(srv, serve_now, err, errlen);
+        if (rc != 0)
+            goto fail;
+    }
     if (srv->admin_fd >= 0) {
         rc = ps__admin_start(srv);
         if (rc != 0) {
@@ -453,6 +468,7 @@ fail:
         (void)!write(srv->stop_fd, &one, sizeof one);
     }
     ps__admin_join(srv);
+    ps__proxy_stage_stop(srv);
     ps__event_stop_watch(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
@@ -631,6 +647,7 @@ void ps_server_stop(ps_server *srv)
         pthread_join(srv->acceptor, NULL);
     srv->acceptor_started = false;
     close_fd(&srv->listen_fd);
+    ps__proxy_stage_stop(srv); /* no more from the acceptor; before the pool goes */
     ps__thread_reap(srv, true);
     ps__admin_join(srv);
     close_fd(&srv->admin_fd);
@@ -672,6 +689,7 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->replies_deferred = atomic_load_explicit(&c->replies_deferred, memory_order_relaxed);
     st->reloads = atomic_load_explicit(&c->reloads, memory_order_relaxed);
     st->reload_errors = atomic_load_explicit(&c->reload_errors, memory_order_relaxed);
+    st->proxy_errors = atomic_load_explicit(&c->proxy_errors, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);

@@ -1959,6 +1959,86 @@ static void test_log_sink(void **state)
     pthread_mutex_unlock(&cap.lock);
 }
 
+/* The local port of a client socket, as the server sees its peer. */
+static unsigned local_port(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t sl = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &sl), 0);
+    return ntohs(a.sin_port);
+}
+
+/* stats conns: a line per connection with its client address and lines,
+ * gone once it closes; with more connections than fit one reply, the rest
+ * are counted, not lost, and the reply stays whole. */
+static void test_admin_stats_conns(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t ap = ps_server_admin_port(srv);
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(fds[i] >= 0);
+    }
+    assert_int_equal(t_send_str(fds[1], "a\nb\n"), 0);
+    expect_line(fds[1], "a\n");
+    expect_line(fds[1], "b\n");
+    static char reply[65536];
+    assert_true(t_admin(ap, "stats conns", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "conns_listed"), 3);
+    assert_int_equal(t_stat(reply, "conns_omitted"), 0);
+    for (int i = 0; i < 3; i++) {
+        char want[64];
+        snprintf(want, sizeof want, " 127.0.0.1:%u age=", local_port(fds[i]));
+        const char *at = strstr(reply, want);
+        if (at == NULL)
+            fail_msg("no line for client %d in:\n%s", i, reply);
+        const char *eol = strstr(at, "\r\n");
+        assert_non_null(eol);
+        char line[256];
+        snprintf(line, sizeof line, "%.*s", (int)(eol - at), at);
+        assert_non_null(strstr(line, i == 1 ? " lines=2" : " lines=0"));
+        assert_non_null(strstr(line, " idle="));
+        assert_non_null(strstr(line, " state="));
+    }
+    close(fds[0]);
+    for (int i = 0; i < 200; i++) { /* until the server has seen the close */
+        assert_true(t_admin(ap, "stats conns", reply, sizeof reply) > 0);
+        if (t_stat(reply, "conns_listed") == 2)
+            break;
+        t_readable(-1, 10);
+    }
+    assert_int_equal(t_stat(reply, "conns_listed"), 2);
+    close(fds[1]);
+    close(fds[2]);
+
+    /* Many: the reply is bounded, listed + omitted = connected (connection
+     * mode holds 25 and queues the rest, all of them counted). */
+    enum { MANY = 250 };
+    static int many[MANY];
+    for (int i = 0; i < MANY; i++) {
+        many[i] = t_connect(ps_server_port(srv));
+        assert_true(many[i] >= 0);
+    }
+    for (int i = 0; i < 200; i++) {
+        assert_true(t_admin(ap, "stats conns", reply, sizeof reply) > 0);
+        if (t_stat(reply, "conns_listed") + t_stat(reply, "conns_omitted") == MANY)
+            break;
+        t_readable(-1, 10);
+    }
+    assert_int_equal(t_stat(reply, "conns_listed") + t_stat(reply, "conns_omitted"), MANY);
+    assert_int_equal(t_stat(reply, "conns_listed"), 200); /* the most listed */
+    assert_int_equal(t_stat(reply, "conns_omitted"), MANY - 200);
+    assert_non_null(strstr(reply, "END\r\n"));
+    for (int i = 0; i < MANY; i++)
+        close(many[i]);
+    ps_server_destroy(srv);
+}
+
 /* Greets with the client's address as the connection layer has it. */
 static int peer_open(ps_conn *conn, void *ud)
 {
@@ -2140,6 +2220,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_log_sink),
         cmocka_unit_test(test_ipv6_loopback),
         cmocka_unit_test(test_proxy_protocol),
+        cmocka_unit_test(test_admin_stats_conns),
     };
     return cmocka_run_group_tests_name(argv[1], tests, NULL, NULL);
 }

@@ -198,6 +198,45 @@ static void watch_saturation(ps_server *srv, int64_t now)
         atomic_store_explicit(&srv->saturated_since_ms, 0, memory_order_relaxed);
 }
 
+/* stats conns: a line per connection, at most PS__CONNS_LISTED of them
+ * (and only while the reply has room: the counts and END always fit); the
+ * others are counted. */
+typedef struct conns_walk {
+    reply *r;
+    ps_server *srv;
+    int64_t now;
+    size_t listed, omitted;
+} conns_walk;
+
+#define PS__CONN_LINE_MAX 160
+#define PS__CONNS_LISTED 200
+
+static bool add_conn(const ps_conn *c, void *arg)
+{
+    conns_walk *w = arg;
+    if (w->listed == PS__CONNS_LISTED || w->r->len + 2 * PS__CONN_LINE_MAX >= w->r->cap) {
+        w->omitted++;
+        return true;
+    }
+    const char *state = w->srv->cfg.dispatch != PS_DISPATCH_EVENT ? "serving"
+                        : ps__event_is_parked(c)                 ? "parked"
+                                                                 : "serving";
+    int64_t last = atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
+    add(w->r, "CONN %llu %s age=%lld idle=%lld state=%s lines=%llu\r\n",
+        (unsigned long long)c->id, c->peer, (long long)(w->now - c->created_ms) / 1000,
+        (long long)(w->now > last ? w->now - last : 0) / 1000, state,
+        (unsigned long long)atomic_load_explicit(&c->lines, memory_order_relaxed));
+    w->listed++;
+    return true;
+}
+
+static void add_conns(ps_server *srv, reply *r)
+{
+    conns_walk w = {.r = r, .srv = srv, .now = ps__now_ms()};
+    ps__conn_each(srv, add_conn, &w);
+    add(r, "STAT conns_listed %zu\r\nSTAT conns_omitted %zu\r\n", w.listed, w.omitted);
+}
+
 static bool is_command(const char *line, size_t len, const char *name)
 {
     return strlen(name) == len && strncasecmp(line, name, len) == 0;
@@ -222,6 +261,9 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
     } else if (is_command(line, len, "stats")) {
         add_stats(srv, &r);
         add(&r, "END\r\n");
+    } else if (is_command(line, len, "stats conns")) {
+        add_conns(srv, &r);
+        add(&r, "END\r\n");
     } else if (is_command(line, len, "metrics")) {
         add_metrics(srv, &r);
         add(&r, "END\r\n");
@@ -229,12 +271,14 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
         add(&r, "%s\r\n", readiness(srv));
     } else if (is_command(line, len, "agent")) {
         add_agent(srv, &r);
+        return PS_CLOSE; /* the agent protocol: one reply, then the close */
     } else if (is_command(line, len, "help")) {
         add(&r, "threads   max, available and busy workers; queue depth and capacity\r\n"
                 "stats     every server and pool counter\r\n"
+                "stats conns  a line per connection: id, client, age, idle, state, lines\r\n"
                 "metrics   the counters in Prometheus text (also: GET /metrics HTTP/1.x)\r\n"
                 "ready     READY, or NOT READY and why (starting, draining, no worker free)\r\n"
-                "agent     an HAProxy agent-check reply: up N%% (free workers), or drain\r\n"
+                "agent     an HAProxy agent-check reply, then the close: up N%% (free workers), or drain\r\n"
                 "help      this list\r\n"
                 "quit      close this connection\r\n"
                 "END\r\n");
@@ -314,10 +358,10 @@ static void client_process(ps_server *srv, admin_client *ac)
         char buf[PS__ADMIN_REPLY_MAX];
         if (http_line(srv, ac, &line, buf, sizeof buf))
             continue;
-        if (ps__admin_command(srv, line.data, line.len, buf, sizeof buf) == PS_CLOSE)
+        int rc = ps__admin_command(srv, line.data, line.len, buf, sizeof buf);
+        client_reply(ac, buf, strlen(buf)); /* "" after quit */
+        if (rc == PS_CLOSE)
             ac->closing = true;
-        else
-            client_reply(ac, buf, strlen(buf));
         /* The reply buffer is fixed: with half a reply unsent, the next
          * commands wait in `in` until the client has read (client_flush). */
         if (ac->out_len - ac->out_off > PS__ADMIN_REPLY_MAX / 2)

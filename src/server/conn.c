@@ -134,6 +134,15 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
     atomic_init(&c->want_write, false);
     atomic_init(&c->write_wait_ms, 0);
     ps__format_addr(peer, c->peer, sizeof c->peer);
+    c->created_ms = ps__now_ms();
+    atomic_init(&c->lines, 0);
+    ps__registry *r = &srv->registry[c->id % PS__STRIPES];
+    ps__lock(&r->lock);
+    c->reg_next = r->head;
+    if (r->head != NULL)
+        r->head->reg_prev = c;
+    r->head = c;
+    ps__unlock(&r->lock);
     return c;
 }
 
@@ -151,9 +160,32 @@ int ps__conn_open(ps_conn *c)
     return rc;
 }
 
+void ps__conn_each(ps_server *srv, bool (*fn)(const ps_conn *c, void *arg), void *arg)
+{
+    for (int i = 0; i < PS__STRIPES; i++) {
+        ps__registry *r = &srv->registry[i];
+        bool more = true;
+        ps__lock(&r->lock);
+        for (ps_conn *c = r->head; c != NULL && more; c = c->reg_next)
+            more = fn(c, arg);
+        ps__unlock(&r->lock);
+        if (!more)
+            return;
+    }
+}
+
 void ps__conn_end(ps_conn *c)
 {
     ps_server *srv = c->srv;
+    ps__registry *r = &srv->registry[c->id % PS__STRIPES];
+    ps__lock(&r->lock);
+    if (c->reg_prev != NULL)
+        c->reg_prev->reg_next = c->reg_next;
+    else
+        r->head = c->reg_next;
+    if (c->reg_next != NULL)
+        c->reg_next->reg_prev = c->reg_prev;
+    ps__unlock(&r->lock);
     if (c->opened && srv->handler->on_close) {
         int64_t began = ps__now_us();
         handler_started(began);
@@ -319,6 +351,7 @@ int ps__conn_process(ps_conn *c)
         int64_t now_ms = began != 0 ? began / 1000 : ps__now_ms();
         atomic_store_explicit(&c->last_line_ms, now_ms, memory_order_relaxed);
         atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->lines, lines, memory_order_relaxed);
     }
     if (c->in_off == c->in_len)
         c->in_off = c->in_len = 0;

@@ -1042,3 +1042,8 @@ void ps__event_close_all(ps_server *srv)
     for (unsigned i = 0; i < srv->nshards; i++)
         reap(&srv->shards[i]);
 }
+
+bool ps__event_is_parked(const ps_conn *c)
+{
+    return atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED;
+}

@@ -75,6 +75,14 @@ typedef struct ps__shard {
     _Atomic(struct ps_conn *) graves;
 } ps__shard;
 
+/* Every live connection, whatever the dispatch, for `stats conns`: a list
+ * per stripe (by id), each under its own lock, so connections opening and
+ * closing on many threads seldom meet. */
+typedef struct ps__registry {
+    _Alignas(64) pthread_mutex_t lock; /* guards head and the links */
+    struct ps_conn *head;
+} ps__registry;
+
 typedef struct ps__linger ps__linger;
 typedef struct ps__proxy_stage ps__proxy_stage;
 typedef struct ps__event ps__event;
@@ -151,6 +159,7 @@ struct ps_server {
 
     ps__linger *linger;          /* closes sockets whose replies are in flight */
     ps__proxy_stage *proxy;      /* reads PROXY headers (proxy_stage.c); NULL = off */
+    ps__registry registry[PS__STRIPES];
 
     atomic_uint_fast64_t next_conn_id;
     int64_t start_ms;
@@ -224,6 +233,9 @@ struct ps_conn {
      * the event sweep reads it without owning the connection. */
     _Atomic int64_t last_line_ms;
     char peer[PS__ADDR_MAX];
+    int64_t created_ms;          /* monotonic; set before it is registered */
+    atomic_uint_fast64_t lines;  /* lines framed; read by `stats conns` */
+    struct ps_conn *reg_prev, *reg_next; /* its stripe of the registry */
 
     /* dispatch = event: who owns the connection now (see dispatch_event.c). */
     atomic_int state;
@@ -260,6 +272,13 @@ struct ps_conn {
 /* Creates the connection object for an accepted socket (owns fd from now
  * on, closing it on failure). Returns NULL on ENOMEM. */
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
+
+/* Calls fn for every live connection (under its stripe's lock: fn must not
+ * block or touch the registry), until fn returns false. */
+void ps__conn_each(ps_server *srv, bool (*fn)(const ps_conn *c, void *arg), void *arg);
+
+/* Whether an event-mode connection waits in epoll (no worker holds it). */
+bool ps__event_is_parked(const ps_conn *c);
 
 /* Runs on_close (if opened), closes the socket through ps__linger_close
  * (FIN, never RST over undelivered replies), updates counters and frees. */

@@ -90,8 +90,10 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     srv->drain_fd = -1;
     srv->admin_reserve = -1;
     srv->start_ms = ps__now_ms();
-    for (int i = 0; i < PS__STRIPES; i++)
+    for (int i = 0; i < PS__STRIPES; i++) {
         ps__hist_init(&srv->c.handler_time[i]);
+        pthread_mutex_init(&srv->registry[i].lock, NULL);
+    }
     if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
         pthread_mutex_init(&srv->threads_lock, NULL) != 0) {
         free(srv);
@@ -672,6 +674,8 @@ void ps_server_destroy(ps_server *srv)
     close_fd(&srv->inherited_admin_fd);
     pthread_mutex_destroy(&srv->conns_lock);
     pthread_mutex_destroy(&srv->threads_lock);
+    for (int i = 0; i < PS__STRIPES; i++)
+        pthread_mutex_destroy(&srv->registry[i].lock);
     free(srv);
 }
 

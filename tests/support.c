@@ -646,3 +646,160 @@ uint64_t t_fnv1a64(uint64_t h, const void *buf, size_t len)
     }
     return h;
 }
+
+/* ---- a client loop (tests/test_restart.c, tests/test_haproxy.c) ---- */
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct t_looper {
+    pthread_t thread;
+    int id;
+    struct t_loop *loop;
+} t_looper;
+
+struct t_loop {
+    uint16_t port;
+    int session_ms;
+    int nthreads;
+    atomic_bool stop;
+    /* Summed over the threads; each outcome one relaxed add, so that the
+     * test thread may read them while the loop runs. */
+    atomic_long attempts, ok, refused, reset, early_eof, wrong, timeouts, other;
+    atomic_llong worst_ms;
+    pthread_mutex_t lock; /* guards problem */
+    char problem[160];
+    t_looper threads[16];
+};
+
+static void loop_problem(struct t_loop *l, long attempt, const char *step, ssize_t rc,
+                         const char *got)
+{
+    atomic_long *c = rc == -ECONNREFUSED                ? &l->refused
+                     : rc == -ECONNRESET || rc == -EPIPE ? &l->reset
+                     : rc == 0                           ? &l->early_eof
+                     : rc == -ETIMEDOUT                  ? &l->timeouts
+                     : rc > 0                            ? &l->wrong
+                                                         : &l->other;
+    pthread_mutex_lock(&l->lock);
+    if (l->problem[0] == '\0')
+        snprintf(l->problem, sizeof l->problem, "attempt %ld, %s: %s%.60s", attempt, step,
+                 rc > 0 ? "got " : rc == 0 ? "end of stream" : strerror((int)-rc),
+                 rc > 0 ? got : "");
+    pthread_mutex_unlock(&l->lock);
+    atomic_fetch_add(c, 1); /* after the text: a reader that sees the count sees why */
+}
+
+/* One session: connect, greeting, a line and its echo, "exit", the close. */
+static void loop_session(struct t_loop *l, int id, long attempt)
+{
+    atomic_fetch_add(&l->attempts, 1);
+    int64_t t0 = t_now_ms();
+    int fd = t_connect(l->port);
+    if (fd < 0) {
+        loop_problem(l, attempt, "connect", fd, NULL);
+        return;
+    }
+    char buf[256], line[64];
+    ssize_t n = t_read_line(fd, buf, sizeof buf, l->session_ms);
+    bool ok = n > 0 && strcmp(buf, "Welcome to my server\r\n") == 0;
+    const char *step = "greeting";
+    if (ok) {
+        step = "echo";
+        snprintf(line, sizeof line, "client %d session %ld\r\n", id, attempt);
+        int w = t_send_str(fd, line);
+        n = w < 0 ? w : t_read_line(fd, buf, sizeof buf, l->session_ms);
+        ok = n > 0 && strcmp(buf, line) == 0;
+    }
+    if (ok) {
+        step = "close";
+        int w = t_send_str(fd, "exit\r\n");
+        n = w < 0 ? w : t_wait_eof(fd, l->session_ms);
+        ok = n >= 0;
+        if (!ok && n == 0)
+            n = -EPIPE;
+    }
+    close(fd);
+    if (!ok) {
+        loop_problem(l, attempt, step, n, buf);
+        return;
+    }
+    long long ms = t_now_ms() - t0;
+    long long worst = atomic_load(&l->worst_ms);
+    while (ms > worst && !atomic_compare_exchange_weak(&l->worst_ms, &worst, ms))
+        ;
+    atomic_fetch_add(&l->ok, 1);
+}
+
+static void *looper_main(void *arg)
+{
+    t_looper *t = arg;
+    int64_t end = t_now_ms() + 240000; /* bounded whatever the test does */
+    for (long attempt = 1; !atomic_load(&t->loop->stop) && t_now_ms() < end && attempt < 1000000;
+         attempt++)
+        loop_session(t->loop, t->id, attempt);
+    return NULL;
+}
+
+t_loop *t_loop_start(uint16_t port, int threads, int session_ms)
+{
+    struct t_loop *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return NULL;
+    l->port = port;
+    l->session_ms = session_ms;
+    pthread_mutex_init(&l->lock, NULL);
+    if (threads > 16)
+        threads = 16;
+    for (int i = 0; i < threads; i++) {
+        l->threads[i].id = i;
+        l->threads[i].loop = l;
+        if (pthread_create(&l->threads[i].thread, NULL, looper_main, &l->threads[i]) != 0)
+            break;
+        l->nthreads++;
+    }
+    return l;
+}
+
+void t_loop_read(t_loop *l, t_loop_stats *s)
+{
+    s->attempts = atomic_load(&l->attempts);
+    s->ok = atomic_load(&l->ok);
+    s->refused = atomic_load(&l->refused);
+    s->reset = atomic_load(&l->reset);
+    s->early_eof = atomic_load(&l->early_eof);
+    s->wrong = atomic_load(&l->wrong);
+    s->timeouts = atomic_load(&l->timeouts);
+    s->other = atomic_load(&l->other);
+    s->worst_ms = atomic_load(&l->worst_ms);
+    pthread_mutex_lock(&l->lock);
+    memcpy(s->problem, l->problem, sizeof s->problem);
+    pthread_mutex_unlock(&l->lock);
+}
+
+long t_loop_failed(const t_loop_stats *s)
+{
+    return s->refused + s->reset + s->early_eof + s->wrong + s->timeouts + s->other;
+}
+
+bool t_loop_wait_served(t_loop *l, long more, int timeout_ms)
+{
+    long want = atomic_load(&l->ok) + more;
+    int64_t deadline = t_now_ms() + timeout_ms;
+    while (atomic_load(&l->ok) < want) {
+        if (t_now_ms() >= deadline)
+            return false;
+        usleep(2000);
+    }
+    return true;
+}
+
+void t_loop_stop(t_loop *l, t_loop_stats *s)
+{
+    atomic_store(&l->stop, true);
+    for (int i = 0; i < l->nthreads; i++)
+        pthread_join(l->threads[i].thread, NULL);
+    t_loop_read(l, s);
+    pthread_mutex_destroy(&l->lock);
+    free(l);
+}

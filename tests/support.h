@@ -137,6 +137,33 @@ int t_proc_stop(t_proc *p, int sig, int timeout_ms);
  * Returns the exit status or a negative code. */
 int t_run(char *const argv[], char *out, size_t cap, int timeout_ms);
 
+/* ---- a client loop ---- */
+/* Threads that run echo sessions against 127.0.0.1:port in a loop until
+ * stopped (connect, greeting, a line and its echo, "exit", the close),
+ * counting each outcome; bounded to 240 s. */
+typedef struct t_loop t_loop;
+typedef struct t_loop_stats {
+    long attempts, ok;
+    long refused;   /* connect: ECONNREFUSED */
+    long reset;     /* ECONNRESET or EPIPE at any step */
+    long early_eof; /* the stream ended before the reply */
+    long wrong;     /* a reply that is not the one due */
+    long timeouts;  /* no reply within the session's time */
+    long other;
+    long long worst_ms; /* connect to close, the longest session that worked */
+    char problem[160];  /* the first failure, for the report */
+} t_loop_stats;
+/* Starts `threads` (at most 16) loopers; NULL on ENOMEM. */
+t_loop *t_loop_start(uint16_t port, int threads, int session_ms);
+/* The counts so far (any time; the loop goes on). */
+void t_loop_read(t_loop *l, t_loop_stats *s);
+/* Sessions that failed, whatever the cause. */
+long t_loop_failed(const t_loop_stats *s);
+/* Waits (bounded) until `more` sessions have succeeded from now on. */
+bool t_loop_wait_served(t_loop *l, long more, int timeout_ms);
+/* Stops and joins the loopers, frees the loop; the final counts in *s. */
+void t_loop_stop(t_loop *l, t_loop_stats *s);
+
 /* ---- probes for the fault tests (tests/test_faults.c) ---- */
 
 /* VmRSS of process pid in KiB, from /proc/PID/status; -1 if unreadable. */

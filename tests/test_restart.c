@@ -51,158 +51,14 @@ static int teardown_kill(void **state)
     return 0;
 }
 
-/* ---- the client loop ---- */
+/* ---- the client loop (support.c) ---- */
 
-typedef struct loop_stats {
-    long attempts, ok;
-    long refused;   /* connect: ECONNREFUSED */
-    long reset;     /* ECONNRESET or EPIPE at any step */
-    long early_eof; /* the stream ended before the reply */
-    long wrong;     /* a reply that is not the one due */
-    long timeouts;  /* no reply within SESSION_MS */
-    long other;
-    int64_t worst_ms; /* connect to close, the longest session */
-    char problem[160]; /* the first one, for the report */
-} loop_stats;
-
-typedef struct looper {
-    pthread_t thread;
-    int id;
-    uint16_t port;
-    loop_stats st;
-} looper;
-
-static atomic_bool g_loop_stop;
-static atomic_long g_served; /* sessions completed, all loopers */
-
-static void count_problem(loop_stats *st, const char *step, ssize_t rc, const char *got)
-{
-    if (rc == -ECONNREFUSED)
-        st->refused++;
-    else if (rc == -ECONNRESET || rc == -EPIPE)
-        st->reset++;
-    else if (rc == 0)
-        st->early_eof++;
-    else if (rc == -ETIMEDOUT)
-        st->timeouts++;
-    else if (rc > 0)
-        st->wrong++;
-    else
-        st->other++;
-    if (st->problem[0] == '\0')
-        snprintf(st->problem, sizeof st->problem, "attempt %ld, %s: %s%s%.60s", st->attempts,
-                 step, rc > 0 ? "got " : rc == 0 ? "end of stream" : strerror((int)-rc),
-                 rc > 0 ? "" : "", rc > 0 ? got : "");
-}
-
-/* One session; false (and counted) when anything in it went wrong. */
-static bool one_session(looper *l)
-{
-    loop_stats *st = &l->st;
-    st->attempts++;
-    int64_t t0 = t_now_ms();
-    int fd = t_connect(l->port);
-    if (fd < 0) {
-        count_problem(st, "connect", fd, NULL);
-        return false;
-    }
-    char buf[256], line[64];
-    ssize_t n = t_read_line(fd, buf, sizeof buf, SESSION_MS);
-    bool ok = n > 0 && strcmp(buf, "Welcome to my server\r\n") == 0;
-    if (!ok)
-        count_problem(st, "greeting", n, buf);
-    if (ok) {
-        snprintf(line, sizeof line, "client %d session %ld\r\n", l->id, st->attempts);
-        int w = t_send_str(fd, line);
-        n = w < 0 ? w : t_read_line(fd, buf, sizeof buf, SESSION_MS);
-        ok = n > 0 && strcmp(buf, line) == 0;
-        if (!ok)
-            count_problem(st, "echo", n, buf);
-    }
-    if (ok) {
-        int w = t_send_str(fd, "exit\r\n");
-        n = w < 0 ? w : t_wait_eof(fd, SESSION_MS);
-        ok = n >= 0;
-        if (!ok)
-            count_problem(st, "close", n, NULL);
-    }
-    close(fd);
-    if (!ok)
-        return false;
-    int64_t ms = t_now_ms() - t0;
-    if (ms > st->worst_ms)
-        st->worst_ms = ms;
-    st->ok++;
-    atomic_fetch_add(&g_served, 1);
-    return true;
-}
-
-static void *looper_main(void *arg)
-{
-    looper *l = arg;
-    int64_t end = t_now_ms() + 240000; /* bounded whatever the test does */
-    while (!atomic_load(&g_loop_stop) && t_now_ms() < end && l->st.attempts < 1000000)
-        one_session(l);
-    return NULL;
-}
-
-static void loop_start(looper *ls, uint16_t port)
-{
-    atomic_store(&g_loop_stop, false);
-    atomic_store(&g_served, 0);
-    for (int i = 0; i < LOOPERS; i++) {
-        memset(&ls[i], 0, sizeof ls[i]);
-        ls[i].id = i;
-        ls[i].port = port;
-        assert_int_equal(pthread_create(&ls[i].thread, NULL, looper_main, &ls[i]), 0);
-    }
-}
-
-/* Stops the loopers and sums what they saw. */
-static loop_stats loop_stop(looper *ls)
-{
-    atomic_store(&g_loop_stop, true);
-    loop_stats sum = {0};
-    for (int i = 0; i < LOOPERS; i++) {
-        pthread_join(ls[i].thread, NULL);
-        loop_stats *s = &ls[i].st;
-        sum.attempts += s->attempts;
-        sum.ok += s->ok;
-        sum.refused += s->refused;
-        sum.reset += s->reset;
-        sum.early_eof += s->early_eof;
-        sum.wrong += s->wrong;
-        sum.timeouts += s->timeouts;
-        sum.other += s->other;
-        if (s->worst_ms > sum.worst_ms)
-            sum.worst_ms = s->worst_ms;
-        if (sum.problem[0] == '\0')
-            memcpy(sum.problem, s->problem, sizeof sum.problem);
-    }
-    return sum;
-}
-
-/* Waits (bounded) until `more` sessions have completed since *mark; moves
- * the mark. */
-static bool wait_served(long *mark, long more)
-{
-    int64_t deadline = t_now_ms() + SESSION_MS;
-    while (atomic_load(&g_served) < *mark + more) {
-        if (t_now_ms() >= deadline)
-            return false;
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = 2 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    *mark = atomic_load(&g_served);
-    return true;
-}
-
-static void report_and_check(const char *what, const loop_stats *s)
+static void report_and_check(const char *what, const t_loop_stats *s)
 {
     print_message("%s (%s): %ld attempts, %ld served, %ld refused, %ld reset, %ld ended early, "
                   "%ld wrong, %ld timed out, %ld other; worst session %lld ms%s%s\n",
                   what, mode_name, s->attempts, s->ok, s->refused, s->reset, s->early_eof, s->wrong,
-                  s->timeouts, s->other, (long long)s->worst_ms, s->problem[0] ? "; first: " : "",
+                  s->timeouts, s->other, s->worst_ms, s->problem[0] ? "; first: " : "",
                   s->problem);
     assert_int_equal(s->refused, 0);
     assert_int_equal(s->reset, 0);
@@ -260,10 +116,9 @@ static void test_handover_loop(void **state)
     t_proc p;
     assert_int_equal(t_proc_start(&p, argv, 0, true, START_MS), 0);
     g_pid = p.pid;
-    looper ls[LOOPERS];
-    loop_start(ls, p.port);
-    long mark = 0;
-    assert_true(wait_served(&mark, PROGRESS));
+    t_loop *loop = t_loop_start(p.port, LOOPERS, SESSION_MS);
+    assert_non_null(loop);
+    assert_true(t_loop_wait_served(loop, PROGRESS, SESSION_MS));
     for (int r = 1; r <= ROUNDS; r++) {
         int old = p.pid;
         assert_int_equal(kill(old, SIGUSR2), 0);
@@ -277,9 +132,10 @@ static void test_handover_loop(void **state)
         if (rc != 0)
             fail_msg("old poolsrv %d exited with %d; log:\n%s", old, rc, p.log);
         p.pid = next;
-        assert_true(wait_served(&mark, PROGRESS)); /* the new one alone serves */
+        assert_true(t_loop_wait_served(loop, PROGRESS, SESSION_MS)); /* the new one alone serves */
     }
-    loop_stats s = loop_stop(ls);
+    t_loop_stats s;
+    t_loop_stop(loop, &s);
     /* The admin listener went over too. */
     char reply[4096];
     assert_true(t_admin(p.admin_port, "threads", reply, sizeof reply) > 0);
@@ -360,10 +216,9 @@ static void test_socket_activated_restarts(void **state)
     int fds[2] = {listener(&dport), listener(&aport)};
     char *argv[] = {POOLSRV_BIN, "-o", dispatch_opt, "-o", "log.level=warn", NULL};
     t_child_opts o = {.listen_fds = fds, .nlisten = 2, .listen_names = "data:admin"};
-    looper ls[LOOPERS];
-    loop_start(ls, dport);
-    loop_stats s;
-    long mark = 0;
+    t_loop *loop = t_loop_start(dport, LOOPERS, SESSION_MS);
+    assert_non_null(loop);
+    t_loop_stats s;
     int64_t worst_gap = 0;
     for (int r = 0; r <= ROUNDS; r++) {
         t_proc p;
@@ -372,9 +227,9 @@ static void test_socket_activated_restarts(void **state)
             fail_msg("poolsrv %d did not start (%d):\n%s", r, rc, p.log);
         g_pid = p.pid;
         assert_int_equal(p.port, dport);
-        assert_true(wait_served(&mark, PROGRESS));
+        assert_true(t_loop_wait_served(loop, PROGRESS, SESSION_MS));
         if (r == ROUNDS) {
-            s = loop_stop(ls); /* before the last stop: nobody would take them */
+            t_loop_stop(loop, &s); /* before the last stop: nobody would take them */
             rc = t_proc_stop(&p, SIGTERM, START_MS);
         } else {
             int64_t t1 = t_now_ms();

@@ -33,9 +33,9 @@
  * until the metrics table has a row for it. */
 static const ps_server_stats distinct_server = {
     1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011,
-    1012, 1013, 1014, 1015, 1016, 1017, 1018, 1019, 1020, 1021, 1022,
+    1012, 1013, 1014, 1015, 1016, 1017, 1018, 1019, 1020, 1021, 1022, 1023,
 };
-#define N_SERVER_VALUES 22
+#define N_SERVER_VALUES 23
 static const ps_pool_stats distinct_pool = {
     2001, 2002, 2003, 2004, 2005, 2006, 2007, 2008, 2009, 2010, 2011,
 };
@@ -313,8 +313,8 @@ static void test_render_every_field(void **state)
     /* A few by name, so the table's names are pinned too. */
     assert_non_null(strstr(text, "\npoolsrv_proxy_errors_total 1011\n"));
     assert_non_null(strstr(text, "\npoolsrv_curr_connections 1001\n"));
-    assert_non_null(strstr(text, "\npoolsrv_bytes_in_total 1013\n"));
-    assert_non_null(strstr(text, "\npoolsrv_uptime_seconds 1022\n"));
+    assert_non_null(strstr(text, "\npoolsrv_bytes_in_total 1014\n"));
+    assert_non_null(strstr(text, "\npoolsrv_uptime_seconds 1023\n"));
     assert_non_null(strstr(text, "\npoolsrv_jobs_submitted_total 2001\n"));
     assert_non_null(strstr(text, "\npoolsrv_queue_capacity 2011\n"));
     free(text);
@@ -555,7 +555,7 @@ static int emit(void)
     ps_server_stats st = {
         .curr_connections = 12, .total_connections = 48213, .rejected_connections = 7,
         .rejected_busy = 5, .rejected_max = 2, .slot_waits = 31, .replies_deferred = 950,
-        .reloads = 2, .reload_errors = 1, .proxy_errors = 4, .lines = 1284091, .bytes_in = 73829011,
+        .reloads = 2, .reload_errors = 1, .proxy_errors = 4, .lines = 1284091, .blocks = 52011, .bytes_in = 73829011,
         .bytes_out = 80122934, .lines_too_long = 3, .idle_timeouts = 411, .send_timeouts = 1,
         .admin_commands = 64, .slow_handlers = 9, .parked_connections = 8,
         .uptime_seconds = 86400,

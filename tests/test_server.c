@@ -1959,6 +1959,144 @@ static void test_log_sink(void **state)
     pthread_mutex_unlock(&cap.lock);
 }
 
+/* A handler of blocks: "put N" asks for N bytes and answers "got N HASH"
+ * (FNV-1a of the block); "skip N" discards N bytes; "twice" asks twice; any
+ * other line is echoed. */
+static int block_got(ps_conn *conn, const void *data, size_t len, void *ud)
+{
+    (void)ud;
+    char reply[64];
+    int n = snprintf(reply, sizeof reply, "got %zu %016llx\r\n", len,
+                     (unsigned long long)t_fnv1a64(T_FNV1A64_INIT, data, len));
+    return ps_conn_send(conn, reply, (size_t)n) < 0 ? PS_CLOSE : PS_CONTINUE;
+}
+
+static int block_line(ps_conn *conn, const ps_line *line, void *ud)
+{
+    (void)ud;
+    char text[64];
+    snprintf(text, sizeof text, "%.*s", (int)(line->len < 63 ? line->len : 63), line->data);
+    unsigned long long n = 0;
+    int rc = 0;
+    bool answered = true;
+    if (sscanf(text, "put %llu", &n) == 1)
+        rc = ps_conn_read_bytes(conn, (size_t)n, block_got);
+    else if (sscanf(text, "skip %llu", &n) == 1)
+        rc = ps_conn_read_bytes(conn, (size_t)n, NULL);
+    else if (strcmp(text, "twice") == 0)
+        rc = ps_conn_read_bytes(conn, 1, block_got) == 0 ? ps_conn_read_bytes(conn, 1, block_got)
+                                                         : -1;
+    else
+        answered = false;
+    if (!answered)
+        return ps_conn_send(conn, line->data, line->len + line->eol_len) < 0 ? PS_CLOSE
+                                                                             : PS_CONTINUE;
+    if (rc != 0 || strncmp(text, "skip", 4) == 0) {
+        char reply[32];
+        int k = snprintf(reply, sizeof reply, rc != 0 ? "ERR %d\r\n" : "skipping\r\n", rc);
+        return ps_conn_send(conn, reply, (size_t)k) < 0 ? PS_CLOSE : PS_CONTINUE;
+    }
+    return PS_CONTINUE;
+}
+
+static const ps_handler block_handler = {.on_line = block_line};
+
+static void expect_block(int fd, const void *data, size_t len)
+{
+    char want[64];
+    snprintf(want, sizeof want, "got %zu %016llx\r\n", len,
+             (unsigned long long)t_fnv1a64(T_FNV1A64_INIT, data, len));
+    expect_line(fd, want);
+}
+
+/* ps_conn_read_bytes: blocks given whole and binary safe, however the
+ * bytes arrive (with the next line in the same write, byte by byte, back
+ * to back, 1 MiB); over max_block refused and the stream goes on; skipped
+ * bytes never reach the framer; a client gone mid-block is closed. */
+static void test_read_bytes_blocks(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.max_block = 1100000;
+    cfg.greeting[0] = '\0';
+    ps_server *srv = t_start(&cfg, &block_handler);
+    assert_non_null(srv);
+    int fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+
+    static const char bin[] = "a\nb\0c\r\nd";
+    char req[64];
+    int n = snprintf(req, sizeof req, "put %zu\n", sizeof bin - 1);
+    assert_int_equal(t_write_all(fd, req, (size_t)n), 0);
+    assert_int_equal(t_write_all(fd, bin, sizeof bin - 1), 0);
+    assert_int_equal(t_send_str(fd, "next\n"), 0);
+    expect_block(fd, bin, sizeof bin - 1);
+    expect_line(fd, "next\n");
+
+    /* Byte by byte. */
+    unsigned char slow[100];
+    for (size_t i = 0; i < sizeof slow; i++)
+        slow[i] = (unsigned char)(i * 37 + 1);
+    assert_int_equal(t_send_str(fd, "put 100\n"), 0);
+    for (size_t i = 0; i < sizeof slow; i++)
+        assert_int_equal(t_write_all(fd, slow + i, 1), 0);
+    expect_block(fd, slow, sizeof slow);
+
+    /* Back to back in one write, and two asks from one callback. */
+    assert_int_equal(t_send_str(fd, "put 3\nabcput 3\ndeftwice\n"), 0);
+    expect_block(fd, "abc", 3);
+    expect_block(fd, "def", 3);
+    expect_line(fd, "ERR -16\r\n"); /* -EBUSY: one request at a time */
+    assert_int_equal(t_send_str(fd, "x"), 0);
+    expect_block(fd, "x", 1);
+
+    /* 1 MiB. */
+    size_t big = 1024 * 1024;
+    unsigned char *blob = malloc(big);
+    assert_non_null(blob);
+    for (size_t i = 0; i < big; i++)
+        blob[i] = (unsigned char)((i * 2654435761u) >> 13);
+    n = snprintf(req, sizeof req, "put %zu\n", big);
+    assert_int_equal(t_write_all(fd, req, (size_t)n), 0);
+    assert_int_equal(t_write_all(fd, blob, big), 0);
+    expect_block(fd, blob, big);
+
+    /* Over max_block: refused, nothing asked; the next line is a line. */
+    assert_int_equal(t_send_str(fd, "put 1100001\nstill lines\n"), 0);
+    expect_line(fd, "ERR -90\r\n"); /* -EMSGSIZE */
+    expect_line(fd, "still lines\n");
+    assert_int_equal(t_send_str(fd, "put 0\n"), 0);
+    expect_line(fd, "ERR -22\r\n"); /* -EINVAL */
+
+    /* Skipped: past max_block too, never framed. */
+    assert_int_equal(t_send_str(fd, "skip 2000000\n"), 0);
+    expect_line(fd, "skipping\r\n");
+    memset(blob, '\n', big); /* lines, were they framed */
+    assert_int_equal(t_write_all(fd, blob, big), 0);
+    assert_int_equal(t_write_all(fd, blob, 2000000 - big), 0);
+    assert_int_equal(t_send_str(fd, "after\n"), 0);
+    expect_line(fd, "after\n");
+    free(blob);
+    close(fd);
+
+    /* Gone mid-block: closed, counted out, fn never called. */
+    fd = t_connect(ps_server_port(srv));
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "put 100\nonly part of it"), 0);
+    close(fd);
+    ps_server_stats st;
+    for (int i = 0; i < 200; i++) {
+        ps_server_get_stats(srv, &st);
+        if (st.curr_connections == 0)
+            break;
+        t_readable(-1, 10);
+    }
+    assert_int_equal(st.curr_connections, 0);
+    assert_int_equal(st.blocks, 6);
+    ps_server_destroy(srv);
+}
+
 /* The local port of a client socket, as the server sees its peer. */
 static unsigned local_port(int fd)
 {
@@ -2221,6 +2359,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_ipv6_loopback),
         cmocka_unit_test(test_proxy_protocol),
         cmocka_unit_test(test_admin_stats_conns),
+        cmocka_unit_test(test_read_bytes_blocks),
     };
     return cmocka_run_group_tests_name(argv[1], tests, NULL, NULL);
 }

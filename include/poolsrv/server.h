@@ -55,6 +55,22 @@ void ps_conn_set_data(ps_conn *conn, void *data);
 void *ps_conn_get_data(const ps_conn *conn);
 
 /*
+ * Length-delimited input (a memcached "set": a line, then a block of N
+ * bytes): from a callback of conn (on_open, on_line, or a block's own fn),
+ * ps_conn_read_bytes asks that the next n bytes the client sends be given
+ * whole to fn (with the handler's ud), binary safe, instead of being framed
+ * as lines; lines resume after them. fn == NULL discards the n bytes as
+ * they arrive, without holding them (a block refused as too large).
+ * Returns 0; -EMSGSIZE when n exceeds limits.max_block (nothing changes;
+ * fn NULL has no bound); -EBUSY when a request is already pending; -EINVAL
+ * for n == 0. fn's data is valid during the call only; fn returns
+ * PS_CONTINUE or PS_CLOSE, as on_line does. A client that closes before
+ * the block is whole never reaches fn.
+ */
+typedef int (*ps_bytes_fn)(ps_conn *conn, const void *data, size_t len, void *ud);
+int ps_conn_read_bytes(ps_conn *conn, size_t n, ps_bytes_fn fn);
+
+/*
  * Replies finished later, from any thread (the seed's EndInvoke, for a
  * connection): a callback that starts slow work (a future on the pool, a
  * request to another service) defers its reply, returns, and so frees its
@@ -110,6 +126,7 @@ typedef struct ps_server_stats {
     uint64_t reload_errors;        /* ... that found the configuration broken */
     uint64_t proxy_errors;         /* PROXY header missing, malformed, late or untrusted */
     uint64_t lines;
+    uint64_t blocks;               /* ps_conn_read_bytes blocks given whole */
     uint64_t bytes_in;
     uint64_t bytes_out;
     uint64_t lines_too_long;

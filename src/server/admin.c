@@ -103,6 +103,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT reload_errors %llu\r\n", (unsigned long long)s.reload_errors);
     add(r, "STAT proxy_errors %llu\r\n", (unsigned long long)s.proxy_errors);
     add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);
+    add(r, "STAT blocks %llu\r\n", (unsigned long long)s.blocks);
     add(r, "STAT bytes_in %llu\r\n", (unsigned long long)s.bytes_in);
     add(r, "STAT bytes_out %llu\r\n", (unsigned long long)s.bytes_out);
     add(r, "STAT lines_too_long %llu\r\n", (unsigned long long)s.lines_too_long);

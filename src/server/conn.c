@@ -264,9 +264,13 @@ ssize_t ps__conn_read(ps_conn *c)
         c->in_off = 0;
     }
     if (c->in_cap - c->in_len < PS__READ_CHUNK / 4) {
-        /* Grow only as far as one maximal partial line plus a read: the
-         * framer rejects anything longer, so this bounds memory. */
-        size_t limit = PS__LIMIT(c->srv, max_line) + 2 + PS__READ_CHUNK;
+        /* Grow only as far as one maximal partial line (or the block asked
+         * for, ps_conn_read_bytes) plus a read: the framer rejects anything
+         * longer, so this bounds memory. */
+        size_t most = PS__LIMIT(c->srv, max_line) + 2;
+        if (c->block_want > most && !c->block_discard)
+            most = c->block_want;
+        size_t limit = most + PS__READ_CHUNK;
         size_t cap = c->in_cap * 2;
         if (cap < PS__READ_CHUNK)
             cap = PS__READ_CHUNK;
@@ -299,20 +303,78 @@ ssize_t ps__conn_read(ps_conn *c)
 
 bool ps__conn_has_line(const ps_conn *c)
 {
+    if (c->block_want > 0) /* a whole block (or bytes to discard) is as good */
+        return c->in_len > c->in_off &&
+               (c->block_discard || c->in_len - c->in_off >= c->block_want);
     return c->in_len > c->in_off &&
            memchr(c->in + c->in_off, '\n', c->in_len - c->in_off) != NULL;
+}
+
+int ps_conn_read_bytes(ps_conn *c, size_t n, ps_bytes_fn fn)
+{
+    if (n == 0)
+        return -EINVAL;
+    if (c->block_want > 0)
+        return -EBUSY;
+    if (fn != NULL && n > PS__LIMIT(c->srv, max_block))
+        return -EMSGSIZE;
+    c->block_want = n;
+    c->block_fn = fn;
+    c->block_discard = fn == NULL;
+    return 0;
+}
+
+/* The pending block's part of the input: 1 when a whole block went to its
+ * fn (*rc its answer; *began as for a line's handler call) or discarded
+ * bytes finished one, 0 when more bytes are needed (discarded ones
+ * consumed meanwhile). */
+static int take_block(ps_conn *c, int *rc, int64_t *began)
+{
+    size_t have = c->in_len - c->in_off;
+    if (c->block_discard) {
+        size_t n = have < c->block_want ? have : c->block_want;
+        c->in_off += n;
+        c->block_want -= n;
+        return c->block_want == 0 ? 1 : 0;
+    }
+    if (have < c->block_want)
+        return 0;
+    size_t n = c->block_want;
+    ps_bytes_fn fn = c->block_fn;
+    c->block_want = 0; /* fn may ask for the next block */
+    c->block_fn = NULL;
+    const char *data = c->in + c->in_off;
+    c->in_off += n;
+    atomic_fetch_add_explicit(&c->srv->c.blocks, 1, memory_order_relaxed);
+    if (*began == 0)
+        *began = ps__now_us();
+    handler_started(*began);
+    *rc = fn(c, data, n, c->srv->ud);
+    *began = handler_ended(c, *began, "on_bytes");
+    return 1;
 }
 
 int ps__conn_process(ps_conn *c)
 {
     ps_server *srv = c->srv;
     const ps_handler *h = srv->handler;
-    uint64_t lines = 0;
+    uint64_t lines = 0, blocks = 0;
     int rc = PS_CONTINUE;
     int64_t began = 0; /* of the next handler call; one clock read per call */
     ps__hist *hist = NULL; /* this thread's handler time, found once */
 
     while (c->out_len - c->out_off < PS__OUT_HIGH_WATER) {
+        if (c->block_want > 0) {
+            int r = PS_CONTINUE;
+            if (!take_block(c, &r, &began))
+                break;
+            blocks++;
+            if (r != PS_CONTINUE) {
+                rc = PS_CLOSE;
+                break;
+            }
+            continue;
+        }
         ps_line line;
         ssize_t n = ps_lineframe_next(c->in + c->in_off, c->in_len - c->in_off,
                                       PS__LIMIT(srv, max_line), &line);
@@ -346,10 +408,13 @@ int ps__conn_process(ps_conn *c)
             break;
         }
     }
-    if (lines > 0) {
-        /* The last handler call's end, when there was one: no clock read. */
+    if (lines > 0 || blocks > 0) {
+        /* The last handler call's end, when there was one: no clock read.
+         * A whole block restarts the idle clock as a line does. */
         int64_t now_ms = began != 0 ? began / 1000 : ps__now_ms();
         atomic_store_explicit(&c->last_line_ms, now_ms, memory_order_relaxed);
+    }
+    if (lines > 0) {
         atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
         atomic_fetch_add_explicit(&c->lines, lines, memory_order_relaxed);
     }

@@ -55,6 +55,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
+    atomic_uint_fast64_t blocks;       /* ps_conn_read_bytes blocks given whole */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];
@@ -93,6 +94,7 @@ typedef struct ps__event ps__event;
 typedef struct ps__limits {
     _Atomic unsigned max_connections, max_connections_wait_ms;
     _Atomic size_t max_line;
+    _Atomic size_t max_block;
     _Atomic unsigned idle_timeout, send_timeout, shutdown_timeout, slow_handler_ms;
 } ps__limits;
 #define PS__LIMIT(srv, key) atomic_load_explicit(&(srv)->limits.key, memory_order_relaxed)
@@ -234,6 +236,11 @@ struct ps_conn {
     _Atomic int64_t last_line_ms;
     char peer[PS__ADDR_MAX];
     int64_t created_ms;          /* monotonic; set before it is registered */
+    /* ps_conn_read_bytes: the next block_want bytes go to block_fn (or are
+     * discarded, block_discard) instead of the framer; 0 = lines. */
+    size_t block_want;
+    ps_bytes_fn block_fn;
+    bool block_discard;
     atomic_uint_fast64_t lines;  /* lines framed; read by `stats conns` */
     struct ps_conn *reg_prev, *reg_next; /* its stripe of the registry */
 

@@ -91,6 +91,8 @@ static const ps__metrics_field fields[] = {
     SRV(proxy_errors, "proxy_errors_total", PS__COUNTER,
         "Connections closed for a PROXY header missing, malformed, late or from an untrusted peer."),
     SRV(lines, "lines_total", PS__COUNTER, "Lines received and passed to the handler."),
+    SRV(blocks, "blocks_total", PS__COUNTER,
+        "Length-delimited blocks (ps_conn_read_bytes) received and passed to the handler."),
     SRV(bytes_in, "bytes_in_total", PS__COUNTER, "Bytes read from clients."),
     SRV(bytes_out, "bytes_out_total", PS__COUNTER, "Bytes written to clients."),
     SRV(lines_too_long, "lines_too_long_total", PS__COUNTER, "Lines longer than max_line."),

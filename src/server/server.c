@@ -50,6 +50,7 @@ static void set_limits(ps_server *srv, const ps_config *cfg)
     atomic_store_explicit(&l->max_connections_wait_ms, cfg->max_connections_wait_ms,
                           memory_order_relaxed);
     atomic_store_explicit(&l->max_line, cfg->max_line, memory_order_relaxed);
+    atomic_store_explicit(&l->max_block, cfg->max_block, memory_order_relaxed);
     atomic_store_explicit(&l->idle_timeout, cfg->idle_timeout, memory_order_relaxed);
     atomic_store_explicit(&l->send_timeout, cfg->send_timeout, memory_order_relaxed);
     atomic_store_explicit(&l->shutdown_timeout, cfg->shutdown_timeout, memory_order_relaxed);
@@ -694,6 +695,7 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->reloads = atomic_load_explicit(&c->reloads, memory_order_relaxed);
     st->reload_errors = atomic_load_explicit(&c->reload_errors, memory_order_relaxed);
     st->proxy_errors = atomic_load_explicit(&c->proxy_errors, memory_order_relaxed);
+    st->blocks = atomic_load_explicit(&c->blocks, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);

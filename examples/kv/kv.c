@@ -1,0 +1,369 @@
+/*
+ * kv: a memcached-compatible cache as a poolsrv handler module: memcached's
+ * ASCII protocol (proto.c) over a striped item store (store.c).
+ *
+ *   [handler]
+ *   module = /path/to/kv.so
+ *   memory_mb = 64          ; the items' byte budget; LRU eviction past it
+ *   item_size_max = 1048576 ; the largest item (header + key + value)
+ *   stripes = 256           ; lock stripes of the store
+ *
+ * A storage command is a line and then a data block of `bytes` + 2 bytes:
+ * the line asks the connection layer for the block (ps_conn_read_bytes)
+ * and the block's callback stores it. Everything else answers at once.
+ * Expired items go when touched, and a sweeper thread of the module's own
+ * takes them out a batch a second.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <poolsrv/module.h>
+#include <poolsrv/version.h>
+
+#include "proto.h"
+#include "store.h"
+
+/* Items looked at per sweep, once a second. */
+#define KV_SWEEP_BATCH 10000
+
+typedef struct kv_module {
+    kv_store *store;
+    time_t started;
+    pthread_t sweeper;
+    pthread_mutex_t lock; /* guards stop, for the sweeper's wait */
+    pthread_cond_t wake;
+    bool stop;
+} kv_module;
+
+/* A connection's state: the storage command whose block is awaited (its
+ * key copied: the line it came in is gone by then), and a reply buffer
+ * kept between commands. */
+typedef struct kv_conn {
+    kv_cmd_type type;
+    char key[KV_KEY_MAX];
+    size_t nkey;
+    uint32_t flags;
+    int64_t exptime;
+    uint64_t cas;
+    bool noreply;
+    kv_buf out;
+} kv_conn;
+
+static int send_text(ps_conn *conn, const char *text, size_t len)
+{
+    return ps_conn_send(conn, text, len) < 0 ? PS_CLOSE : PS_CONTINUE;
+}
+
+static int send_str(ps_conn *conn, const char *text)
+{
+    return send_text(conn, text, strlen(text));
+}
+
+/* Sends and empties the connection's reply buffer. */
+static int send_out(ps_conn *conn, kv_conn *kc)
+{
+    int rc = send_text(conn, kc->out.data, kc->out.len);
+    kc->out.len = 0;
+    return rc;
+}
+
+static kv_conn *conn_state(ps_conn *conn)
+{
+    kv_conn *kc = ps_conn_get_data(conn);
+    if (kc == NULL) {
+        kc = calloc(1, sizeof *kc);
+        ps_conn_set_data(conn, kc);
+    }
+    return kc;
+}
+
+static kv_put_mode put_mode(kv_cmd_type t)
+{
+    switch (t) {
+    case KV_CMD_ADD: return KV_ADD;
+    case KV_CMD_REPLACE: return KV_REPLACE;
+    case KV_CMD_APPEND: return KV_APPEND;
+    case KV_CMD_PREPEND: return KV_PREPEND;
+    case KV_CMD_CAS: return KV_CAS;
+    default: return KV_SET;
+    }
+}
+
+/* The data block of a storage command: its value and "\r\n". */
+static int on_block(ps_conn *conn, const void *data, size_t len, void *ud)
+{
+    kv_module *m = ud;
+    kv_conn *kc = ps_conn_get_data(conn);
+    const char *bytes = data;
+    if (len < 2 || bytes[len - 2] != '\r' || bytes[len - 1] != '\n')
+        return kc->noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_BAD_CHUNK);
+    kv_put p = {.mode = put_mode(kc->type), .key = kc->key, .nkey = kc->nkey,
+                .value = data, .nbytes = len - 2, .flags = kc->flags,
+                .exptime = kc->exptime, .cas = kc->cas};
+    uint64_t cas;
+    kv_result r = kv_store_put(m->store, &p, &cas);
+    if (kc->noreply)
+        return PS_CONTINUE;
+    return send_str(conn, kv_proto_result_line(kc->type, r));
+}
+
+/* set/add/replace/append/prepend/cas: checks the size first (a block the
+ * store would refuse is discarded, not held), then asks for the block. */
+static int storage(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
+{
+    kv_result a = kv_store_admit(m->store, put_mode(cmd->type), cmd->keys[0].data,
+                                 cmd->keys[0].len, cmd->bytes);
+    if (a == KV_OK) {
+        kc->type = cmd->type;
+        memcpy(kc->key, cmd->keys[0].data, cmd->keys[0].len);
+        kc->nkey = cmd->keys[0].len;
+        kc->flags = cmd->flags;
+        kc->exptime = cmd->exptime;
+        kc->cas = cmd->cas;
+        kc->noreply = cmd->noreply;
+        if (ps_conn_read_bytes(conn, cmd->bytes + 2, on_block) == 0)
+            return PS_CONTINUE;
+        a = KV_TOO_LARGE; /* beyond the server's limits.max_block */
+    }
+    if (ps_conn_read_bytes(conn, cmd->bytes + 2, NULL) != 0)
+        return PS_CLOSE;
+    if (cmd->noreply)
+        return PS_CONTINUE;
+    return send_str(conn, kv_proto_result_line(cmd->type, a));
+}
+
+/* get/gets/gat/gats: every key, batch after batch, then END. */
+static int retrieval(ps_conn *conn, kv_module *m, kv_conn *kc, kv_cmd *cmd)
+{
+    do {
+        for (size_t i = 0; i < cmd->nkeys; i++)
+            if (kv_proto_get_key(m->store, cmd, &cmd->keys[i], &kc->out) == KV_NO_MEMORY)
+                return send_str(conn, "SERVER_ERROR out of memory writing get response\r\n");
+    } while (kv_proto_next_keys(cmd) > 0);
+    if (kv_buf_append(&kc->out, KV_REPLY_END, sizeof KV_REPLY_END - 1) != 0)
+        return PS_CLOSE;
+    return send_out(conn, kc);
+}
+
+static int stats(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
+{
+    if (cmd->nkeys > 0)
+        return send_str(conn, KV_REPLY_ERROR); /* stats items, slabs, ...: not kept */
+    time_t now = time(NULL);
+    kv_store_stats st;
+    kv_store_stats_get(m->store, &st);
+    kv_buf *o = &kc->out;
+    int e = kv_proto_append_stat_u64(o, "pid", (uint64_t)getpid());
+    e |= kv_proto_append_stat_u64(o, "uptime", (uint64_t)(now - m->started));
+    e |= kv_proto_append_stat_u64(o, "time", (uint64_t)now);
+    e |= kv_proto_append_stat(o, "version", ps_version());
+    e |= kv_proto_append_stat_u64(o, "pointer_size", 8 * sizeof(void *));
+    e |= kv_proto_append_stats(o, &st);
+    e |= kv_buf_append(o, KV_REPLY_END, sizeof KV_REPLY_END - 1);
+    if (e != 0)
+        return PS_CLOSE;
+    return send_out(conn, kc);
+}
+
+static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
+{
+    kv_module *m = ud;
+    kv_conn *kc = conn_state(conn);
+    if (kc == NULL) {
+        send_str(conn, "SERVER_ERROR out of memory\r\n");
+        return PS_CLOSE;
+    }
+    kv_cmd cmd;
+    if (kv_proto_parse(line->data, line->len, &cmd) < 0)
+        return cmd.noreply ? PS_CONTINUE : send_text(conn, cmd.reply, cmd.reply_len);
+    kv_result r;
+    uint64_t value;
+    switch (cmd.type) {
+    case KV_CMD_SET:
+    case KV_CMD_ADD:
+    case KV_CMD_REPLACE:
+    case KV_CMD_APPEND:
+    case KV_CMD_PREPEND:
+    case KV_CMD_CAS:
+        return storage(conn, m, kc, &cmd);
+    case KV_CMD_GET:
+    case KV_CMD_GETS:
+    case KV_CMD_GAT:
+    case KV_CMD_GATS:
+        return retrieval(conn, m, kc, &cmd);
+    case KV_CMD_DELETE:
+        r = kv_store_delete(m->store, cmd.keys[0].data, cmd.keys[0].len);
+        break;
+    case KV_CMD_TOUCH:
+        r = kv_store_touch(m->store, cmd.keys[0].data, cmd.keys[0].len, cmd.exptime);
+        break;
+    case KV_CMD_INCR:
+    case KV_CMD_DECR:
+        r = kv_store_arith(m->store, cmd.keys[0].data, cmd.keys[0].len, cmd.type == KV_CMD_INCR,
+                           cmd.delta, &value);
+        if (r == KV_OK && !cmd.noreply) {
+            if (kv_proto_append_number(&kc->out, value) != 0)
+                return PS_CLOSE;
+            return send_out(conn, kc);
+        }
+        break;
+    case KV_CMD_FLUSH_ALL:
+        kv_store_flush(m->store, cmd.delay);
+        return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
+    case KV_CMD_VERBOSITY:
+        return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
+    case KV_CMD_VERSION:
+        if (kv_proto_append_version(&kc->out, ps_version()) != 0)
+            return PS_CLOSE;
+        return send_out(conn, kc);
+    case KV_CMD_STATS:
+        return stats(conn, m, kc, &cmd);
+    case KV_CMD_QUIT:
+        return PS_CLOSE;
+    case KV_CMD_NONE:
+    default:
+        return send_str(conn, KV_REPLY_ERROR);
+    }
+    if (cmd.noreply)
+        return PS_CONTINUE;
+    return send_str(conn, kv_proto_result_line(cmd.type, r));
+}
+
+static void kv_close(ps_conn *conn, void *ud)
+{
+    (void)ud;
+    kv_conn *kc = ps_conn_get_data(conn);
+    if (kc != NULL) {
+        kv_buf_free(&kc->out);
+        free(kc);
+    }
+}
+
+static const ps_handler kv_handler = {
+    .on_open = NULL, /* memcached greets nobody */
+    .on_line = kv_line,
+    .on_close = kv_close,
+};
+
+/* Takes expired items out a batch at a time, once a second, until fini. */
+static void *sweeper_main(void *arg)
+{
+    kv_module *m = arg;
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&m->wake, &m->lock, &until);
+        if (m->stop)
+            break;
+        pthread_mutex_unlock(&m->lock);
+        kv_store_sweep(m->store, KV_SWEEP_BATCH);
+        pthread_mutex_lock(&m->lock);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* A key's value as a size: 0 with *out set, or -1 with err. */
+static int key_size(const char *value, size_t lo, size_t hi, size_t *out, char *err,
+                    size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || value[0] == '-' || v < lo || v > hi) {
+        snprintf(err, errlen, "expected an integer from %zu to %zu, got \"%s\"", lo, hi, value);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static int kv_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
+                   char *err, size_t errlen, size_t *bad)
+{
+    kv_store_opts o = {.memory_mb = 64, .item_size_max = 1024 * 1024, .stripes = 256};
+    size_t v;
+    for (size_t i = 0; i < nkeys; i++) {
+        *bad = i;
+        if (strcmp(keys[i].key, "memory_mb") == 0) {
+            if (key_size(keys[i].value, 1, 1024 * 1024, &v, err, errlen) != 0)
+                return -1;
+            o.memory_mb = v;
+        } else if (strcmp(keys[i].key, "item_size_max") == 0) {
+            if (key_size(keys[i].value, 1024, 1024 * 1024 * 1024, &v, err, errlen) != 0)
+                return -1;
+            o.item_size_max = v;
+        } else if (strcmp(keys[i].key, "stripes") == 0) {
+            if (key_size(keys[i].value, 1, 4096, &v, err, errlen) != 0 || (v & (v - 1)) != 0) {
+                snprintf(err, errlen, "expected a power of two from 1 to 4096, got \"%s\"",
+                         keys[i].value);
+                return -1;
+            }
+            o.stripes = (unsigned)v;
+        } else {
+            snprintf(err, errlen, "unknown key (kv takes: memory_mb, item_size_max, stripes)");
+            return -1;
+        }
+    }
+    *bad = (size_t)-1;
+    if (o.item_size_max > o.memory_mb * 1024 * 1024) {
+        snprintf(err, errlen, "item_size_max %zu is larger than memory_mb %zu MiB",
+                 o.item_size_max, o.memory_mb);
+        return -1;
+    }
+    /* A value's block (with its \r\n) must fit what the server reads. */
+    if (o.item_size_max + 2 > cfg->max_block) {
+        snprintf(err, errlen, "item_size_max %zu needs limits.max_block of at least %zu (it is %zu)",
+                 o.item_size_max, o.item_size_max + 2, cfg->max_block);
+        return -1;
+    }
+    kv_module *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    m->started = time(NULL);
+    int rc = kv_store_create(&m->store, &o);
+    if (rc != 0) {
+        snprintf(err, errlen, "item store: %s", strerror(-rc));
+        free(m);
+        return -1;
+    }
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->wake, NULL);
+    if (pthread_create(&m->sweeper, NULL, sweeper_main, m) != 0) {
+        snprintf(err, errlen, "sweeper thread: cannot start");
+        pthread_cond_destroy(&m->wake);
+        pthread_mutex_destroy(&m->lock);
+        kv_store_destroy(m->store);
+        free(m);
+        return -1;
+    }
+    *ud = m;
+    return 0;
+}
+
+static void kv_fini(void *ud)
+{
+    kv_module *m = ud;
+    pthread_mutex_lock(&m->lock);
+    m->stop = true;
+    pthread_cond_signal(&m->wake);
+    pthread_mutex_unlock(&m->lock);
+    pthread_join(m->sweeper, NULL);
+    pthread_cond_destroy(&m->wake);
+    pthread_mutex_destroy(&m->lock);
+    kv_store_destroy(m->store);
+    free(m);
+}
+
+PS_MODULE_DEFINE("kv", &kv_handler, kv_init, kv_fini);

@@ -41,7 +41,7 @@ typedef struct ps_handler {
     void (*on_close)(ps_conn *conn, void *ud);
 } ps_handler;
 
-/* Queues bytes for the client (copied). Returns 0 or -ENOMEM / PS_ESHUTDOWN. */
+/* Queues bytes for the client (copied). Returns 0 or -ENOMEM. */
 int ps_conn_send(ps_conn *conn, const void *data, size_t len);
 
 /* A number unique to the connection for the life of the server. */

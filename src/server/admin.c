@@ -465,7 +465,7 @@ static void *admin_main(void *arg)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            ps_log_error("admin poll: %s", strerror(errno));
+            ps_log_error("admin poll: %s", ps_strerror(-errno));
             break;
         }
         if (p[0].revents)
@@ -532,7 +532,7 @@ static void *admin_main(void *arg)
                  * fd still wakes it). */
                 if (now - last_warning >= 1000) {
                     last_warning = now;
-                    ps_log_warn("admin accept: %s", strerror(errno));
+                    ps_log_warn("admin accept: %s", ps_strerror(-errno));
                 }
                 poll(p, 1, 100);
             }

@@ -358,7 +358,7 @@ static void replace(ps_server *srv, ps_conn *c)
     ps__unlock(&srv->conns_lock);
     if (epoll_ctl(srv->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
         ps_log_error("connection %llu from %s: epoll_ctl: %s", (unsigned long long)c->id,
-                     c->peer, strerror(errno));
+                     c->peer, ps_strerror(-errno));
     release_shard(srv, from);
     atomic_fetch_sub_explicit(&srv->shards[from].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&srv->shards[to].conns, 1, memory_order_relaxed);
@@ -475,7 +475,7 @@ int ps__event_take(ps_server *srv, ps_conn *c)
     if (epoll_ctl(srv->shards[shard].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
         return 0;
     int e = errno;
-    ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)id, strerror(e));
+    ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)id, ps_strerror(-e));
     /* Never in epoll: unless the sweep took it (and will close it), it is
      * the caller's to reject. The sweep claims under conns_lock. */
     ps__lock(&srv->conns_lock);
@@ -568,7 +568,7 @@ static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int tim
         return;
     int n = epoll_wait(sh->epfd, evs, room, timeout_ms);
     if (n < 0 && errno != EINTR)
-        ps_log_error("epoll_wait: %s", strerror(errno));
+        ps_log_error("epoll_wait: %s", ps_strerror(-errno));
     unsigned got = 0;
     for (int i = 0; i < n; i++) {
         if (evs[i].data.ptr == &nudge_marker) {
@@ -824,7 +824,7 @@ static int watch_look(ps_server *srv)
          * take what waits behind the held calls. */
         uint64_t one = 1;
         if (woken < fresh && write(ev->nudge_fd, &one, sizeof one) < 0 && errno != EAGAIN)
-            ps_log_error("event watch: nudge: %s", strerror(errno));
+            ps_log_error("event watch: nudge: %s", ps_strerror(-errno));
     }
     if (held > 0)
         return WATCH_HELD;
@@ -974,7 +974,7 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
     srv->nshards = 0;
     srv->event = event_new(srv);
     if (srv->event == NULL) {
-        snprintf(err, errlen, "event dispatch: %s", strerror(errno));
+        snprintf(err, errlen, "event dispatch: %s", ps_strerror(-errno));
         return -errno;
     }
     for (unsigned i = 0; i < n; i++) {
@@ -984,7 +984,7 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
         if (fd < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0 ||
             epoll_ctl(fd, EPOLL_CTL_ADD, srv->event->nudge_fd, &nudge) < 0) {
             int e = errno;
-            snprintf(err, errlen, "epoll: %s", strerror(e));
+            snprintf(err, errlen, "epoll: %s", ps_strerror(-e));
             if (fd >= 0)
                 close(fd);
             ps__event_teardown(srv);

@@ -83,7 +83,7 @@ static void *linger_main(void *arg)
 
         p[0] = (struct pollfd){.fd = l->wake_fd, .events = POLLIN};
         if (poll(p, (nfds_t)n + 1, n > 0 ? PS__LINGER_TICK_MS : -1) < 0 && errno != EINTR) {
-            ps_log_error("linger poll: %s", strerror(errno));
+            ps_log_error("linger poll: %s", ps_strerror(-errno));
             break;
         }
         if (p[0].revents) {

@@ -38,7 +38,7 @@ static int load(const char *path, const ps_module **mod, void **dl, char *err, s
 {
     struct stat st;
     if (stat(path, &st) != 0) {
-        set_err(err, errlen, "%s: handler module: %s", path, strerror(errno));
+        set_err(err, errlen, "%s: handler module: %s", path, ps_strerror(-errno));
         return -ENOENT;
     }
     if (!S_ISREG(st.st_mode)) {

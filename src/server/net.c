@@ -106,7 +106,7 @@ int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int
                         ai->ai_protocol);
         if (fd < 0) {
             rc = -errno;
-            snprintf(err, errlen, "socket for %s: %s", host, strerror(errno));
+            snprintf(err, errlen, "socket for %s: %s", host, ps_strerror(-errno));
             continue;
         }
         int one = 1;
@@ -115,7 +115,7 @@ int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int
             (ai->ai_family == AF_INET6 &&
              setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)) {
             rc = -errno;
-            snprintf(err, errlen, "setsockopt on %s: %s", host, strerror(errno));
+            snprintf(err, errlen, "setsockopt on %s: %s", host, ps_strerror(-errno));
             close(fd);
             continue;
         }
@@ -123,7 +123,7 @@ int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int
             rc = -errno;
             char a[PS__ADDR_MAX];
             ps__format_addr(ai->ai_addr, a, sizeof a);
-            snprintf(err, errlen, "bind %s: %s", a, strerror(errno));
+            snprintf(err, errlen, "bind %s: %s", a, ps_strerror(-errno));
             close(fd);
             continue;
         }
@@ -131,7 +131,7 @@ int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int
         socklen_t sl = sizeof ss;
         if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
             rc = -errno;
-            snprintf(err, errlen, "getsockname: %s", strerror(errno));
+            snprintf(err, errlen, "getsockname: %s", ps_strerror(-errno));
             close(fd);
             continue;
         }
@@ -152,14 +152,14 @@ int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *add
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l1) < 0) {
         int e = errno;
         snprintf(err, errlen, "inherited %s listener (fd %d): not a socket: %s", what, fd,
-                 strerror(e));
+                 ps_strerror(-e));
         return -e;
     }
     if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l3) < 0 ||
         getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l4) < 0 ||
         getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &l2) < 0) {
         int e = errno;
-        snprintf(err, errlen, "inherited %s listener (fd %d): %s", what, fd, strerror(e));
+        snprintf(err, errlen, "inherited %s listener (fd %d): %s", what, fd, ps_strerror(-e));
         return -e;
     }
     if (type != SOCK_STREAM || proto != IPPROTO_TCP ||
@@ -177,7 +177,7 @@ int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *add
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
         int e = errno;
         snprintf(err, errlen, "inherited %s listener (fd %d): getsockname: %s", what, fd,
-                 strerror(e));
+                 ps_strerror(-e));
         return -e;
     }
     /* Ours from now on: non-blocking, not leaked into programs we run. */
@@ -185,7 +185,7 @@ int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *add
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
         fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
         int e = errno;
-        snprintf(err, errlen, "inherited %s listener (fd %d): fcntl: %s", what, fd, strerror(e));
+        snprintf(err, errlen, "inherited %s listener (fd %d): fcntl: %s", what, fd, ps_strerror(-e));
         return -e;
     }
     describe_bound(&ss, addr, addrlen, bound_port);

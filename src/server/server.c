@@ -292,7 +292,7 @@ static void *acceptor_main(void *arg)
         if (srv->cfg.dispatch == PS_DISPATCH_THREAD)
             ps__thread_reap(srv, false);
         if (n < 0 && errno != EINTR) {
-            ps_log_error("acceptor poll: %s", strerror(errno));
+            ps_log_error("acceptor poll: %s", ps_strerror(-errno));
             break;
         }
         if (n <= 0 || p[0].revents || p[1].revents || draining)
@@ -320,7 +320,7 @@ static void *acceptor_main(void *arg)
             if (now - last_fd_warning >= 1000) {
                 last_fd_warning = now;
                 ps_log_warn("accept: %s; pausing accepts for %d ms (%llu connections active)",
-                            strerror(e), PS__ACCEPT_PAUSE_MS,
+                            ps_strerror(-e), PS__ACCEPT_PAUSE_MS,
                             (unsigned long long)atomic_load(&srv->c.curr_connections));
             }
             break;
@@ -357,7 +357,7 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
     srv->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (srv->stop_fd < 0 || srv->drain_fd < 0) {
         rc = -errno;
-        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        snprintf(err, errlen, "eventfd: %s", ps_strerror(-errno));
         goto fail;
     }
     srv->backlog = srv->cfg.backlog > 0 ? srv->cfg.backlog : ps__somaxconn();
@@ -602,7 +602,7 @@ unsigned ps_server_drain(ps_server *srv)
     if (!atomic_exchange_explicit(&srv->draining, true, memory_order_acq_rel)) {
         uint64_t one = 1;
         if (write(srv->drain_fd, &one, sizeof one) < 0)
-            ps_log_error("drain signal: %s", strerror(errno));
+            ps_log_error("drain signal: %s", ps_strerror(-errno));
         /* The acceptor ends once no client waits for a slot any more. The
          * listener stays open until stop: whoever shares it (a process
          * that inherited it) takes the connections waiting there. */
@@ -641,7 +641,7 @@ void ps_server_stop(ps_server *srv)
     atomic_store_explicit(&srv->stopping, true, memory_order_release);
     uint64_t one = 1;
     if (write(srv->stop_fd, &one, sizeof one) < 0)
-        ps_log_error("stop signal: %s", strerror(errno));
+        ps_log_error("stop signal: %s", ps_strerror(-errno));
 
     /* First no new connections, then no admin reader of the pool, then the
      * pool (the stop signal already woke its poller): workers answer the

@@ -124,6 +124,22 @@ static int64_t wait_haproxy_says(const char *what, int n, int timeout_ms)
     return t_now_ms();
 }
 
+/* Waits for `more` sessions through HAProxy, or fails showing why. */
+static void expect_served(long more, const char *when)
+{
+    if (t_loop_wait_served(g_loop, more, SESSION_MS))
+        return;
+    t_loop_stats s;
+    t_loop_read(g_loop, &s);
+    t_proc_drain(&g_hp);
+    char reply[4096] = "";
+    if (g_s1.pid > 0)
+        t_admin(g_s1.admin_port, "threads", reply, sizeof reply);
+    fail_msg("%s: not %ld sessions in %d ms (%ld failed, first: %s); s1 threads:\n%s\n"
+             "HAProxy's log:\n%s",
+             when, more, SESSION_MS, t_loop_failed(&s), s.problem, reply, g_hp.log);
+}
+
 /* A session through HAProxy kept open while both instances are asked for
  * their connections: one of them lists the client's own port. */
 static void expect_real_address(uint16_t front)
@@ -179,7 +195,7 @@ static void test_haproxy_deploy(void **state)
 
     g_loop = t_loop_start(front, LOOPERS, SESSION_MS);
     assert_non_null(g_loop);
-    assert_true(t_loop_wait_served(g_loop, 200, SESSION_MS));
+    expect_served(200, "both up");
 
     /* kill -9 one instance. */
     t_loop_stats before, at_down, after;
@@ -188,7 +204,7 @@ static void test_haproxy_deploy(void **state)
     assert_int_equal(t_proc_stop(&g_s1, SIGKILL, START_MS), 128 + SIGKILL);
     int64_t t_down = wait_haproxy_says("poolsrv/s1 is DOWN", 1, START_MS);
     t_loop_read(g_loop, &at_down);
-    assert_true(t_loop_wait_served(g_loop, 300, SESSION_MS));
+    expect_served(300, "s1 killed");
     t_loop_read(g_loop, &after);
     long failed_kill = t_loop_failed(&at_down) - t_loop_failed(&before);
     long failed_after_down = t_loop_failed(&after) - t_loop_failed(&at_down);
@@ -218,7 +234,7 @@ static void test_haproxy_deploy(void **state)
     int64_t t_exit = t_now_ms();
     if (rc != 0)
         fail_msg("s2 exited with %d:\n%s", rc, g_s2.log);
-    assert_true(t_loop_wait_served(g_loop, 200, SESSION_MS));
+    expect_served(200, "s2 stopped");
     t_loop_read(g_loop, &term_after);
     long failed_term = t_loop_failed(&term_after) - t_loop_failed(&term_before);
     print_message("SIGTERM with drain_delay 2 s: out of rotation after %lld ms, exit after %lld ms; "

@@ -1698,7 +1698,7 @@ static long long metric(const char *text, const char *name)
 
 /* For load balancers and monitoring: `ready` (READY, NOT READY once a stop
  * is announced or every worker stays busy with clients waiting), `agent`
- * (up N%, drain), `metrics` and GET /metrics with the handler-time
+ * (ready up N%, drain), `metrics` and GET /metrics with the handler-time
  * histogram counting each line. */
 static void test_admin_ready_agent_metrics(void **state)
 {
@@ -1713,7 +1713,7 @@ static void test_admin_ready_agent_metrics(void **state)
     assert_true(t_admin_raw(ap, "ready\r\n", true, buf, sizeof buf) > 0);
     assert_string_equal(buf, "READY\r\n");
     assert_true(t_admin_raw(ap, "agent\r\n", true, buf, sizeof buf) > 0);
-    assert_string_equal(buf, "up 100%\n");
+    assert_string_equal(buf, "ready up 100%\n");
 
     int fd = t_connect_greeted(ps_server_port(srv), T_MS);
     assert_true(fd >= 0);
@@ -1779,7 +1779,7 @@ static void test_admin_ready_agent_metrics(void **state)
             fail_msg("ready stayed READY with every worker held; threads:\n%s", buf);
         }
         assert_true(t_admin_raw(ap, "agent\r\n", true, buf, sizeof buf) > 0);
-        assert_string_equal(buf, "up 1%\n");
+        assert_string_equal(buf, "ready up 1%\n");
     }
     for (int i = 0; i < 2; i++)
         close(busy[i]);

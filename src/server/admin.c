@@ -164,9 +164,11 @@ static const char *readiness(ps_server *srv)
     return "READY";
 }
 
-/* agent: HAProxy's agent-check reply: drain while stopping, else up with a
- * weight from the free workers (at least 1%, so that a busy server is not
- * taken for a draining one). */
+/* agent: HAProxy's agent-check reply: drain while starting or stopping,
+ * else "ready up" with a weight from the free workers (at least 1%, so that
+ * a busy server is not taken for a draining one). "ready" matters: HAProxy
+ * keeps a server it was told to drain in that state until an agent says
+ * ready, whatever else it says. */
 static void add_agent(ps_server *srv, reply *r)
 {
     const char *ready = readiness(srv);
@@ -177,7 +179,7 @@ static void add_agent(ps_server *srv, reply *r)
     ps_pool_stats ps;
     pool_stats(srv, &ps);
     unsigned pct = ps.max_threads > 0 ? (unsigned)(100ULL * ps.available_threads / ps.max_threads) : 0;
-    add(r, "up %u%%\n", pct > 0 ? pct : 1);
+    add(r, "ready up %u%%\n", pct > 0 ? pct : 1);
 }
 
 /* Samples whether every worker is busy and clients wait (admin thread,
@@ -279,7 +281,7 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
                 "stats conns  a line per connection: id, client, age, idle, state, lines\r\n"
                 "metrics   the counters in Prometheus text (also: GET /metrics HTTP/1.x)\r\n"
                 "ready     READY, or NOT READY and why (starting, draining, no worker free)\r\n"
-                "agent     an HAProxy agent-check reply, then the close: up N%% (free workers), or drain\r\n"
+                "agent     an HAProxy agent-check reply, then the close: ready up N%% (free workers), or drain\r\n"
                 "help      this list\r\n"
                 "quit      close this connection\r\n"
                 "END\r\n");

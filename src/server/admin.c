@@ -62,7 +62,7 @@ static void add(reply *r, const char *fmt, ...)
 static void pool_stats(ps_server *srv, ps_pool_stats *ps)
 {
     ps_server_get_pool_stats(srv, ps);
-    if (srv->cfg.dispatch == PS_DISPATCH_THREAD) {
+    if (!srv->dispatch->uses_pool) {
         /* No pool: a thread per connection, up to max_connections. */
         unsigned busy = (unsigned)atomic_load(&srv->c.conn_threads);
         ps->max_threads = PS__LIMIT(srv, max_connections);
@@ -188,11 +188,8 @@ static void watch_saturation(ps_server *srv, int64_t now)
 {
     ps_pool_stats ps;
     pool_stats(srv, &ps);
-    /* Event mode: a worker held by a handler polls nothing, so with none
-     * free, input waits unseen whatever the queue says. The other modes: a
-     * worker (or thread) per connection, so only clients queued for one
-     * are kept waiting. */
-    bool waiting = ps.queue_depth > 0 || srv->cfg.dispatch == PS_DISPATCH_EVENT;
+    /* See full_pool_waits (internal.h). */
+    bool waiting = ps.queue_depth > 0 || srv->dispatch->full_pool_waits;
     bool full = ps.max_threads > 0 && ps.available_threads == 0 && waiting;
     int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
     if (full && since == 0)
@@ -221,9 +218,8 @@ static bool add_conn(const ps_conn *c, void *arg)
         w->omitted++;
         return true;
     }
-    const char *state = w->srv->cfg.dispatch != PS_DISPATCH_EVENT ? "serving"
-                        : ps__event_is_parked(c)                 ? "parked"
-                                                                 : "serving";
+    bool (*parked)(const ps_conn *) = w->srv->dispatch->is_parked;
+    const char *state = parked != NULL && parked(c) ? "parked" : "serving";
     int64_t last = atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
     add(w->r, "CONN %llu %s age=%lld idle=%lld state=%s lines=%llu\r\n",
         (unsigned long long)c->id, c->peer, (long long)(w->now - c->created_ms) / 1000,

@@ -167,3 +167,16 @@ void ps__serve_blocking(ps_conn *c)
     }
     ps__conn_close(c);
 }
+
+/* A worker of the pool serves the connection until it closes. */
+static int connection_take(ps_server *srv, ps_conn *c)
+{
+    return ps_pool_try_submit(srv->pool, ps__dispatch_connection_job, c);
+}
+
+const ps__dispatch ps__dispatch_connection = {
+    .uses_pool = true,
+    .take = connection_take,
+    .busy_why = "queue full",
+    .tick_ms = -1,
+};

@@ -1047,3 +1047,33 @@ bool ps__event_is_parked(const ps_conn *c)
 {
     return atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED;
 }
+
+/* The epoll sets, then the pool's idle hook: every idle worker may look
+ * for work (the hook itself keeps one poller per shard and puts the rest
+ * to sleep). */
+static int event_setup(ps_server *srv, ps_pool_opts *po, char *err, size_t errlen)
+{
+    int rc = ps__event_setup(srv, err, errlen);
+    if (rc != 0)
+        return rc;
+    po->idle = ps__event_idle;
+    po->idle_ctx = srv;
+    po->idle_max = srv->cfg.workers;
+    return 0;
+}
+
+const ps__dispatch ps__dispatch_event = {
+    .uses_pool = true,
+    .setup = event_setup,
+    .start = ps__event_start_watch,
+    .take = ps__event_take,
+    .busy_why = "queue full",
+    .tick_ms = -1,
+    .stop = ps__event_stop_watch,
+    .close_all = ps__event_close_all,
+    .teardown = ps__event_teardown,
+    .waiting = ps__event_waiting,
+    .is_parked = ps__event_is_parked,
+    .wake = ps__event_wake,
+    .full_pool_waits = true,
+};

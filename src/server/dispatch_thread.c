@@ -93,3 +93,13 @@ void ps__thread_reap(ps_server *srv, bool all)
         ps__unlock(&srv->threads_lock);
     }
 }
+
+/* No pool: a thread per connection, joined by the acceptor once a second
+ * and by stop for the rest. */
+const ps__dispatch ps__dispatch_thread = {
+    .uses_pool = false,
+    .take = ps__thread_take,
+    .busy_why = "no thread could be started",
+    .tick = ps__thread_reap,
+    .tick_ms = 1000,
+};

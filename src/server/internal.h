@@ -86,6 +86,49 @@ typedef struct ps__registry {
 
 typedef struct ps__linger ps__linger;
 typedef struct ps__proxy_stage ps__proxy_stage;
+
+/*
+ * A dispatch mode, as the server sees it: each mode (dispatch_connection.c,
+ * dispatch_event.c, dispatch_thread.c) fills one of these, and the server
+ * calls through it, naming no mode. A NULL member is nothing to do.
+ */
+typedef struct ps__dispatch {
+    /* The pool serves its connections (else a thread of their own each). */
+    bool uses_pool;
+    /* Before the pool: the mode's state; may set the pool's idle hook. */
+    int (*setup)(ps_server *srv, ps_pool_opts *po, char *err, size_t errlen);
+    /* After the pool exists: the mode's own threads. 0 or -errno. */
+    int (*start)(ps_server *srv);
+    /* A counted-in connection to serve. 0, or nonzero when it cannot be
+     * taken now (the caller tells the client the server is busy, saying
+     * busy_why in the log). */
+    int (*take)(ps_server *srv, ps_conn *conn);
+    const char *busy_why;
+    /* The acceptor's periodic work (at least every tick_ms; -1: none);
+     * at stop with all set, after the acceptor has ended. */
+    void (*tick)(ps_server *srv, bool all);
+    int tick_ms;
+    /* Before the pool goes (its threads first), after it (what is left),
+     * and the mode's state last. */
+    void (*stop)(ps_server *srv);
+    void (*close_all)(ps_server *srv);
+    void (*teardown)(ps_server *srv);
+    /* Connections ready and not yet served (added to queue_depth). */
+    size_t (*waiting)(const ps_server *srv);
+    /* Whether a connection waits with nothing holding it (stats conns). */
+    bool (*is_parked)(const ps_conn *conn);
+    /* A deferred reply is done (under the replies' lock): hand the
+     * connection to a worker. NULL: its owner waits on the reply's eventfd. */
+    void (*wake)(ps_server *srv, ps_conn *conn);
+    /* Every worker busy is not yet a backlog: only clients queued for one
+     * are kept waiting (connection, thread); in event mode a worker held
+     * by a handler polls nothing, so a full pool always keeps input waiting. */
+    bool full_pool_waits;
+} ps__dispatch;
+
+extern const ps__dispatch ps__dispatch_connection;
+extern const ps__dispatch ps__dispatch_event;
+extern const ps__dispatch ps__dispatch_thread;
 typedef struct ps__event ps__event;
 
 /* The [limits] keys a reload may change while workers read them: atomic
@@ -161,6 +204,7 @@ struct ps_server {
 
     ps__linger *linger;          /* closes sockets whose replies are in flight */
     ps__proxy_stage *proxy;      /* reads PROXY headers (proxy_stage.c); NULL = off */
+    const ps__dispatch *dispatch; /* the mode's operations (cfg.dispatch) */
     ps__registry registry[PS__STRIPES];
 
     atomic_uint_fast64_t next_conn_id;

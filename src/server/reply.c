@@ -92,7 +92,7 @@ static ps__replies *replies_of(ps_conn *c)
         if (rs == NULL)
             return NULL;
         rs->wake_fd = -1;
-        if (c->srv->cfg.dispatch != PS_DISPATCH_EVENT) {
+        if (c->srv->dispatch->wake == NULL) { /* its owner blocks: wake it by fd */
             rs->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
             if (rs->wake_fd < 0) {
                 free(rs);
@@ -120,7 +120,7 @@ static void wake(ps__replies *rs)
         uint64_t one = 1;
         (void)!write(rs->wake_fd, &one, sizeof one);
     } else {
-        ps__event_wake(rs->conn->srv, rs->conn);
+        rs->conn->srv->dispatch->wake(rs->conn->srv, rs->conn);
     }
 }
 

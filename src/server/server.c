@@ -42,6 +42,21 @@ void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into)
         ps__hist_add(into, &srv->c.handler_time[i]);
 }
 
+/* The one place that names the modes: no default, so that a mode added to
+ * ps_dispatch_mode and not here is a compiler warning. */
+static const ps__dispatch *dispatch_of(ps_dispatch_mode mode)
+{
+    switch (mode) {
+    case PS_DISPATCH_CONNECTION:
+        return &ps__dispatch_connection;
+    case PS_DISPATCH_EVENT:
+        return &ps__dispatch_event;
+    case PS_DISPATCH_THREAD:
+        return &ps__dispatch_thread;
+    }
+    return &ps__dispatch_event; /* validated: not reached */
+}
+
 /* The live copies of cfg's [limits]. */
 static void set_limits(ps_server *srv, const ps_config *cfg)
 {
@@ -81,6 +96,7 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     memset(srv, 0, sizeof *srv);
     srv->cfg = *cfg;
     set_limits(srv, cfg);
+    srv->dispatch = dispatch_of(cfg->dispatch);
     srv->handler = handler;
     srv->ud = ud;
     srv->listen_fd = -1;
@@ -147,24 +163,11 @@ static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint6
     ps_log_info("connection %llu from %s (%llu active)",
                 (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
                 (unsigned long long)active);
-    int rc;
-    switch (srv->cfg.dispatch) {
-    case PS_DISPATCH_EVENT:
-        rc = ps__event_take(srv, c);
-        break;
-    case PS_DISPATCH_THREAD:
-        rc = ps__thread_take(srv, c);
-        break;
-    default:
-        rc = ps_pool_try_submit(srv->pool, ps__dispatch_connection_job, c);
-        break;
-    }
-    if (rc != 0) {
+    if (srv->dispatch->take(srv, c) != 0) {
         atomic_fetch_add_explicit(&srv->c.rejected_busy, 1, memory_order_relaxed);
         ps__write_best_effort(fd, "ERROR server busy\r\n");
         ps_log_info("connection %llu rejected: %s", (unsigned long long)ps_conn_id(c),
-                    srv->cfg.dispatch == PS_DISPATCH_THREAD ? "no thread could be started"
-                                                           : "queue full");
+                    srv->dispatch->busy_why);
         ps__conn_close(c);
     }
 }
@@ -283,14 +286,14 @@ static void *acceptor_main(void *arg)
          * listening socket would report readable at once and turn the
          * pause into a spin. Draining, the drain signal (readable for
          * good) is left out too. */
-        /* Thread mode wakes once a second to join finished threads. */
-        int wait_ms = paused ? (int)(paused_until - now)
-                      : srv->cfg.dispatch == PS_DISPATCH_THREAD ? 1000 : -1;
+        /* The dispatch's periodic work (thread mode joins finished
+         * threads once a second). */
+        int wait_ms = paused ? (int)(paused_until - now) : srv->dispatch->tick_ms;
         if (slots->count > 0 && (wait_ms < 0 || wait_ms > PS__SLOT_TICK_MS))
             wait_ms = PS__SLOT_TICK_MS;
         int n = poll(p, draining ? 1 : paused ? 2 : 3, wait_ms);
-        if (srv->cfg.dispatch == PS_DISPATCH_THREAD)
-            ps__thread_reap(srv, false);
+        if (srv->dispatch->tick != NULL)
+            srv->dispatch->tick(srv, false);
         if (n < 0 && errno != EINTR) {
             ps_log_error("acceptor poll: %s", ps_strerror(-errno));
             break;
@@ -401,33 +404,18 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "linger thread: %s", ps_strerror(rc));
         goto fail;
     }
-    if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
-        rc = ps__event_setup(srv, err, errlen);
-        if (rc != 0)
-            goto fail;
+    const ps__dispatch *d = srv->dispatch;
+    ps_pool_opts po = {.workers = srv->cfg.workers, .queue_capacity = srv->cfg.queue_capacity};
+    if (d->setup != NULL && (rc = d->setup(srv, &po, err, errlen)) != 0)
+        goto fail;
+    if (d->uses_pool && (rc = ps_pool_create(&srv->pool, &po)) != 0) {
+        snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
+        goto fail;
     }
-    if (srv->cfg.dispatch != PS_DISPATCH_THREAD) {
-        ps_pool_opts po = {.workers = srv->cfg.workers,
-                           .queue_capacity = srv->cfg.queue_capacity};
-        if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
-            po.idle = ps__event_idle;
-            po.idle_ctx = srv;
-            /* Every idle worker may look for work: the hook itself keeps
-             * one poller per shard and puts the rest to sleep. */
-            po.idle_max = srv->cfg.workers;
-        }
-        rc = ps_pool_create(&srv->pool, &po);
-        if (rc != 0) {
-            snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
-            goto fail;
-        }
-        if (srv->cfg.dispatch == PS_DISPATCH_EVENT) {
-            rc = ps__event_start_watch(srv);
-            if (rc != 0) {
-                snprintf(err, errlen, "event watch thread: %s", ps_strerror(rc));
-                goto fail;
-            }
-        }
+    if (d->start != NULL && (rc = d->start(srv)) != 0) {
+        snprintf(err, errlen, "%s dispatch thread: %s", ps_dispatch_name(srv->cfg.dispatch),
+                 ps_strerror(rc));
+        goto fail;
     }
     if (srv->cfg.proxy_protocol != PS_PROXY_OFF) {
         rc = ps__proxy_stage_start(srv, serve_now, err, errlen);
@@ -472,10 +460,12 @@ fail:
     }
     ps__admin_join(srv);
     ps__proxy_stage_stop(srv);
-    ps__event_stop_watch(srv);
+    if (srv->dispatch->stop != NULL)
+        srv->dispatch->stop(srv);
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
-    ps__event_teardown(srv);
+    if (srv->dispatch->teardown != NULL)
+        srv->dispatch->teardown(srv);
     ps__linger_stop(srv);
     close_fd(&srv->listen_fd);
     close_fd(&srv->admin_fd);
@@ -651,14 +641,19 @@ void ps_server_stop(ps_server *srv)
     srv->acceptor_started = false;
     close_fd(&srv->listen_fd);
     ps__proxy_stage_stop(srv); /* no more from the acceptor; before the pool goes */
-    ps__thread_reap(srv, true);
+    if (srv->dispatch->tick != NULL)
+        srv->dispatch->tick(srv, true); /* thread mode: joins every thread */
     ps__admin_join(srv);
     close_fd(&srv->admin_fd);
-    ps__event_stop_watch(srv); /* it wakes workers of the pool */
+    const ps__dispatch *d = srv->dispatch;
+    if (d->stop != NULL)
+        d->stop(srv); /* event mode: its watch thread wakes workers of the pool */
     ps_pool_destroy(srv->pool);
     srv->pool = NULL;
-    ps__event_close_all(srv);
-    ps__event_teardown(srv);
+    if (d->close_all != NULL)
+        d->close_all(srv);
+    if (d->teardown != NULL)
+        d->teardown(srv);
     ps__linger_stop(srv); /* last: every connection has handed its socket over */
     close_fd(&srv->stop_fd);
     close_fd(&srv->drain_fd);
@@ -720,5 +715,6 @@ void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st)
         ps_pool_get_stats(srv->pool, st);
     /* Event mode's queue: connections ready and claimed by a worker that
      * has not come to them yet (the pool's own queue stays empty). */
-    st->queue_depth += ps__event_waiting(srv);
+    if (srv->dispatch->waiting != NULL)
+        st->queue_depth += srv->dispatch->waiting(srv);
 }

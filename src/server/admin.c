@@ -82,6 +82,12 @@ static void add_threads(ps_server *srv, reply *r)
     add(r, "STAT queue_capacity %zu\r\n", ps.queue_capacity);
 }
 
+/* One of a dispatch mode's own counters (ps__stat_fn). */
+static void add_stat(void *arg, const char *name, unsigned long long value)
+{
+    add(arg, "STAT %s %llu\r\n", name, value);
+}
+
 static void add_stats(ps_server *srv, reply *r)
 {
     ps_server_stats s;
@@ -114,15 +120,8 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT slow_handlers %llu\r\n", (unsigned long long)s.slow_handlers);
     add(r, "STAT parked_connections %llu\r\n",
         (unsigned long long)s.parked_connections);
-    add(r, "STAT event_jobs %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_jobs));
-    add(r, "STAT event_shards %u\r\n", srv->nshards);
-    add(r, "STAT event_moves %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_moves));
-    add(r, "STAT event_steals %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_steals));
-    add(r, "STAT event_wakes %llu\r\n", (unsigned long long)atomic_load(&srv->c.event_wakes));
-    for (unsigned i = 0; i < srv->nshards; i++)
-        add(r, "STAT shard%u_connections %u\r\n", i, atomic_load(&srv->shards[i].conns));
-    add(r, "STAT connection_threads %llu\r\n",
-        (unsigned long long)atomic_load(&srv->c.conn_threads));
+    if (srv->dispatch->add_stats != NULL)
+        srv->dispatch->add_stats(srv, add_stat, r);
     add(r, "STAT jobs_submitted %llu\r\n", (unsigned long long)ps.submitted);
     add(r, "STAT jobs_completed %llu\r\n", (unsigned long long)ps.completed);
     add(r, "STAT jobs_rejected %llu\r\n", (unsigned long long)ps.rejected);

@@ -1062,6 +1062,22 @@ static int event_setup(ps_server *srv, ps_pool_opts *po, char *err, size_t errle
     return 0;
 }
 
+/* Event mode's counters: jobs, shards and their connections, moves,
+ * steals and wakes. */
+static void event_add_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
+{
+    emit(arg, "event_jobs", atomic_load(&srv->c.event_jobs));
+    emit(arg, "event_shards", srv->nshards);
+    emit(arg, "event_moves", atomic_load(&srv->c.event_moves));
+    emit(arg, "event_steals", atomic_load(&srv->c.event_steals));
+    emit(arg, "event_wakes", atomic_load(&srv->c.event_wakes));
+    for (unsigned i = 0; i < srv->nshards; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "shard%u_connections", i);
+        emit(arg, name, atomic_load(&srv->shards[i].conns));
+    }
+}
+
 const ps__dispatch ps__dispatch_event = {
     .uses_pool = true,
     .setup = event_setup,
@@ -1076,4 +1092,5 @@ const ps__dispatch ps__dispatch_event = {
     .is_parked = ps__event_is_parked,
     .wake = ps__event_wake,
     .full_pool_waits = true,
+    .add_stats = event_add_stats,
 };

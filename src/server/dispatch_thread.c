@@ -94,6 +94,11 @@ void ps__thread_reap(ps_server *srv, bool all)
     }
 }
 
+static void thread_add_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
+{
+    emit(arg, "connection_threads", atomic_load(&srv->c.conn_threads));
+}
+
 /* No pool: a thread per connection, joined by the acceptor once a second
  * and by stop for the rest. */
 const ps__dispatch ps__dispatch_thread = {
@@ -102,4 +107,5 @@ const ps__dispatch ps__dispatch_thread = {
     .busy_why = "no thread could be started",
     .tick = ps__thread_reap,
     .tick_ms = 1000,
+    .add_stats = thread_add_stats,
 };

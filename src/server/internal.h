@@ -87,6 +87,9 @@ typedef struct ps__registry {
 typedef struct ps__linger ps__linger;
 typedef struct ps__proxy_stage ps__proxy_stage;
 
+/* Receives one counter of a dispatch mode's own (ps__dispatch.add_stats). */
+typedef void (*ps__stat_fn)(void *arg, const char *name, unsigned long long value);
+
 /*
  * A dispatch mode, as the server sees it: each mode (dispatch_connection.c,
  * dispatch_event.c, dispatch_thread.c) fills one of these, and the server
@@ -124,6 +127,8 @@ typedef struct ps__dispatch {
      * are kept waiting (connection, thread); in event mode a worker held
      * by a handler polls nothing, so a full pool always keeps input waiting. */
     bool full_pool_waits;
+    /* The mode's own counters, for the admin port's stats. */
+    void (*add_stats)(const ps_server *srv, ps__stat_fn emit, void *arg);
 } ps__dispatch;
 
 extern const ps__dispatch ps__dispatch_connection;

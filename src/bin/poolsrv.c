@@ -169,128 +169,73 @@ static void announce_stop(ps_server *srv, const sigset_t *signals)
     }
 }
 
-int main(int argc, char **argv)
+/* The command line into config_path and overrides (kept for a reload).
+ * Returns -1 to go on, or the exit status (-h, -V, a usage error). */
+static int parse_args(int argc, char **argv, bool *check_only)
 {
-    upgrade_init(argv);
-    tune_malloc();
-    bool check_only = false;
-    ps_config cfg;
-    char err[512];
-    ps_config_defaults(&cfg);
-
     /* Overrides apply after the file, whatever their position. */
     overrides = calloc((size_t)argc, sizeof *overrides);
     if (overrides == NULL)
         return 1;
-    int opt;
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
+    int opt;
     while ((opt = getopt_long(argc, argv, "c:o:thV", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c': config_path = optarg; break;
         case 'o': overrides[noverrides++] = optarg; break;
-        case 't': check_only = true; break;
-        case 'h': usage(stdout); free(overrides); return 0;
-        case 'V': printf("poolsrv %s\n", ps_version()); free(overrides); return 0;
-        default: usage(stderr); free(overrides); return 2;
+        case 't': *check_only = true; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("poolsrv %s\n", ps_version()); return 0;
+        default: usage(stderr); return 2;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "poolsrv: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
-        free(overrides);
         return 2;
     }
-    int rc = load_config(&cfg, err, sizeof err);
-    if (rc != 0) {
-        fprintf(stderr, "poolsrv: %s\n", err);
-        return 2;
-    }
-    /* The handler, loaded and given its keys before anything is bound. */
-    ps_module_instance *mod = NULL;
-    rc = ps_module_open(&cfg, &mod, err, sizeof err);
-    if (rc != 0) {
-        fprintf(stderr, "poolsrv: %s\n", err);
-        return 2;
-    }
-    if (check_only) {
-        printf("poolsrv: configuration %s is valid (handler %s)\n",
-               config_path ? config_path : "(defaults)",
-               ps_module_name(mod));
-        ps_module_close(mod);
-        return 0;
-    }
-    ps_log_set_level(cfg.log_level);
-    drain_delay = cfg.drain_delay;
+    return -1;
+}
 
-    /* Signals are taken by sigwait in this thread only: block them before
-     * any thread starts so every thread inherits the mask. */
-    /* A parent may have left SIGINT ignored (a shell's background job):
-     * an ignored signal is discarded, and sigwait would never see it. */
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
-    signal(SIGQUIT, SIG_DFL);
-    signal(SIGUSR2, SIG_DFL);
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGQUIT); /* drain, then stop */
-    sigaddset(&stop_signals, SIGHUP);  /* reload */
-    sigaddset(&stop_signals, SIGUSR2); /* hand over to a new process */
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+/* Signals are taken by sigwait in this thread only: blocked before any
+ * thread starts so every thread inherits the mask. A parent may have left
+ * one ignored (a shell's background job leaves SIGINT so): an ignored
+ * signal is discarded, and sigwait would never see it. */
+static void take_signals(sigset_t *set)
+{
+    static const int taken[] = {SIGINT, SIGTERM, SIGQUIT /* drain, then stop */,
+                                SIGHUP /* reload */, SIGUSR2 /* hand over */};
+    sigemptyset(set);
+    for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++) {
+        signal(taken[i], SIG_DFL);
+        sigaddset(set, taken[i]);
+    }
+    pthread_sigmask(SIG_BLOCK, set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit(&cfg);
+}
 
-    /* Listening sockets passed by a service manager (socket activation). */
-    int data_fd, admin_fd;
-    int inherited = svc_listen_fds(&data_fd, &admin_fd, err, sizeof err);
-    if (inherited < 0) {
-        fprintf(stderr, "poolsrv: %s\n", err);
-        ps_module_close(mod);
-        return 2;
-    }
-    ps_server *srv = NULL;
-    rc = ps_server_create(&srv, &cfg, ps_module_handler(mod), ps_module_ud(mod), err, sizeof err);
-    if (rc != 0) {
-        fprintf(stderr, "poolsrv: %s\n", err);
-        ps_module_close(mod);
-        return 1;
-    }
-    if (inherited > 0)
-        ps_server_use_listeners(srv, data_fd, admin_fd);
-    ps_server_set_handler_reload(srv, reload_module, mod);
-    rc = ps_server_start(srv, err, sizeof err);
-    if (rc != 0) {
-        ps_log_error("%s", err);
-        ps_server_destroy(srv);
-        ps_module_close(mod);
-        return 1;
-    }
-    if (cfg.handler_module[0] != '\0')
-        ps_log_always("handler %s from %s", ps_module_name(mod), cfg.handler_module);
-    svc_notify("READY=1\nSTATUS=serving on port %u", (unsigned)ps_server_port(srv));
-    upgrade_ready(); /* to the process that started this one, if one did */
-    /* Until a stop signal: the watchdog at half its interval, and a status
-     * line every few seconds, for a service manager. */
+/* Until a stop signal or a hand-over: reloads and hand-overs as they come,
+ * the watchdog at half its interval and a status line every few seconds
+ * for a service manager. Returns the signal that ended it. */
+static int run(ps_server *srv, const sigset_t *signals, bool *handed_over)
+{
     uint64_t watchdog_us = svc_watchdog_usec();
     uint64_t tick_us = watchdog_us > 0 ? watchdog_us / 2 : 5000000;
     if (tick_us > 5000000)
         tick_us = 5000000;
     int sig = -1;
-    bool handed_over = false;
-    while (sig != SIGINT && sig != SIGTERM && sig != SIGQUIT && !handed_over) {
+    while (sig != SIGINT && sig != SIGTERM && sig != SIGQUIT && !*handed_over) {
         struct timespec ts = {.tv_sec = (time_t)(tick_us / 1000000),
                               .tv_nsec = (long)(tick_us % 1000000) * 1000};
-        sig = sigtimedwait(&stop_signals, NULL, &ts);
+        sig = sigtimedwait(signals, NULL, &ts);
         if (sig == SIGHUP)
             reload(srv);
         if (sig == SIGUSR2)
-            handed_over = hand_over(srv);
+            *handed_over = hand_over(srv);
         if (sig >= 0)
             continue;
         ps_server_stats st;
@@ -299,23 +244,106 @@ int main(int argc, char **argv)
         ps_server_get_pool_stats(srv, &ps);
         if (watchdog_us > 0 && ps_server_healthy(srv))
             svc_notify("WATCHDOG=1");
-        svc_notify("STATUS=%llu connections, %llu busy workers", (unsigned long long)st.curr_connections,
-                   (unsigned long long)ps.busy_threads);
+        svc_notify("STATUS=%llu connections, %llu busy workers",
+                   (unsigned long long)st.curr_connections, (unsigned long long)ps.busy_threads);
     }
+    return sig;
+}
+
+/* The end: drain_delay, then a drain (SIGQUIT, after a hand-over) or not,
+ * then the stop. */
+static void finish(ps_server *srv, int sig, bool handed_over, const sigset_t *signals)
+{
     if ((sig == SIGTERM || sig == SIGQUIT) && drain_delay > 0)
-        announce_stop(srv, &stop_signals);
+        announce_stop(srv, signals);
     if (handed_over) {
         ps_log_always("stopping after the hand-over: draining first");
         ps_server_drain(srv);
     } else {
         svc_notify("STOPPING=1");
-        ps_log_always("stopping on %s%s", sig == SIGINT ? "SIGINT" : sig == SIGQUIT ? "SIGQUIT" : "SIGTERM",
+        ps_log_always("stopping on %s%s",
+                      sig == SIGINT ? "SIGINT" : sig == SIGQUIT ? "SIGQUIT" : "SIGTERM",
                       sig == SIGQUIT ? ": draining first" : "");
         if (sig == SIGQUIT)
             ps_server_drain(srv);
     }
     ps_server_destroy(srv);
+}
+
+/* Creates and starts the server for cfg and mod, on the sockets a service
+ * manager passed when it did. The exit status on failure, else 0 with
+ * *out set. */
+static int start_server(ps_server **out, const ps_config *cfg, ps_module_instance *mod)
+{
+    char err[512];
+    int data_fd, admin_fd;
+    int inherited = svc_listen_fds(&data_fd, &admin_fd, err, sizeof err);
+    if (inherited < 0) {
+        fprintf(stderr, "poolsrv: %s\n", err);
+        return 2;
+    }
+    ps_server *srv = NULL;
+    if (ps_server_create(&srv, cfg, ps_module_handler(mod), ps_module_ud(mod), err,
+                         sizeof err) != 0) {
+        fprintf(stderr, "poolsrv: %s\n", err);
+        return 1;
+    }
+    if (inherited > 0)
+        ps_server_use_listeners(srv, data_fd, admin_fd);
+    ps_server_set_handler_reload(srv, reload_module, mod);
+    if (ps_server_start(srv, err, sizeof err) != 0) {
+        ps_log_error("%s", err);
+        ps_server_destroy(srv);
+        return 1;
+    }
+    if (cfg->handler_module[0] != '\0')
+        ps_log_always("handler %s from %s", ps_module_name(mod), cfg->handler_module);
+    svc_notify("READY=1\nSTATUS=serving on port %u", (unsigned)ps_server_port(srv));
+    upgrade_ready(); /* to the process that started this one, if one did */
+    *out = srv;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    upgrade_init(argv);
+    tune_malloc();
+    bool check_only = false;
+    int rc = parse_args(argc, argv, &check_only);
+    if (rc >= 0) {
+        free(overrides);
+        return rc;
+    }
+    static ps_config cfg; /* large: not on the stack */
+    char err[512];
+    ps_module_instance *mod = NULL;
+    /* The handler, loaded and given its keys before anything is bound. */
+    if (load_config(&cfg, err, sizeof err) != 0 ||
+        ps_module_open(&cfg, &mod, err, sizeof err) != 0) {
+        fprintf(stderr, "poolsrv: %s\n", err);
+        free(overrides);
+        return 2;
+    }
+    if (check_only) {
+        printf("poolsrv: configuration %s is valid (handler %s)\n",
+               config_path ? config_path : "(defaults)", ps_module_name(mod));
+        ps_module_close(mod);
+        free(overrides);
+        return 0;
+    }
+    ps_log_set_level(cfg.log_level);
+    drain_delay = cfg.drain_delay;
+    sigset_t signals;
+    take_signals(&signals);
+    raise_fd_limit(&cfg);
+    ps_server *srv = NULL;
+    rc = start_server(&srv, &cfg, mod);
+    if (rc == 0) {
+        bool handed_over = false;
+        int sig = run(srv, &signals, &handed_over);
+        finish(srv, sig, handed_over, &signals);
+    }
     ps_module_close(mod);
     free(overrides);
-    return 0;
+    return rc;
 }

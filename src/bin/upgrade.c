@@ -141,6 +141,65 @@ static void give_up(pid_t pid, const char *why, char *err, size_t errlen)
         snprintf(err, errlen, "pid %d %s", (int)pid, why);
 }
 
+/* Reads what the new process says on its pipe within timeout_ms: true
+ * when it said READY; *timed_out when it said nothing in time (its end of
+ * the pipe closing first, an exit or a failed exec, is not a timeout). */
+static bool wait_ready(int fd, int timeout_ms, bool *timed_out)
+{
+    char buf[16];
+    ssize_t got = -1;
+    *timed_out = true;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        if (spent >= timeout_ms)
+            break;
+        int r = poll(&p, 1, (int)(timeout_ms - spent));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r > 0) {
+            *timed_out = false;
+            do
+                got = read(fd, buf, sizeof buf);
+            while (got < 0 && errno == EINTR);
+        }
+        break;
+    }
+    return got >= 5 && memcmp(buf, "READY", 5) == 0;
+}
+
+/* The new process's environment: this one's, with the socket activation
+ * variables set for nfds listeners (LISTEN_PID's digits are written by the
+ * child: e_pid) and the readiness descriptor named. NULL when out of
+ * memory; free() it (the strings are not copies). */
+static char **child_env(int nfds, char **e_pid)
+{
+    static char e_fds[32], e_ready[48], pid_var[48] = "LISTEN_PID=";
+    snprintf(e_fds, sizeof e_fds, "LISTEN_FDS=%d", nfds);
+    snprintf(e_ready, sizeof e_ready, "%s=%d", UPGRADE_ENV, 3 + nfds);
+    const char *e_names = nfds == 2 ? "LISTEN_FDNAMES=data:admin" : "LISTEN_FDNAMES=data";
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **envp = calloc(n + 5, sizeof *envp);
+    if (envp == NULL)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!replaced_var(environ[i]))
+            envp[k++] = environ[i];
+    envp[k++] = e_fds;
+    envp[k++] = (char *)e_names;
+    envp[k++] = e_ready;
+    envp[k++] = pid_var;
+    envp[k] = NULL;
+    *e_pid = pid_var;
+    return envp;
+}
+
 pid_t upgrade_start(int data_fd, int admin_fd, int timeout_ms, char *err, size_t errlen)
 {
     if (exe_path[0] == '\0' || args == NULL) {
@@ -152,29 +211,14 @@ pid_t upgrade_start(int data_fd, int admin_fd, int timeout_ms, char *err, size_t
         return -1;
     }
     int nfds = admin_fd >= 0 ? 2 : 1;
-    static char e_fds[32], e_ready[48], e_pid[48] = "LISTEN_PID=";
-    snprintf(e_fds, sizeof e_fds, "LISTEN_FDS=%d", nfds);
-    snprintf(e_ready, sizeof e_ready, "%s=%d", UPGRADE_ENV, 3 + nfds);
-    const char *e_names = nfds == 2 ? "LISTEN_FDNAMES=data:admin" : "LISTEN_FDNAMES=data";
-    size_t n = 0;
-    while (environ[n] != NULL)
-        n++;
-    char **envp = calloc(n + 5, sizeof *envp);
+    char *e_pid = NULL;
+    char **envp = child_env(nfds, &e_pid);
     int pipefd[2];
     if (envp == NULL || pipe2(pipefd, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "%s", envp == NULL ? "out of memory" : strerror(errno));
         free(envp);
         return -1;
     }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!replaced_var(environ[i]))
-            envp[k++] = environ[i];
-    envp[k++] = e_fds;
-    envp[k++] = (char *)e_names;
-    envp[k++] = e_ready;
-    envp[k++] = e_pid;
-    envp[k] = NULL;
     int first_free = 3 + nfds + 1;
     int fds[] = {data_fd, admin_fd, pipefd[0], pipefd[1]};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
@@ -192,32 +236,11 @@ pid_t upgrade_start(int data_fd, int admin_fd, int timeout_ms, char *err, size_t
         snprintf(err, errlen, "fork: %s", strerror(fork_errno));
         return -1;
     }
-    /* Ready: the new process writes a line once it serves; its end of the
-     * pipe closing first (an exit, a failed exec) means it never will. */
-    char buf[16];
-    ssize_t got = -1;
-    bool timed_out = true;
-    struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long spent = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (spent >= timeout_ms)
-            break;
-        int r = poll(&p, 1, (int)(timeout_ms - spent));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r > 0) {
-            timed_out = false;
-            do
-                got = read(pipefd[0], buf, sizeof buf);
-            while (got < 0 && errno == EINTR);
-        }
-        break;
-    }
+    /* Ready: the new process writes a line once it serves. */
+    bool timed_out;
+    bool ready = wait_ready(pipefd[0], timeout_ms, &timed_out);
     close(pipefd[0]);
-    if (got >= 5 && memcmp(buf, "READY", 5) == 0)
+    if (ready)
         return pid;
     if (timed_out) {
         kill(pid, SIGTERM);

@@ -430,19 +430,89 @@ void ps__admin_client_close(ps_server *srv, admin_client *ac)
     free(ac);
 }
 
+/* The admin thread's clients. */
+typedef struct admin_clients {
+    admin_client *list[PS__ADMIN_MAX_CLIENTS];
+    int n;
+    int64_t last_warning; /* of a failed accept, logged once a second */
+} admin_clients;
+
+/* Answers, flushes or drops each client by what poll saw (rev[i]). */
+static void serve_clients(ps_server *srv, admin_clients *cs, const struct pollfd *rev, int64_t now)
+{
+    for (int i = cs->n - 1; i >= 0; i--) {
+        admin_client *ac = cs->list[i];
+        bool keep = true;
+        short r = rev[i].revents;
+        if (r & POLLOUT)
+            keep = ps__admin_client_flush(srv, ac);
+        else if (r & (POLLIN | POLLHUP | POLLERR))
+            keep = ps__admin_client_read(srv, ac);
+        else if (now - ac->last_ms > PS__ADMIN_IDLE_MS)
+            keep = false;
+        if (!keep) {
+            ps__admin_client_close(srv, ac);
+            cs->list[i] = cs->list[--cs->n];
+        }
+    }
+}
+
+/* accept4 on the admin listener; out of descriptors, the one held in
+ * reserve (nginx and memcached keep one too) is given up for it, so the
+ * operator can still ask what is going on. */
+static int accept_admin(ps_server *srv)
+{
+    int *reserve = &srv->admin_reserve;
+    int fd = accept4(srv->admin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && *reserve >= 0) {
+        close(*reserve);
+        *reserve = -1;
+        fd = accept4(srv->admin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            ps_log_warn("admin accept: out of descriptors; this admin client "
+                        "takes the one held in reserve");
+    }
+    return fd;
+}
+
+/* A new admin client. Full: the client silent the longest makes room, so
+ * idle connections can never lock the operator out. A failed accept
+ * (EMFILE and the like) is logged once a second, and pauses so the pending
+ * connection does not make the loop spin (the stop fd still wakes it). */
+static void take_admin_client(ps_server *srv, admin_clients *cs, int64_t now)
+{
+    int fd = accept_admin(srv);
+    if (fd < 0) {
+        int e = errno;
+        if (e == EAGAIN || e == EINTR || e == ECONNABORTED)
+            return;
+        if (now - cs->last_warning >= 1000) {
+            cs->last_warning = now;
+            ps_log_warn("admin accept: %s", ps_strerror(-e));
+        }
+        struct pollfd stop = {.fd = srv->stop_fd, .events = POLLIN};
+        poll(&stop, 1, 100);
+        return;
+    }
+    if (cs->n == PS__ADMIN_MAX_CLIENTS) {
+        int oldest = 0;
+        for (int i = 1; i < cs->n; i++)
+            if (cs->list[i]->last_ms < cs->list[oldest]->last_ms)
+                oldest = i;
+        ps__admin_client_close(srv, cs->list[oldest]);
+        cs->list[oldest] = cs->list[--cs->n];
+    }
+    admin_client *ac = ps__admin_client_new(fd, now);
+    if (ac == NULL)
+        close(fd);
+    else
+        cs->list[cs->n++] = ac;
+}
+
 static void *admin_main(void *arg)
 {
     ps_server *srv = arg;
-    admin_client *clients[PS__ADMIN_MAX_CLIENTS] = {0};
-    int nclients = 0;
-    int64_t last_warning = -1000;
-    /* A descriptor held in reserve (nginx and memcached keep one too): when
-     * the process runs out, it is given up to accept one admin client, so
-     * the operator can still ask what is going on; taken back once a
-     * descriptor is free again. Opened by ps__admin_start, before the
-     * server says it is up; this thread's alone from then on. */
-    int *reserve = &srv->admin_reserve;
-
+    admin_clients cs = {.n = 0, .last_warning = -1000};
     /* Draining, the listener is no longer polled (a negative fd is left
      * out by poll): the clients connected go on being answered. */
     bool listening = true;
@@ -451,14 +521,13 @@ static void *admin_main(void *arg)
         p[0] = (struct pollfd){.fd = srv->stop_fd, .events = POLLIN};
         p[1] = (struct pollfd){.fd = listening ? srv->drain_fd : -1, .events = POLLIN};
         p[2] = (struct pollfd){.fd = listening ? srv->admin_fd : -1, .events = POLLIN};
-        for (int i = 0; i < nclients; i++) {
-            admin_client *ac = clients[i];
+        for (int i = 0; i < cs.n; i++) {
             /* A client with a reply pending is not read until it takes it. */
-            short ev = ps__admin_client_wants_write(ac) ? POLLOUT : POLLIN;
-            p[3 + i] = (struct pollfd){.fd = ac->fd, .events = ev};
+            short ev = ps__admin_client_wants_write(cs.list[i]) ? POLLOUT : POLLIN;
+            p[3 + i] = (struct pollfd){.fd = cs.list[i]->fd, .events = ev};
         }
         /* A quarter second: `ready` sees a saturated pool soon enough. */
-        int n = poll(p, 3 + (nfds_t)nclients, 250);
+        int n = poll(p, 3 + (nfds_t)cs.n, 250);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -471,73 +540,19 @@ static void *admin_main(void *arg)
             listening = false;
             p[2].revents = 0;
         }
-
         int64_t now = ps__now_ms();
         watch_saturation(srv, now);
-        for (int i = nclients - 1; i >= 0; i--) {
-            admin_client *ac = clients[i];
-            bool keep = true;
-            short rev = p[3 + i].revents;
-            if (rev & POLLOUT)
-                keep = ps__admin_client_flush(srv, ac);
-            else if (rev & (POLLIN | POLLHUP | POLLERR))
-                keep = ps__admin_client_read(srv, ac);
-            else if (now - ac->last_ms > PS__ADMIN_IDLE_MS)
-                keep = false;
-            if (!keep) {
-                ps__admin_client_close(srv, ac);
-                clients[i] = clients[--nclients];
-            }
-        }
-
-        if (*reserve < 0)
-            *reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (p[2].revents & POLLIN) {
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            int fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
-                             SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd < 0 && (errno == EMFILE || errno == ENFILE) && *reserve >= 0) {
-                close(*reserve);
-                *reserve = -1;
-                sl = sizeof ss;
-                fd = accept4(srv->admin_fd, (struct sockaddr *)&ss, &sl,
-                             SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd >= 0)
-                    ps_log_warn("admin accept: out of descriptors; this admin client "
-                                "takes the one held in reserve");
-            }
-            if (fd >= 0 && nclients == PS__ADMIN_MAX_CLIENTS) {
-                /* Full: the client silent the longest makes room, so idle
-                 * connections can never lock the operator out. */
-                int oldest = 0;
-                for (int i = 1; i < nclients; i++)
-                    if (clients[i]->last_ms < clients[oldest]->last_ms)
-                        oldest = i;
-                ps__admin_client_close(srv, clients[oldest]);
-                clients[oldest] = clients[--nclients];
-            }
-            if (fd >= 0) {
-                admin_client *ac = ps__admin_client_new(fd, now);
-                if (ac == NULL)
-                    close(fd);
-                else
-                    clients[nclients++] = ac;
-            } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-                /* EMFILE and the like: log once a second, and pause so the
-                 * pending connection does not make this loop spin (the stop
-                 * fd still wakes it). */
-                if (now - last_warning >= 1000) {
-                    last_warning = now;
-                    ps_log_warn("admin accept: %s", ps_strerror(-errno));
-                }
-                poll(p, 1, 100);
-            }
-        }
+        serve_clients(srv, &cs, p + 3, now);
+        /* The reserve descriptor, opened by ps__admin_start before the
+         * server says it is up and this thread's alone from then on, is
+         * taken back once a descriptor is free again. */
+        if (srv->admin_reserve < 0)
+            srv->admin_reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (p[2].revents & POLLIN)
+            take_admin_client(srv, &cs, now);
     }
-    for (int i = 0; i < nclients; i++) {
-        ps__admin_client_close(srv, clients[i]);
-    }
+    for (int i = 0; i < cs.n; i++)
+        ps__admin_client_close(srv, cs.list[i]);
     return NULL;
 }
 

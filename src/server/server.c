@@ -343,51 +343,35 @@ static void close_fd(int *fd)
     }
 }
 
-int ps_server_start(ps_server *srv, char *err, size_t errlen)
+/* The data and admin listeners: the inherited ones, or bound now. */
+static int open_listeners(ps_server *srv, char *err, size_t errlen)
 {
-    char tmp[256];
-    if (err == NULL) {
-        err = tmp;
-        errlen = sizeof tmp;
-    }
-    if (srv->started) {
-        snprintf(err, errlen, "server already started");
-        return -EALREADY;
-    }
     int rc;
-    srv->start_ms = ps__now_ms(); /* before any thread can read it */
-    srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    srv->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (srv->stop_fd < 0 || srv->drain_fd < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "eventfd: %s", ps_strerror(-errno));
-        goto fail;
-    }
     srv->backlog = srv->cfg.backlog > 0 ? srv->cfg.backlog : ps__somaxconn();
     if (srv->inherited_fd >= 0) {
         rc = ps__adopt_listener(srv->inherited_fd, "data", &srv->port, srv->listen_addr,
                                 sizeof srv->listen_addr, err, errlen);
         if (rc != 0)
-            goto fail;
+            return rc;
         srv->listen_fd = srv->inherited_fd;
         srv->inherited_fd = -1;
     } else {
-        rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, srv->cfg.reuseport, &srv->listen_fd, &srv->port,
-                        srv->listen_addr, sizeof srv->listen_addr, err, errlen);
+        rc = ps__listen(srv->cfg.bind, srv->cfg.port, srv->backlog, srv->cfg.reuseport,
+                        &srv->listen_fd, &srv->port, srv->listen_addr, sizeof srv->listen_addr,
+                        err, errlen);
         if (rc != 0)
-            goto fail;
+            return rc;
     }
     if (srv->inherited_admin_fd >= 0) {
         rc = ps__adopt_listener(srv->inherited_admin_fd, "admin", &srv->admin_port,
                                 srv->admin_addr, sizeof srv->admin_addr, err, errlen);
         if (rc != 0)
-            goto fail;
+            return rc;
         srv->admin_fd = srv->inherited_admin_fd;
         srv->inherited_admin_fd = -1;
     } else if (srv->cfg.admin_enabled) {
         rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, false, &srv->admin_fd,
-                        &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr,
-                        err, errlen);
+                        &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr, err, errlen);
         if (rc != 0) {
             /* Say which listener failed: prefix the message in place. */
             size_t len = strnlen(err, errlen - 1);
@@ -396,63 +380,55 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
                 memmove(err + sizeof prefix - 1, err, len + 1);
                 memcpy(err, prefix, sizeof prefix - 1);
             }
-            goto fail;
+            return rc;
         }
     }
-    rc = ps__linger_start(srv);
+    return 0;
+}
+
+/* Every thread, in the order each needs the ones before: linger, the
+ * dispatch (its state, the pool, its own threads), the PROXY stage, the
+ * admin thread, the acceptor last. */
+static int start_threads(ps_server *srv, char *err, size_t errlen)
+{
+    int rc = ps__linger_start(srv);
     if (rc != 0) {
         snprintf(err, errlen, "linger thread: %s", ps_strerror(rc));
-        goto fail;
+        return rc;
     }
     const ps__dispatch *d = srv->dispatch;
     ps_pool_opts po = {.workers = srv->cfg.workers, .queue_capacity = srv->cfg.queue_capacity};
     if (d->setup != NULL && (rc = d->setup(srv, &po, err, errlen)) != 0)
-        goto fail;
+        return rc;
     if (d->uses_pool && (rc = ps_pool_create(&srv->pool, &po)) != 0) {
         snprintf(err, errlen, "thread pool: %s", ps_strerror(rc));
-        goto fail;
+        return rc;
     }
     if (d->start != NULL && (rc = d->start(srv)) != 0) {
         snprintf(err, errlen, "%s dispatch thread: %s", ps_dispatch_name(srv->cfg.dispatch),
                  ps_strerror(rc));
-        goto fail;
+        return rc;
     }
-    if (srv->cfg.proxy_protocol != PS_PROXY_OFF) {
-        rc = ps__proxy_stage_start(srv, serve_now, err, errlen);
-        if (rc != 0)
-            goto fail;
-    }
-    if (srv->admin_fd >= 0) {
-        rc = ps__admin_start(srv);
-        if (rc != 0) {
-            snprintf(err, errlen, "admin thread: %s", ps_strerror(rc));
-            goto fail;
-        }
+    if (srv->cfg.proxy_protocol != PS_PROXY_OFF &&
+        (rc = ps__proxy_stage_start(srv, serve_now, err, errlen)) != 0)
+        return rc;
+    if (srv->admin_fd >= 0 && (rc = ps__admin_start(srv)) != 0) {
+        snprintf(err, errlen, "admin thread: %s", ps_strerror(rc));
+        return rc;
     }
     rc = -pthread_create(&srv->acceptor, NULL, acceptor_main, srv);
     if (rc != 0) {
         snprintf(err, errlen, "acceptor thread: %s", ps_strerror(rc));
-        goto fail;
+        return rc;
     }
     srv->acceptor_started = true;
-    srv->started = true;
-    atomic_store_explicit(&srv->serving, true, memory_order_release);
-    ps_log_always("listening on %s%s (dispatch %s, %u workers, queue %zu, backlog %d)",
-                  srv->listen_addr, srv->listen_inherited ? " (inherited)" : "",
-                  ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers, srv->cfg.queue_capacity,
-                  srv->backlog);
-    if (srv->admin_fd >= 0) {
-        ps_log_always("admin on %s%s", srv->admin_addr,
-                      srv->admin_inherited ? " (inherited)" : "");
-        if (!ps__is_loopback(srv->admin_fd))
-            ps_log_warn("admin on %s is reachable beyond this machine and has no "
-                        "authentication: bind it to loopback (admin.bind) or firewall it",
-                        srv->admin_addr);
-    }
     return 0;
+}
 
-fail:
-    /* Undo in reverse order; the stop signal releases the admin thread. */
+/* A start that failed: undone in reverse order (the stop signal releases
+ * the admin thread), nothing left bound or running. */
+static void undo_start(ps_server *srv)
+{
     atomic_store(&srv->stopping, true);
     if (srv->stop_fd >= 0) {
         uint64_t one = 1;
@@ -475,7 +451,54 @@ fail:
     close_fd(&srv->drain_fd);
     atomic_store(&srv->stopping, false);
     srv->port = srv->admin_port = 0;
-    return rc;
+}
+
+static void log_started(const ps_server *srv)
+{
+    ps_log_always("listening on %s%s (dispatch %s, %u workers, queue %zu, backlog %d)",
+                  srv->listen_addr, srv->listen_inherited ? " (inherited)" : "",
+                  ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers, srv->cfg.queue_capacity,
+                  srv->backlog);
+    if (srv->admin_fd < 0)
+        return;
+    ps_log_always("admin on %s%s", srv->admin_addr, srv->admin_inherited ? " (inherited)" : "");
+    if (!ps__is_loopback(srv->admin_fd))
+        ps_log_warn("admin on %s is reachable beyond this machine and has no "
+                    "authentication: bind it to loopback (admin.bind) or firewall it",
+                    srv->admin_addr);
+}
+
+int ps_server_start(ps_server *srv, char *err, size_t errlen)
+{
+    char tmp[256];
+    if (err == NULL) {
+        err = tmp;
+        errlen = sizeof tmp;
+    }
+    if (srv->started) {
+        snprintf(err, errlen, "server already started");
+        return -EALREADY;
+    }
+    int rc = 0;
+    srv->start_ms = ps__now_ms(); /* before any thread can read it */
+    srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    srv->drain_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (srv->stop_fd < 0 || srv->drain_fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "eventfd: %s", ps_strerror(rc));
+    }
+    if (rc == 0)
+        rc = open_listeners(srv, err, errlen);
+    if (rc == 0)
+        rc = start_threads(srv, err, errlen);
+    if (rc != 0) {
+        undo_start(srv);
+        return rc;
+    }
+    srv->started = true;
+    atomic_store_explicit(&srv->serving, true, memory_order_release);
+    log_started(srv);
+    return 0;
 }
 
 int ps_server_use_listeners(ps_server *srv, int data_fd, int admin_fd)

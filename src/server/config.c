@@ -298,126 +298,161 @@ static int ps__parse_bool(const char *v, size_t len)
 
 /* Judges value v[0..len) for key k and stores it in cfg only when valid.
  * Returns 0, or PS_ECONFIG with "section.key: reason" in reason. */
+/* The enumerations a key can take: their names (the index is the value)
+ * and how an error says what was expected. */
+typedef struct ps__enum_kind {
+    const char *const *names;
+    int count;
+    const char *expected;
+} ps__enum_kind;
+
+static const ps__enum_kind *ps__enum_of(ps__kind kind)
+{
+    static const ps__enum_kind dispatch = {ps__dispatch_names, 3, "connection, event or thread"};
+    static const ps__enum_kind proxy = {ps__proxy_names, 4, "off, v1, v2 or any"};
+    static const ps__enum_kind handler = {ps__handler_names, 2, "echo or sleep"};
+    static const ps__enum_kind level = {ps__log_level_names, 4, "error, warn, info or debug"};
+    switch (kind) {
+    case PS__K_DISPATCH: return &dispatch;
+    case PS__K_PROXY: return &proxy;
+    case PS__K_HANDLER: return &handler;
+    case PS__K_LOG_LEVEL: return &level;
+    case PS__K_UINT:
+    case PS__K_HOST:
+    case PS__K_GREETING:
+    case PS__K_PATH:
+    case PS__K_CIDRS:
+    case PS__K_BOOL:
+        return NULL;
+    }
+    return NULL;
+}
+
+/* A key's value checked and stored: each kind of key. field is the key's
+ * place in the config; shown, the value as an error quotes it. */
+static int ps__set_uint(const ps__key *k, char *field, const char *v, size_t len,
+                        const char *shown, char *reason, size_t reasonlen)
+{
+    unsigned long long n;
+    if (!ps__parse_uint(v, len, &n) || n < k->min || n > k->max) {
+        ps__set_err(reason, reasonlen, "%s.%s: expected an integer from %llu to %llu, got \"%s\"",
+                    k->section, k->name, k->min, k->max, shown);
+        return PS_ECONFIG;
+    }
+    switch (k->width) {
+    case PS__W_U16: *(uint16_t *)(void *)field = (uint16_t)n; break;
+    case PS__W_INT: *(int *)(void *)field = (int)n; break;
+    case PS__W_UNSIGNED: *(unsigned *)(void *)field = (unsigned)n; break;
+    case PS__W_SIZE: *(size_t *)(void *)field = (size_t)n; break;
+    case PS__W_NONE: abort(); /* table bug */
+    }
+    return 0;
+}
+
+static int ps__set_host(const ps__key *k, char *field, const char *v, size_t len,
+                        const char *shown, char *reason, size_t reasonlen)
+{
+    char host[PS_CONFIG_HOST_MAX];
+    if (len == 0) {
+        ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got nothing",
+                    k->section, k->name);
+        return PS_ECONFIG;
+    }
+    if (len >= sizeof(host)) {
+        ps__set_err(reason, reasonlen, "%s.%s: too long (%zu characters, at most %zu)",
+                    k->section, k->name, len, sizeof(host) - 1);
+        return PS_ECONFIG;
+    }
+    memcpy(host, v, len);
+    host[len] = '\0';
+    if (memchr(v, '\0', len) || !ps__is_host(host)) {
+        ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got \"%s\"",
+                    k->section, k->name, shown);
+        return PS_ECONFIG;
+    }
+    memcpy(field, host, len + 1);
+    return 0;
+}
+
+/* A greeting or a path: one line of at most the field's size. */
+static int ps__set_text(const ps__key *k, char *field, const char *v, size_t len,
+                        const char *shown, char *reason, size_t reasonlen)
+{
+    if (len >= k->size) {
+        ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
+                    k->section, k->name, len, k->size - 1);
+        return PS_ECONFIG;
+    }
+    /* The greeting is sent as one line: a CR or LF would split it; a
+     * path with one is no path anyone meant. */
+    if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
+        ps__set_err(reason, reasonlen, "%s.%s: must be one line (no CR, LF or NUL), got \"%s\"",
+                    k->section, k->name, shown);
+        return PS_ECONFIG;
+    }
+    memcpy(field, v, len);
+    field[len] = '\0';
+    return 0;
+}
+
+static int ps__set_cidrs(const ps__key *k, char *field, const char *v, size_t len,
+                         char *reason, size_t reasonlen)
+{
+    if (len >= k->size || memchr(v, '\0', len)) {
+        ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
+                    k->section, k->name, len, k->size - 1);
+        return PS_ECONFIG;
+    }
+    char text[PS_CONFIG_CIDRS_MAX], why[256];
+    memcpy(text, v, len);
+    text[len] = '\0';
+    ps__cidr_list list;
+    if (ps__cidr_parse(text, &list, why, sizeof why) != 0) {
+        ps__set_err(reason, reasonlen, "%s.%s: %s", k->section, k->name, why);
+        return PS_ECONFIG;
+    }
+    memcpy(field, text, len + 1);
+    return 0;
+}
+
+static int ps__set_enum(const ps__key *k, const ps__enum_kind *e, char *field, const char *v,
+                        size_t len, const char *shown, char *reason, size_t reasonlen)
+{
+    int i = ps__enum_index(e->names, (size_t)e->count, v, len);
+    if (i < 0) {
+        ps__set_err(reason, reasonlen, "%s.%s: expected %s, got \"%s\"", k->section, k->name,
+                    e->expected, shown);
+        return PS_ECONFIG;
+    }
+    /* Every enumeration of the schema is a C enum: stored as one. */
+    *(ps_dispatch_mode *)(void *)field = (ps_dispatch_mode)i;
+    return 0;
+}
+
+_Static_assert(sizeof(ps_proxy_mode) == sizeof(ps_dispatch_mode) &&
+                   sizeof(ps_handler_kind) == sizeof(ps_dispatch_mode) &&
+                   sizeof(ps_log_level) == sizeof(ps_dispatch_mode),
+               "ps__set_enum stores every enumeration as a ps_dispatch_mode");
+
 static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t len,
                        char *reason, size_t reasonlen)
 {
     char shown[PS__SHOW_BUF];
     char *field = (char *)cfg + k->offset;
     ps__show(shown, v, len);
-
+    const ps__enum_kind *e = ps__enum_of(k->kind);
+    if (e != NULL)
+        return ps__set_enum(k, e, field, v, len, shown, reason, reasonlen);
     switch (k->kind) {
-    case PS__K_UINT: {
-        unsigned long long n;
-        if (!ps__parse_uint(v, len, &n) || n < k->min || n > k->max) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected an integer from %llu to %llu, got \"%s\"",
-                        k->section, k->name, k->min, k->max, shown);
-            return PS_ECONFIG;
-        }
-        switch (k->width) {
-        case PS__W_U16: *(uint16_t *)(void *)field = (uint16_t)n; break;
-        case PS__W_INT: *(int *)(void *)field = (int)n; break;
-        case PS__W_UNSIGNED: *(unsigned *)(void *)field = (unsigned)n; break;
-        case PS__W_SIZE: *(size_t *)(void *)field = (size_t)n; break;
-        case PS__W_NONE: abort(); /* table bug */
-        }
-        return 0;
-    }
-    case PS__K_HOST: {
-        char host[PS_CONFIG_HOST_MAX];
-        if (len == 0) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got nothing",
-                        k->section, k->name);
-            return PS_ECONFIG;
-        }
-        if (len >= sizeof(host)) {
-            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu characters, at most %zu)",
-                        k->section, k->name, len, sizeof(host) - 1);
-            return PS_ECONFIG;
-        }
-        memcpy(host, v, len);
-        host[len] = '\0';
-        if (memchr(v, '\0', len) || !ps__is_host(host)) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        memcpy(field, host, len + 1);
-        return 0;
-    }
+    case PS__K_UINT:
+        return ps__set_uint(k, field, v, len, shown, reason, reasonlen);
+    case PS__K_HOST:
+        return ps__set_host(k, field, v, len, shown, reason, reasonlen);
     case PS__K_GREETING:
     case PS__K_PATH:
-        if (len >= k->size) {
-            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
-                        k->section, k->name, len, k->size - 1);
-            return PS_ECONFIG;
-        }
-        /* The greeting is sent as one line: a CR or LF would split it; a
-         * path with one is no path anyone meant. */
-        if (memchr(v, '\r', len) || memchr(v, '\n', len) || memchr(v, '\0', len)) {
-            ps__set_err(reason, reasonlen, "%s.%s: must be one line (no CR, LF or NUL), got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        memcpy(field, v, len);
-        field[len] = '\0';
-        return 0;
-    case PS__K_DISPATCH: {
-        int i = ps__enum_index(ps__dispatch_names, 3, v, len);
-        if (i < 0) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected connection, event or thread, got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        *(ps_dispatch_mode *)(void *)field = (ps_dispatch_mode)i;
-        return 0;
-    }
-    case PS__K_PROXY: {
-        int i = ps__enum_index(ps__proxy_names, 4, v, len);
-        if (i < 0) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected off, v1, v2 or any, got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        *(ps_proxy_mode *)(void *)field = (ps_proxy_mode)i;
-        return 0;
-    }
-    case PS__K_CIDRS: {
-        if (len >= k->size || memchr(v, '\0', len)) {
-            ps__set_err(reason, reasonlen, "%s.%s: too long (%zu bytes, at most %zu)",
-                        k->section, k->name, len, k->size - 1);
-            return PS_ECONFIG;
-        }
-        char text[PS_CONFIG_CIDRS_MAX], why[256];
-        memcpy(text, v, len);
-        text[len] = '\0';
-        ps__cidr_list list;
-        if (ps__cidr_parse(text, &list, why, sizeof why) != 0) {
-            ps__set_err(reason, reasonlen, "%s.%s: %s", k->section, k->name, why);
-            return PS_ECONFIG;
-        }
-        memcpy(field, text, len + 1);
-        return 0;
-    }
-    case PS__K_HANDLER: {
-        int i = ps__enum_index(ps__handler_names, 2, v, len);
-        if (i < 0) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected echo or sleep, got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        *(ps_handler_kind *)(void *)field = (ps_handler_kind)i;
-        return 0;
-    }
-    case PS__K_LOG_LEVEL: {
-        int i = ps__enum_index(ps__log_level_names, 4, v, len);
-        if (i < 0) {
-            ps__set_err(reason, reasonlen, "%s.%s: expected error, warn, info or debug, got \"%s\"",
-                        k->section, k->name, shown);
-            return PS_ECONFIG;
-        }
-        *(ps_log_level *)(void *)field = (ps_log_level)i;
-        return 0;
-    }
+        return ps__set_text(k, field, v, len, shown, reason, reasonlen);
+    case PS__K_CIDRS:
+        return ps__set_cidrs(k, field, v, len, reason, reasonlen);
     case PS__K_BOOL: {
         int b = ps__parse_bool(v, len);
         if (b < 0) {
@@ -428,6 +463,11 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
         *(bool *)(void *)field = b != 0;
         return 0;
     }
+    case PS__K_DISPATCH:
+    case PS__K_PROXY:
+    case PS__K_HANDLER:
+    case PS__K_LOG_LEVEL:
+        break; /* enumerations: above */
     }
     abort(); /* table bug */
 }
@@ -885,6 +925,14 @@ int ps_config_override(ps_config *cfg, const char *spec, char *err, size_t errle
 static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, size_t outlen)
 {
     const char *field = (const char *)cfg + k->offset;
+    const ps__enum_kind *e = ps__enum_of(k->kind);
+    if (e != NULL) {
+        int m = (int)*(const ps_dispatch_mode *)(const void *)field;
+        if (m < 0 || m >= e->count)
+            return false;
+        snprintf(out, outlen, "%s", e->names[m]);
+        return true;
+    }
     switch (k->kind) {
     case PS__K_UINT:
         switch (k->width) {
@@ -903,37 +951,14 @@ static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, si
             return false;
         memcpy(out, field, strlen(field) + 1);
         return true;
-    case PS__K_DISPATCH: {
-        ps_dispatch_mode m = *(const ps_dispatch_mode *)(const void *)field;
-        if ((unsigned)m >= 3)
-            return false;
-        snprintf(out, outlen, "%s", ps__dispatch_names[m]);
-        return true;
-    }
-    case PS__K_PROXY: {
-        ps_proxy_mode m = *(const ps_proxy_mode *)(const void *)field;
-        if ((unsigned)m >= 4)
-            return false;
-        snprintf(out, outlen, "%s", ps__proxy_names[m]);
-        return true;
-    }
-    case PS__K_HANDLER: {
-        ps_handler_kind h = *(const ps_handler_kind *)(const void *)field;
-        if ((unsigned)h >= 2)
-            return false;
-        snprintf(out, outlen, "%s", ps__handler_names[h]);
-        return true;
-    }
-    case PS__K_LOG_LEVEL: {
-        ps_log_level l = *(const ps_log_level *)(const void *)field;
-        if ((unsigned)l >= 4)
-            return false;
-        snprintf(out, outlen, "%s", ps__log_level_names[l]);
-        return true;
-    }
     case PS__K_BOOL:
         snprintf(out, outlen, "%s", *(const bool *)(const void *)field ? "true" : "false");
         return true;
+    case PS__K_DISPATCH:
+    case PS__K_PROXY:
+    case PS__K_HANDLER:
+    case PS__K_LOG_LEVEL:
+        break; /* enumerations: above */
     }
     return false;
 }

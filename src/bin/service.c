@@ -1,3 +1,5 @@
+/* service: what poolsrv speaks to a service manager (systemd's notify and
+ * socket activation protocols, without libsystemd); see service.h. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>

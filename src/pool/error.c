@@ -1,3 +1,5 @@
+/* ps_strerror: text for every code a ps_ function returns, errno's and
+ * poolsrv's own (PS_E*), thread-safe. */
 #include <string.h>
 
 #include "poolsrv/error.h"

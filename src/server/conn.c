@@ -1,3 +1,7 @@
+/* The connection layer: a connection's input and output buffers (a
+ * worker's scratch buffers lent while it serves), framing lines and
+ * length-delimited blocks for the handler's callbacks, flushing replies,
+ * and the registry of every live connection. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,3 +1,5 @@
+/* The echo handler (the seed's protocol) and the built-in echo and sleep
+ * modules' greeting, which a reload may change. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>

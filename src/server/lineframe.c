@@ -1,3 +1,5 @@
+/* The line framer: a pure function over a buffer that finds the next line
+ * (LF or CRLF), says "need more", or refuses a line over the limit. */
 #include <stdint.h>
 #include <string.h>
 

@@ -1,3 +1,5 @@
+/* The log: leveled lines with a timestamp to stderr, or to a sink the
+ * embedding program sets. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>

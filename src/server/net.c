@@ -1,3 +1,5 @@
+/* Sockets and clocks: binding and listening, adopting inherited listeners,
+ * address text, writes that never block, the monotonic clock. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -1,3 +1,6 @@
+/* The server: its life (create, start, drain, stop), the acceptor thread
+ * with max_connections and its slot queue, counters, reload; each dispatch
+ * mode behind ps__dispatch. */
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>

@@ -41,11 +41,10 @@
 #include "poolsrv/config.h"
 #include "poolsrv/error.h"
 #include "proxy.h"
+#include "text.h"
 
 #define PS__REASON_MAX 512
 #define PS__FILE_MAX (1024 * 1024) /* bytes of a configuration file */
-#define PS__SHOW_MAX 64 /* characters of a bad value quoted in a message */
-#define PS__SHOW_BUF (PS__SHOW_MAX * 4 + 8)
 
 typedef enum ps__kind {
     PS__K_UINT,
@@ -117,18 +116,7 @@ static const char *const ps__proxy_names[] = {"off", "v1", "v2", "any"};
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void ps__set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
-static void ps__set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void ps__clear_err(char *err, size_t errlen)
 {
@@ -136,31 +124,6 @@ static void ps__clear_err(char *err, size_t errlen)
         err[0] = '\0';
 }
 
-/* Writes s[0..len) into out (PS__SHOW_BUF bytes) for a message: printable
- * ASCII as is, anything else as \xNN, so garbage in a file cannot garble the
- * terminal or log; cut after PS__SHOW_MAX characters with "...". */
-static void ps__show(char *out, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    size_t i;
-    for (i = 0; i < len && i < PS__SHOW_MAX; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
-            out[o++] = (char)c;
-        } else {
-            out[o++] = '\\';
-            out[o++] = 'x';
-            out[o++] = hex[c >> 4];
-            out[o++] = hex[c & 15];
-        }
-    }
-    if (i < len) {
-        memcpy(out + o, "...", 3);
-        o += 3;
-    }
-    out[o] = '\0';
-}
 
 static bool ps__eq(const char *a, size_t alen, const char *b)
 {

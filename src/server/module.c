@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "poolsrv/module.h"
+#include "text.h"
 
 struct ps_module_instance {
     const ps_module *module;
@@ -20,29 +21,18 @@ struct ps_module_instance {
     char path[PS_CONFIG_MODULE_MAX]; /* handler.module as loaded; "" = built-in */
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Loads the module file at path. */
 static int load(const char *path, const ps_module **mod, void **dl, char *err, size_t errlen)
 {
     struct stat st;
     if (stat(path, &st) != 0) {
-        set_err(err, errlen, "%s: handler module: %s", path, ps_strerror(-errno));
+        ps__set_err(err, errlen, "%s: handler module: %s", path, ps_strerror(-errno));
         return -ENOENT;
     }
     if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: handler module: not a regular file", path);
+        ps__set_err(err, errlen, "%s: handler module: not a regular file", path);
         return -EINVAL;
     }
     /* A path without a slash would be looked up in the library path:
@@ -56,20 +46,20 @@ static int load(const char *path, const ps_module **mod, void **dl, char *err, s
     *dl = dlopen(open_path, RTLD_NOW | RTLD_LOCAL);
     if (*dl == NULL) {
         const char *why = dlerror();
-        set_err(err, errlen, "%s: not a loadable handler module: %s",
+        ps__set_err(err, errlen, "%s: not a loadable handler module: %s",
                 path, why ? why : "dlopen failed");
         return -EINVAL;
     }
     dlerror();
     const ps_module *m = dlsym(*dl, PS_MODULE_SYMBOL);
     if (m == NULL) {
-        set_err(err, errlen, "%s: not a poolsrv handler module (no symbol %s)",
+        ps__set_err(err, errlen, "%s: not a poolsrv handler module (no symbol %s)",
                 path, PS_MODULE_SYMBOL);
         dlclose(*dl);
         return -EINVAL;
     }
     if (m->abi < PS_MODULE_ABI_OLDEST || m->abi > PS_MODULE_ABI) {
-        set_err(err, errlen,
+        ps__set_err(err, errlen,
                 "%s: handler module built for module ABI %u; this poolsrv takes ABI %d to %d: "
                 "rebuild it against these headers",
                 path, m->abi, PS_MODULE_ABI_OLDEST, PS_MODULE_ABI);
@@ -77,7 +67,7 @@ static int load(const char *path, const ps_module **mod, void **dl, char *err, s
         return -EINVAL;
     }
     if (m->handler == NULL) {
-        set_err(err, errlen, "%s: handler module has no handler", path);
+        ps__set_err(err, errlen, "%s: handler module has no handler", path);
         dlclose(*dl);
         return -EINVAL;
     }
@@ -107,10 +97,10 @@ static void key_error(const ps_config *cfg, const ps_module *mod, const char *wh
                       size_t errlen)
 {
     if (bad < cfg->handler_nkeys)
-        set_err(err, errlen, "%s: handler.%s: %s", cfg->handler_keys[bad].origin,
+        ps__set_err(err, errlen, "%s: handler.%s: %s", cfg->handler_keys[bad].origin,
                 cfg->handler_keys[bad].key, reason[0] ? reason : "refused");
     else
-        set_err(err, errlen, "%s: handler %s: %s", what, mod->name,
+        ps__set_err(err, errlen, "%s: handler %s: %s", what, mod->name,
                 reason[0] ? reason : fallback);
 }
 
@@ -141,7 +131,7 @@ int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, si
     module_keys(cfg, keys);
     if (mi->module->init == NULL) {
         if (n > 0) {
-            set_err(err, errlen, "%s: handler.%s: unknown key (handler %s takes no keys)",
+            ps__set_err(err, errlen, "%s: handler.%s: unknown key (handler %s takes no keys)",
                     cfg->handler_keys[0].origin, cfg->handler_keys[0].key, mi->module->name);
             discard(mi);
             return PS_ECONFIG;

@@ -16,6 +16,7 @@
 
 #include "poolsrv/error.h"
 #include "proxy.h"
+#include "text.h"
 
 /* ---- version 1: "PROXY TCP4 1.2.3.4 5.6.7.8 1234 80\r\n" ------------------ */
 
@@ -314,46 +315,6 @@ ssize_t ps__proxy_parse(const void *buf, size_t len, unsigned accept, ps__proxy_
 
 /* ---- the CIDR list ---------------------------------------------------------- */
 
-#define SHOW_MAX 64                    /* bytes of an entry quoted in a message */
-#define SHOW_BUF (SHOW_MAX * 4 + 4)
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-/* Writes s[0..len) into out (SHOW_BUF bytes) for a message: printable ASCII
- * as is, other bytes, '"' and '\\' as \xNN, "..." after SHOW_MAX bytes. */
-static void show(char *out, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0, i;
-    for (i = 0; i < len && i < SHOW_MAX; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
-            out[o++] = (char)c;
-        } else {
-            out[o++] = '\\';
-            out[o++] = 'x';
-            out[o++] = hex[c >> 4];
-            out[o++] = hex[c & 15];
-        }
-    }
-    if (i < len) {
-        memcpy(out + o, "...", 3);
-        o += 3;
-    }
-    out[o] = '\0';
-}
-
 static bool is_sep(char c)
 {
     return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
@@ -376,8 +337,8 @@ static bool prefix_equal(const unsigned char *a, const unsigned char *b, unsigne
  * Returns 0, or PS_ECONFIG with the reason in err. */
 static int parse_entry(const char *s, size_t len, ps__cidr *e, char *err, size_t errlen)
 {
-    char shown[SHOW_BUF];
-    show(shown, s, len);
+    char shown[PS__SHOW_BUF];
+    ps__show(shown, s, len);
     const char *slash = memchr(s, '/', len);
     size_t alen = slash ? (size_t)(slash - s) : len;
     char text[INET6_ADDRSTRLEN];
@@ -385,14 +346,14 @@ static int parse_entry(const char *s, size_t len, ps__cidr *e, char *err, size_t
     memset(e, 0, sizeof(*e));
     e->family = memchr(s, ':', alen) ? AF_INET6 : AF_INET;
     if (alen >= sizeof(text)) {
-        set_err(err, errlen, "\"%s\": expected an IPv4 or IPv6 address, with an optional /prefix-length",
+        ps__set_err(err, errlen, "\"%s\": expected an IPv4 or IPv6 address, with an optional /prefix-length",
                 shown);
         return PS_ECONFIG;
     }
     memcpy(text, s, alen);
     text[alen] = '\0';
     if (inet_pton(e->family, text, e->addr) != 1) {
-        set_err(err, errlen, "\"%s\": expected an IPv4 or IPv6 address, with an optional /prefix-length",
+        ps__set_err(err, errlen, "\"%s\": expected an IPv4 or IPv6 address, with an optional /prefix-length",
                 shown);
         return PS_ECONFIG;
     }
@@ -411,7 +372,7 @@ static int parse_entry(const char *s, size_t len, ps__cidr *e, char *err, size_t
                 v = v * 10 + (unsigned)(b[i] - '0');
         }
         if (!ok || v > max) {
-            set_err(err, errlen, "\"%s\": the prefix length after '/' must be a number from 0 to %u for an %s address",
+            ps__set_err(err, errlen, "\"%s\": the prefix length after '/' must be a number from 0 to %u for an %s address",
                     shown, max, fam);
             return PS_ECONFIG;
         }
@@ -427,7 +388,7 @@ static int parse_entry(const char *s, size_t len, ps__cidr *e, char *err, size_t
     if (memcmp(net, e->addr, sizeof(net)) != 0) {
         char net_text[INET6_ADDRSTRLEN];
         inet_ntop(e->family, net, net_text, sizeof(net_text));
-        set_err(err, errlen, "\"%s\": address bits are set past the /%u prefix (the %s network is %s/%u)",
+        ps__set_err(err, errlen, "\"%s\": address bits are set past the /%u prefix (the %s network is %s/%u)",
                 shown, e->bits, fam, net_text, e->bits);
         return PS_ECONFIG;
     }
@@ -437,7 +398,7 @@ static int parse_entry(const char *s, size_t len, ps__cidr *e, char *err, size_t
 int ps__cidr_parse(const char *text, ps__cidr_list *out, char *err, size_t errlen)
 {
     out->count = 0;
-    set_err(err, errlen, "%s", "");
+    ps__set_err(err, errlen, "%s", "");
     const char *s = text ? text : "";
     while (*s) {
         if (is_sep(*s)) {
@@ -448,9 +409,9 @@ int ps__cidr_parse(const char *text, ps__cidr_list *out, char *err, size_t errle
         while (s[len] && !is_sep(s[len]))
             len++;
         if (out->count == PS__CIDR_MAX) {
-            char shown[SHOW_BUF];
-            show(shown, s, len);
-            set_err(err, errlen, "more than %d entries (the one past them is \"%s\")", PS__CIDR_MAX,
+            char shown[PS__SHOW_BUF];
+            ps__show(shown, s, len);
+            ps__set_err(err, errlen, "more than %d entries (the one past them is \"%s\")", PS__CIDR_MAX,
                     shown);
             out->count = 0;
             return PS_ECONFIG;

@@ -457,17 +457,18 @@ static void serve_clients(ps_server *srv, admin_clients *cs, const struct pollfd
     }
 }
 
-/* accept4 on the admin listener; out of descriptors, the one held in
+/* ps__accept on the admin listener (the new socket or -errno); out of
+ * descriptors, the one held in
  * reserve (nginx and memcached keep one too) is given up for it, so the
  * operator can still ask what is going on. */
 static int accept_admin(ps_server *srv)
 {
     int *reserve = &srv->admin_reserve;
-    int fd = accept4(srv->admin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && *reserve >= 0) {
+    int fd = ps__accept(srv->admin_fd, NULL);
+    if ((fd == -EMFILE || fd == -ENFILE) && *reserve >= 0) {
         close(*reserve);
         *reserve = -1;
-        fd = accept4(srv->admin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        fd = ps__accept(srv->admin_fd, NULL);
         if (fd >= 0)
             ps_log_warn("admin accept: out of descriptors; this admin client "
                         "takes the one held in reserve");
@@ -483,8 +484,8 @@ static void take_admin_client(ps_server *srv, admin_clients *cs, int64_t now)
 {
     int fd = accept_admin(srv);
     if (fd < 0) {
-        int e = errno;
-        if (e == EAGAIN || e == EINTR || e == ECONNABORTED)
+        int e = -fd;
+        if (e == EAGAIN)
             return;
         if (now - cs->last_warning >= 1000) {
             cs->last_warning = now;

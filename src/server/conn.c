@@ -164,6 +164,16 @@ int ps__conn_open(ps_conn *c)
     return rc;
 }
 
+void ps__conn_timed_out(ps_conn *c, bool send)
+{
+    ps_server *srv = c->srv;
+    atomic_fetch_add_explicit(send ? &srv->c.send_timeouts : &srv->c.idle_timeouts, 1,
+                              memory_order_relaxed);
+    ps_log_info("connection %llu from %s: %s for %us, closing", (unsigned long long)c->id,
+                c->peer, send ? "not reading" : "idle",
+                send ? PS__LIMIT(srv, send_timeout) : PS__LIMIT(srv, idle_timeout));
+}
+
 void ps__conn_each(ps_server *srv, bool (*fn)(const ps_conn *c, void *arg), void *arg)
 {
     for (int i = 0; i < PS__STRIPES; i++) {

@@ -61,12 +61,8 @@ static int flush_all(ps_conn *c, ps_server *srv)
         if (n > 0 && stop_deadline <= 0 && p[1].revents)
             continue; /* stopping: wait again, bounded by its deadline */
         if (n == 0) {
-            if (until == deadline) {
-                atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
-                ps_log_info("connection %llu from %s: not reading for %us, closing",
-                            (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
-                            PS__LIMIT(srv, send_timeout));
-            }
+            if (until == deadline)
+                ps__conn_timed_out(c, true);
             return -ETIMEDOUT;
         }
     }
@@ -99,10 +95,7 @@ static int wait_input(ps_conn *c, ps_server *srv, bool input)
         if (p[1].revents)
             return 1;
         if (n == 0) {
-            atomic_fetch_add_explicit(&srv->c.idle_timeouts, 1, memory_order_relaxed);
-            ps_log_info("connection %llu from %s: idle for %us, closing",
-                        (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
-                        PS__LIMIT(srv, idle_timeout));
+            ps__conn_timed_out(c, false);
             return 0;
         }
     }

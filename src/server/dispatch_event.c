@@ -268,15 +268,7 @@ static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 /* Counts, logs and closes a connection found past its deadline. */
 static void close_timed_out(ps_server *srv, ps_conn *c)
 {
-    if (atomic_load_explicit(&c->want_write, memory_order_relaxed)) {
-        atomic_fetch_add_explicit(&srv->c.send_timeouts, 1, memory_order_relaxed);
-        ps_log_info("connection %llu from %s: not reading for %us, closing",
-                    (unsigned long long)c->id, c->peer, PS__LIMIT(srv, send_timeout));
-    } else {
-        atomic_fetch_add_explicit(&srv->c.idle_timeouts, 1, memory_order_relaxed);
-        ps_log_info("connection %llu from %s: idle for %us, closing",
-                    (unsigned long long)c->id, c->peer, PS__LIMIT(srv, idle_timeout));
-    }
+    ps__conn_timed_out(c, atomic_load_explicit(&c->want_write, memory_order_relaxed));
     event_close(srv, c);
 }
 

@@ -242,6 +242,10 @@ void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into);
  * the reason in err. */
 int ps__adopt_listener(int fd, const char *what, uint16_t *bound_port, char *addr,
                        size_t addrlen, char *err, size_t errlen);
+/* accept4 on a listener, non-blocking and close-on-exec, past EINTR and
+ * the connections that died in the backlog (ECONNABORTED, EPROTO): the
+ * new socket, or -errno (-EAGAIN: none waiting). peer may be NULL. */
+int ps__accept(int listen_fd, struct sockaddr_storage *peer);
 int ps__listen(const char *host, uint16_t port, int backlog, bool reuseport, int *fd,
                uint16_t *bound_port, char *addr, size_t addrlen,
                char *err, size_t errlen);
@@ -328,6 +332,11 @@ struct ps_conn {
 /* Creates the connection object for an accepted socket (owns fd from now
  * on, closing it on failure). Returns NULL on ENOMEM. */
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
+
+/* A connection closed for a timeout: counted in idle_timeouts or
+ * send_timeouts (send: it stopped reading replies) and logged; the one
+ * place both dispatches report one. */
+void ps__conn_timed_out(ps_conn *conn, bool send);
 
 /* Calls fn for every live connection (under its stripe's lock: fn must not
  * block or touch the registry), until fn returns false. */

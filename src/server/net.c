@@ -216,3 +216,18 @@ void ps__write_best_effort(int fd, const char *msg)
 {
     (void)ps__write_some(fd, msg, strlen(msg));
 }
+
+int ps__accept(int listen_fd, struct sockaddr_storage *peer)
+{
+    for (;;) {
+        socklen_t sl = sizeof *peer;
+        int fd = accept4(listen_fd, (struct sockaddr *)peer, peer != NULL ? &sl : NULL,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+        int e = errno;
+        if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+            continue;
+        return e == EWOULDBLOCK ? -EAGAIN : -e;
+    }
+}

@@ -306,17 +306,13 @@ static void *acceptor_main(void *arg)
 
         for (int i = 0; i < PS__ACCEPT_BATCH; i++) {
             struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            int fd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl,
-                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            int fd = ps__accept(srv->listen_fd, &ss);
             if (fd >= 0) {
                 take_connection(srv, slots, fd, &ss);
                 continue;
             }
-            int e = errno;
-            if (e == EINTR || e == ECONNABORTED || e == EPROTO)
-                continue;
-            if (e == EAGAIN || e == EWOULDBLOCK)
+            int e = -fd;
+            if (e == EAGAIN)
                 break;
             atomic_fetch_add_explicit(&srv->c.accept_errors, 1, memory_order_relaxed);
             /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays

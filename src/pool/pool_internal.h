@@ -13,7 +13,7 @@
 
 #include "poolsrv/pool.h"
 
-#include "lock.h"
+#include "../common/lock.h"
 
 /* Intrusive node the pool keeps for every live future. `reap` frees the
  * owner without touching the pool (called by destroy after all workers are

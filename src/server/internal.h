@@ -14,7 +14,8 @@
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
 #include "metrics.h"
-#include "../pool/lock.h"
+#include "../common/clock.h"
+#include "../common/lock.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
 #define PS__SHARDS_MAX 64 /* fits ps_conn.shard */
@@ -268,9 +269,6 @@ void ps__write_best_effort(int fd, const char *msg);
  * it cannot be read: the backlog used when the configuration says 0. */
 int ps__somaxconn(void);
 
-/* Milliseconds on the monotonic clock. */
-int64_t ps__now_ms(void);
-int64_t ps__now_us(void);
 
 
 /* ---- conn.c ---- */

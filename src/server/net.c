@@ -1,5 +1,5 @@
-/* Sockets and clocks: binding and listening, adopting inherited listeners,
- * address text, writes that never block, the monotonic clock. */
+/* Sockets: binding and listening, adopting inherited listeners, accepting,
+ * address text, writes that never block. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -14,13 +14,6 @@
 
 #include "internal.h"
 
-int64_t ps__now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 int ps__somaxconn(void)
 {
     int v = 0;
@@ -31,11 +24,6 @@ int ps__somaxconn(void)
         fclose(f);
     }
     return v > 0 ? (v > 65535 ? 65535 : v) : 4096;
-}
-
-int64_t ps__now_ms(void)
-{
-    return ps__now_us() / 1000;
 }
 
 /* True when the socket is bound to a loopback address (127.0.0.0/8, ::1,

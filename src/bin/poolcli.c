@@ -319,48 +319,48 @@ static void ps_cli_free_all(void)
     free(ps_cli_out.data);
 }
 
-int main(int argc, char **argv)
-{
-    const char *host = PS_CLI_DEFAULT_HOST;
-    const char *port = PS_CLI_DEFAULT_PORT;
-    long timeout_ms = PS_CLI_DEFAULT_TIMEOUT_MS;
-    const char **lines = ps_cli_lines = calloc((size_t)argc, sizeof *lines);
-    size_t nlines = 0;
-    bool script = false;
+/* What the command line asks for. */
+typedef struct ps_cli_args {
+    const char *host, *port;
+    long timeout_ms;
+    const char **lines; /* -e lines, in order (a script); else stdin */
+    size_t nlines;
+    bool script;
+} ps_cli_args;
 
-    if (!lines)
-        ps_cli_die("out of memory");
-    if (atexit(ps_cli_free_all) != 0)
-        ps_cli_die("atexit failed");
-    int opt;
+/* Parses argv into *a. Returns -1 to go on, or the exit status (-h, -V, a
+ * usage error). */
+static int ps_cli_parse(int argc, char **argv, ps_cli_args *a)
+{
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
+    int opt;
     while ((opt = getopt_long(argc, argv, "H:p:e:t:hV", longopts, NULL)) != -1) {
         long v;
         switch (opt) {
         case 'H':
-            host = optarg;
+            a->host = optarg;
             break;
         case 'p':
             if (!ps_cli_parse_int(optarg, 1, 65535, &v)) {
                 fprintf(stderr, "poolcli: -p: not a port number: %s\n", optarg);
                 return 2;
             }
-            port = optarg;
+            a->port = optarg;
             break;
         case 'e':
-            lines[nlines++] = optarg;
-            script = true;
+            a->lines[a->nlines++] = optarg;
+            a->script = true;
             break;
         case 't':
             if (!ps_cli_parse_int(optarg, 1, INT_MAX, &v)) {
                 fprintf(stderr, "poolcli: -t: not a timeout in ms: %s\n", optarg);
                 return 2;
             }
-            timeout_ms = v;
+            a->timeout_ms = v;
             break;
         case 'h':
             ps_cli_usage(stdout);
@@ -378,126 +378,153 @@ int main(int argc, char **argv)
         ps_cli_usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+/* One conversation: what there is to send (the script, or stdin as it
+ * comes) goes out, every reply is printed, until the server closes. */
+typedef struct ps_cli_session {
+    int fd;
+    long timeout_ms;
+    bool script;
+    ps_cli_printer pr;
+    bool stdin_open;
+    bool prev_cr, sent_any, last_nl;
+    bool wr_shut;
+    /* Set once nothing more will be sent: from then on the server has
+     * timeout_ms to finish replying and close (a fixed deadline, so a
+     * server that never stops talking cannot keep us forever). */
+    int64_t idle_deadline;
+} ps_cli_session;
+
+/* Reads from the server and prints it. Returns 1 when the server closed
+ * (its last bytes printed), else 0. */
+static int ps_cli_from_server(ps_cli_session *s, char *buf, size_t cap)
+{
+    ssize_t r = read(s->fd, buf, cap);
+    if (r < 0) {
+        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+            ps_cli_print(&s->pr, "", 0, true);
+            ps_cli_die("read: %s", strerror(errno));
+        }
+        return 0;
+    }
+    ps_cli_print(&s->pr, buf, (size_t)r, r == 0);
+    return r == 0;
+}
+
+/* Sends what is queued, as far as the socket takes it. */
+static void ps_cli_to_server(ps_cli_session *s, ps_cli_buf *out)
+{
+    ssize_t w = send(s->fd, out->data + out->off, ps_cli_buf_pending(out), MSG_NOSIGNAL);
+    if (w >= 0) {
+        out->off += (size_t)w;
+    } else if (errno == EPIPE) {
+        /* The server closed its side (after "exit", say): what is left
+         * unsent is moot, but its last replies may still be waiting to be
+         * read and printed. */
+        out->off = out->len;
+        s->stdin_open = false;
+        s->wr_shut = true;
+        s->idle_deadline = ps_cli_now_ms() + s->timeout_ms;
+    } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+        ps_cli_die("send: %s", strerror(errno));
+    }
+}
+
+/* Queues what stdin gives, line endings made CRLF. */
+static void ps_cli_from_stdin(ps_cli_session *s, ps_cli_buf *out, char *buf, size_t cap)
+{
+    ssize_t r = read(STDIN_FILENO, buf, cap);
+    if (r < 0) {
+        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+            ps_cli_die("stdin: %s", strerror(errno));
+    } else if (r == 0) {
+        /* A last line without a newline is still a line. */
+        if (s->sent_any && !s->last_nl)
+            ps_cli_buf_append(out, s->prev_cr ? "\n" : "\r\n", s->prev_cr ? 1 : 2);
+        s->stdin_open = false;
+    } else {
+        ps_cli_queue_text(out, buf, (size_t)r, &s->prev_cr);
+        s->sent_any = true;
+        s->last_nl = (buf[r - 1] == '\n');
+    }
+}
+
+/* The conversation until the server closes (0), or the exit status when
+ * it does not close within timeout_ms of our last byte. */
+static int ps_cli_run(ps_cli_session *s, ps_cli_buf *out)
+{
+    char buf[PS_CLI_IOBUF];
+    for (;;) {
+        /* Nothing more to send: half-close so the server sees EOF, then
+         * wait for it to finish replying and close. */
+        if (!s->stdin_open && ps_cli_buf_pending(out) == 0 && !s->wr_shut) {
+            if (shutdown(s->fd, SHUT_WR) != 0 && errno != ENOTCONN)
+                ps_cli_die("shutdown: %s", strerror(errno));
+            s->wr_shut = true;
+            s->idle_deadline = ps_cli_now_ms() + s->timeout_ms;
+        }
+        struct pollfd pfd[2] = {
+            {.fd = s->fd, .events = POLLIN | (ps_cli_buf_pending(out) ? POLLOUT : 0)},
+            {.fd = -1, .events = POLLIN},
+        };
+        if (s->stdin_open && ps_cli_buf_pending(out) < PS_CLI_OUT_HIGH)
+            pfd[1].fd = STDIN_FILENO;
+        int wait_ms = -1;
+        if (s->idle_deadline >= 0) {
+            int64_t left = s->idle_deadline - ps_cli_now_ms();
+            if (left <= 0) {
+                fprintf(stderr, "poolcli: server did not close the connection within %ld ms\n",
+                        s->timeout_ms);
+                return s->script ? 1 : 0;
+            }
+            wait_ms = left > INT_MAX ? INT_MAX : (int)left;
+        }
+        int rc = poll(pfd, 2, wait_ms);
+        if (rc < 0 && errno != EINTR)
+            ps_cli_die("poll: %s", strerror(errno));
+        if (rc <= 0)
+            continue; /* the deadline check above decides */
+        if ((pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) &&
+            ps_cli_from_server(s, buf, sizeof buf))
+            return 0;
+        if ((pfd[0].revents & POLLOUT) && ps_cli_buf_pending(out) > 0)
+            ps_cli_to_server(s, out);
+        if (pfd[1].fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+            ps_cli_from_stdin(s, out, buf, sizeof buf);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    ps_cli_args a = {.host = PS_CLI_DEFAULT_HOST, .port = PS_CLI_DEFAULT_PORT,
+                     .timeout_ms = PS_CLI_DEFAULT_TIMEOUT_MS};
+    a.lines = ps_cli_lines = calloc((size_t)argc, sizeof *a.lines);
+    if (!a.lines)
+        ps_cli_die("out of memory");
+    if (atexit(ps_cli_free_all) != 0)
+        ps_cli_die("atexit failed");
+    int rc = ps_cli_parse(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
 
     /* A server that closes while we write must give us EPIPE, not kill us. */
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
         ps_cli_die("signal: %s", strerror(errno));
 
-    int fd = ps_cli_connect(host, port, (int)timeout_ms);
-
+    ps_cli_session s = {.fd = ps_cli_connect(a.host, a.port, (int)a.timeout_ms),
+                        .timeout_ms = a.timeout_ms, .script = a.script,
+                        .stdin_open = !a.script, .last_nl = true, .idle_deadline = -1};
     ps_cli_buf *const out = &ps_cli_out;
-    ps_cli_printer pr = {false};
-    bool stdin_open = !script;
-    bool prev_cr = false, sent_any = false, last_nl = true;
-    bool wr_shut = false;
-    /* Set once nothing more will be sent: from then on the server has
-     * timeout_ms to finish replying and close (a fixed deadline, so a
-     * server that never stops talking cannot keep us forever). */
-    int64_t idle_deadline = -1;
-
-    if (script) {
-        for (size_t i = 0; i < nlines; i++) {
-            ps_cli_buf_append(out, lines[i], strlen(lines[i]));
+    if (a.script) {
+        for (size_t i = 0; i < a.nlines; i++) {
+            ps_cli_buf_append(out, a.lines[i], strlen(a.lines[i]));
             ps_cli_buf_append(out, "\r\n", 2);
         }
         ps_cli_buf_append(out, "exit\r\n", 6);
     }
-
-    char buf[PS_CLI_IOBUF];
-    for (;;) {
-        /* Nothing more to send: half-close so the server sees EOF, then
-         * wait for it to finish replying and close. */
-        if (!stdin_open && ps_cli_buf_pending(out) == 0 && !wr_shut) {
-            if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN)
-                ps_cli_die("shutdown: %s", strerror(errno));
-            wr_shut = true;
-            idle_deadline = ps_cli_now_ms() + timeout_ms;
-        }
-
-        struct pollfd pfd[2];
-        nfds_t n = 0;
-        pfd[n].fd = fd;
-        pfd[n].events = POLLIN | (ps_cli_buf_pending(out) ? POLLOUT : 0);
-        pfd[n].revents = 0;
-        n++;
-        int stdin_slot = -1;
-        if (stdin_open && ps_cli_buf_pending(out) < PS_CLI_OUT_HIGH) {
-            stdin_slot = (int)n;
-            pfd[n].fd = STDIN_FILENO;
-            pfd[n].events = POLLIN;
-            pfd[n].revents = 0;
-            n++;
-        }
-        int wait_ms = -1;
-        if (idle_deadline >= 0) {
-            int64_t left = idle_deadline - ps_cli_now_ms();
-            if (left <= 0) {
-                fprintf(stderr, "poolcli: server did not close the connection within %ld ms\n",
-                        timeout_ms);
-                close(fd);
-                return script ? 1 : 0;
-            }
-            wait_ms = left > INT_MAX ? INT_MAX : (int)left;
-        }
-        int rc = poll(pfd, n, wait_ms);
-        if (rc < 0) {
-            if (errno == EINTR)
-                continue;
-            ps_cli_die("poll: %s", strerror(errno));
-        }
-        if (rc == 0)
-            continue; /* the deadline check above decides */
-
-        if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-            ssize_t r = read(fd, buf, sizeof buf);
-            if (r < 0) {
-                if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-                    ps_cli_print(&pr, "", 0, true);
-                    ps_cli_die("read: %s", strerror(errno));
-                }
-            } else if (r == 0) {
-                ps_cli_print(&pr, "", 0, true);
-                close(fd);
-                return 0;
-            } else {
-                ps_cli_print(&pr, buf, (size_t)r, false);
-            }
-        }
-
-        if ((pfd[0].revents & POLLOUT) && ps_cli_buf_pending(out) > 0) {
-            ssize_t w = send(fd, out->data + out->off, ps_cli_buf_pending(out), MSG_NOSIGNAL);
-            if (w < 0) {
-                if (errno == EPIPE) {
-                    /* The server closed its side (after "exit", say): what
-                     * is left unsent is moot, but its last replies may
-                     * still be waiting to be read and printed. */
-                    out->off = out->len;
-                    stdin_open = false;
-                    wr_shut = true;
-                    idle_deadline = ps_cli_now_ms() + timeout_ms;
-                } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-                    ps_cli_die("send: %s", strerror(errno));
-                }
-            } else {
-                out->off += (size_t)w;
-            }
-        }
-
-        if (stdin_slot >= 0 && (pfd[stdin_slot].revents & (POLLIN | POLLHUP | POLLERR))) {
-            ssize_t r = read(STDIN_FILENO, buf, sizeof buf);
-            if (r < 0) {
-                if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
-                    ps_cli_die("stdin: %s", strerror(errno));
-            } else if (r == 0) {
-                /* A last line without a newline is still a line. */
-                if (sent_any && !last_nl)
-                    ps_cli_buf_append(out, prev_cr ? "\n" : "\r\n", prev_cr ? 1 : 2);
-                stdin_open = false;
-            } else {
-                ps_cli_queue_text(out, buf, (size_t)r, &prev_cr);
-                sent_any = true;
-                last_nl = (buf[r - 1] == '\n');
-            }
-        }
-    }
+    rc = ps_cli_run(&s, out);
+    close(s.fd);
+    return rc;
 }

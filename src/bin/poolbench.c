@@ -830,7 +830,9 @@ static void pb_progress(pb_thread *th, long nthreads, bool show)
     }
 }
 
-int main(int argc, char **argv)
+/* The command line into g_opts. Returns -1 to go on, or the exit status
+ * (-h, -V, a usage error). */
+static int pb_parse(int argc, char **argv)
 {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     g_opts = (pb_opts){
@@ -911,18 +913,13 @@ int main(int argc, char **argv)
     }
     if (g_opts.threads > g_opts.connections)
         g_opts.threads = g_opts.connections;
+    return -1;
+}
 
-    /* A server closing while we send must give EPIPE, not kill the run. */
-    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
-        fprintf(stderr, "poolbench: signal: %s\n", strerror(errno));
-        return 1;
-    }
-    if (pb_resolve() != 0)
-        return 1;
-    /* One fd per connection and epoll set, plus stdio and some slack. */
-    if (pb_raise_nofile((size_t)g_opts.connections + (size_t)g_opts.threads + 16) != 0)
-        return 1;
-
+/* Every thread's connections, timestamps and reply pattern allocated and
+ * its epoll set made. 0, or 1 (said why). */
+static int pb_setup(void)
+{
     long nthreads = g_opts.threads;
     size_t ncon = (size_t)g_opts.connections;
     size_t plen = (size_t)g_opts.pipeline;
@@ -942,12 +939,6 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < ncon; i++)
         conns[i].fd = -1;
-
-    int rc = pthread_barrier_init(&g_barrier, NULL, (unsigned)nthreads);
-    if (rc != 0) {
-        fprintf(stderr, "poolbench: pthread_barrier_init: %s\n", strerror(rc));
-        return 1;
-    }
     for (long i = 0; i < nthreads; i++) {
         pb_thread *t = &th[i];
         size_t lo = ncon * (size_t)i / (size_t)nthreads;
@@ -962,10 +953,33 @@ int main(int argc, char **argv)
         t->rbuf = malloc(PB_READ_BUF);
         t->epfd = epoll_create1(EPOLL_CLOEXEC);
         if (!t->rbuf || t->epfd < 0) {
-            fprintf(stderr, "poolbench: %s\n",
-                    t->rbuf ? strerror(errno) : "out of memory");
+            fprintf(stderr, "poolbench: %s\n", t->rbuf ? strerror(errno) : "out of memory");
             return 1;
         }
+    }
+    return 0;
+}
+
+/* What a run measured, summed over the threads. */
+typedef struct pb_result {
+    pb_hist hist;
+    uint64_t err[PB_ERR_KINDS];
+    uint64_t errors, unsolicited, connected, served;
+    const char *first_error;
+    uint64_t rmin, rmax; /* replies per connection, failed ones as 0 */
+    double rmed;
+} pb_result;
+
+/* Starts the threads, shows progress, joins them and sums what they saw.
+ * 0, or 1 (said why). */
+static int pb_run(pb_result *r)
+{
+    long nthreads = g_opts.threads;
+    pb_thread *th = g_threads;
+    int rc = pthread_barrier_init(&g_barrier, NULL, (unsigned)nthreads);
+    if (rc != 0) {
+        fprintf(stderr, "poolbench: pthread_barrier_init: %s\n", strerror(rc));
+        return 1;
     }
     g_launch_ns = pb_now_ns();
     for (long i = 0; i < nthreads; i++) {
@@ -977,62 +991,65 @@ int main(int argc, char **argv)
             exit(1);
         }
     }
-
     pb_progress(th, nthreads, isatty(STDERR_FILENO) == 1);
-
-    pb_hist hist;
-    memset(&hist, 0, sizeof hist);
-    uint64_t err[PB_ERR_KINDS] = {0}, unsolicited = 0, connected = 0;
-    const char *first_error = NULL;
+    memset(r, 0, sizeof *r);
     for (long i = 0; i < nthreads; i++) {
         rc = pthread_join(th[i].tid, NULL);
         if (rc != 0) {
             fprintf(stderr, "poolbench: pthread_join: %s\n", strerror(rc));
             return 1;
         }
-        pb_hist_merge(&hist, &th[i].hist);
+        pb_hist_merge(&r->hist, &th[i].hist);
         for (int k = 0; k < PB_ERR_KINDS; k++)
-            err[k] += th[i].err[k];
-        unsolicited += th[i].unsolicited;
-        connected += atomic_load(&th[i].progress_connected);
-        if (!first_error && th[i].first_error[0])
-            first_error = th[i].first_error;
+            r->err[k] += th[i].err[k];
+        r->unsolicited += th[i].unsolicited;
+        r->connected += atomic_load(&th[i].progress_connected);
+        if (!r->first_error && th[i].first_error[0])
+            r->first_error = th[i].first_error;
         if (close(th[i].epfd) != 0 && errno != EINTR)
             fprintf(stderr, "poolbench: close: %s\n", strerror(errno));
     }
     pthread_barrier_destroy(&g_barrier);
-
+    for (int k = 0; k < PB_ERR_KINDS; k++)
+        r->errors += r->err[k];
     /* Fairness over every connection, failed ones included (as 0). Sorting
      * one counter per connection is cheap; it is samples we never sort. */
+    size_t ncon = (size_t)g_opts.connections;
     uint64_t *per = malloc(ncon * sizeof *per);
     if (!per) {
         fprintf(stderr, "poolbench: out of memory\n");
         return 1;
     }
-    uint64_t served = 0;
     for (size_t i = 0; i < ncon; i++) {
-        per[i] = conns[i].replies;
-        served += per[i] > 0;
+        per[i] = g_conns[i].replies;
+        r->served += per[i] > 0;
     }
     qsort(per, ncon, sizeof *per, pb_cmp_u64);
-    uint64_t rmin = per[0], rmax = per[ncon - 1];
-    double rmed = ncon % 2 ? (double)per[ncon / 2]
-                           : ((double)per[ncon / 2 - 1] + (double)per[ncon / 2]) / 2.0;
+    r->rmin = per[0];
+    r->rmax = per[ncon - 1];
+    r->rmed = ncon % 2 ? (double)per[ncon / 2]
+                       : ((double)per[ncon / 2 - 1] + (double)per[ncon / 2]) / 2.0;
+    free(per);
+    return 0;
+}
 
-    uint64_t errors = 0;
-    for (int k = 0; k < PB_ERR_KINDS; k++)
-        errors += err[k];
+/* The report: one JSON object (--json) or lines for a person. */
+static void pb_report(const pb_result *r)
+{
+    size_t ncon = (size_t)g_opts.connections;
+    long nthreads = g_opts.threads;
+    const pb_hist *hist = &r->hist;
+    const uint64_t *err = r->err;
     double dur = (double)g_opts.duration_s;
     double connect_s = (double)(g_start_ns - g_launch_ns) / 1e9;
-    double rps = (double)hist.total / dur;
+    double rps = (double)hist->total / dur;
     double us = 1000.0;
-    double p50 = (double)pb_hist_quantile(&hist, 0.50) / us;
-    double p90 = (double)pb_hist_quantile(&hist, 0.90) / us;
-    double p99 = (double)pb_hist_quantile(&hist, 0.99) / us;
-    double p999 = (double)pb_hist_quantile(&hist, 0.999) / us;
-    double pmax = (double)hist.max / us;
-    double mean = hist.total ? (double)hist.sum / (double)hist.total / us : 0.0;
-
+    double p50 = (double)pb_hist_quantile(hist, 0.50) / us;
+    double p90 = (double)pb_hist_quantile(hist, 0.90) / us;
+    double p99 = (double)pb_hist_quantile(hist, 0.99) / us;
+    double p999 = (double)pb_hist_quantile(hist, 0.999) / us;
+    double pmax = (double)hist->max / us;
+    double mean = hist->total ? (double)hist->sum / (double)hist->total / us : 0.0;
     if (g_opts.json) {
         printf("{\"host\":");
         pb_json_string(stdout, g_opts.host);
@@ -1048,60 +1065,81 @@ int main(int argc, char **argv)
                ",\"connections_served\":%" PRIu64 ",\"replies_min\":%" PRIu64
                ",\"replies_median\":%.1f,\"replies_max\":%" PRIu64
                ",\"unsolicited_lines\":%" PRIu64 ",\"first_error\":",
-               ncon, nthreads, g_opts.pipeline, dur, connect_s, hist.total, rps, p50, p90, p99, p999,
-               pmax, mean, errors, err[PB_ERR_CONNECT], err[PB_ERR_CLOSED], err[PB_ERR_LINE],
-               err[PB_ERR_IO], connected, served, rmin, rmed, rmax, unsolicited);
-        if (first_error)
-            pb_json_string(stdout, first_error);
+               ncon, nthreads, g_opts.pipeline, dur, connect_s, hist->total, rps, p50, p90, p99,
+               p999, pmax, mean, r->errors, err[PB_ERR_CONNECT], err[PB_ERR_CLOSED],
+               err[PB_ERR_LINE], err[PB_ERR_IO], r->connected, r->served, r->rmin, r->rmed,
+               r->rmax, r->unsolicited);
+        if (r->first_error)
+            pb_json_string(stdout, r->first_error);
         else
             printf("null");
         printf("}\n");
-    } else {
-        printf("poolbench: %s, %zu connections, %ld threads, %ld s, pipeline %ld, "
-               "message \"%s\"%s\n",
-               g_addr_text, ncon, nthreads, g_opts.duration_s, g_opts.pipeline, g_opts.message,
-               g_opts.greeting ? ", greeting awaited" : "");
-        printf("  connected    %" PRIu64 " / %zu in %.3f s\n", connected, ncon, connect_s);
-        printf("  requests     %" PRIu64 " in %.0f s: %.1f per second\n", hist.total, dur, rps);
-        printf("  latency us   p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
-               p50, p90, p99, p999, pmax, mean);
-        printf("  errors       %" PRIu64, errors);
-        if (errors) {
-            const char *sep = " (";
-            for (int k = 0; k < PB_ERR_KINDS; k++) {
-                if (err[k]) {
-                    printf("%s%s %" PRIu64, sep, pb_err_names[k], err[k]);
-                    sep = ", ";
-                }
-            }
-            printf(")");
-        }
-        printf("\n");
-        printf("  fairness     %" PRIu64 " / %zu connections served; replies per connection "
-               "min %" PRIu64 " median %.1f max %" PRIu64 "\n",
-               served, ncon, rmin, rmed, rmax);
-        if (first_error)
-            printf("  first error  %s\n", first_error);
-        if (unsolicited)
-            printf("  note         %" PRIu64 " lines arrived with no request outstanding "
-                   "(a greeting? try --greeting)\n", unsolicited);
+        return;
     }
+    printf("poolbench: %s, %zu connections, %ld threads, %ld s, pipeline %ld, "
+           "message \"%s\"%s\n",
+           g_addr_text, ncon, nthreads, g_opts.duration_s, g_opts.pipeline, g_opts.message,
+           g_opts.greeting ? ", greeting awaited" : "");
+    printf("  connected    %" PRIu64 " / %zu in %.3f s\n", r->connected, ncon, connect_s);
+    printf("  requests     %" PRIu64 " in %.0f s: %.1f per second\n", hist->total, dur, rps);
+    printf("  latency us   p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
+           p50, p90, p99, p999, pmax, mean);
+    printf("  errors       %" PRIu64, r->errors);
+    if (r->errors) {
+        const char *sep = " (";
+        for (int k = 0; k < PB_ERR_KINDS; k++) {
+            if (err[k]) {
+                printf("%s%s %" PRIu64, sep, pb_err_names[k], err[k]);
+                sep = ", ";
+            }
+        }
+        printf(")");
+    }
+    printf("\n");
+    printf("  fairness     %" PRIu64 " / %zu connections served; replies per connection "
+           "min %" PRIu64 " median %.1f max %" PRIu64 "\n",
+           r->served, ncon, r->rmin, r->rmed, r->rmax);
+    if (r->first_error)
+        printf("  first error  %s\n", r->first_error);
+    if (r->unsolicited)
+        printf("  note         %" PRIu64 " lines arrived with no request outstanding "
+               "(a greeting? try --greeting)\n", r->unsolicited);
+}
+
+int main(int argc, char **argv)
+{
+    int rc = pb_parse(argc, argv);
+    if (rc >= 0)
+        return rc;
+    /* A server closing while we send must give EPIPE, not kill the run. */
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        fprintf(stderr, "poolbench: signal: %s\n", strerror(errno));
+        return 1;
+    }
+    if (pb_resolve() != 0)
+        return 1;
+    /* One fd per connection and epoll set, plus stdio and some slack. */
+    if (pb_raise_nofile((size_t)g_opts.connections + (size_t)g_opts.threads + 16) != 0)
+        return 1;
+    static pb_result result; /* the histogram is large: not on the stack */
+    if (pb_setup() != 0 || pb_run(&result) != 0)
+        return 1;
+    pb_report(&result);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "poolbench: stdout: %s\n", strerror(errno));
         return 1;
     }
     int status = 0;
-    if (connected == 0) {
+    if (result.connected == 0) {
         fprintf(stderr, "poolbench: no connection could be made to %s%s%s\n", g_addr_text,
-                first_error ? ": " : "", first_error ? first_error : "");
+                result.first_error ? ": " : "", result.first_error ? result.first_error : "");
         status = 1;
     }
-    for (long i = 0; i < nthreads; i++)
-        free(th[i].rbuf);
-    free(per);
-    free(rep);
-    free(ts);
-    free(conns);
-    free(th);
+    for (long i = 0; i < g_opts.threads; i++)
+        free(g_threads[i].rbuf);
+    free(g_rep);
+    free(g_ts);
+    free(g_conns);
+    free(g_threads);
     return status;
 }

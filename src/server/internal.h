@@ -25,12 +25,13 @@
  * one cache line; readers sum the stripes. */
 #define PS__STRIPES 16
 typedef struct ps__stripe {
-    atomic_uint_fast64_t lines;
+    _Alignas(64) atomic_uint_fast64_t lines;
     atomic_uint_fast64_t bytes_in;
     atomic_uint_fast64_t bytes_out;
     atomic_int_fast64_t parked; /* event mode: +1 park, -1 wake; sums >= 0 */
-    char pad[64 - 4 * sizeof(atomic_uint_fast64_t)];
 } ps__stripe;
+_Static_assert(sizeof(ps__stripe) == 64 && _Alignof(ps__stripe) == 64,
+               "a stripe fills one cache line of its own");
 
 /* Server counters, C11 atomics updated with relaxed fetch_add. */
 typedef struct ps__counters {
@@ -76,6 +77,8 @@ typedef struct ps__shard {
      * to; freed by the shard's next poller (see dispatch_event.c). */
     _Atomic(struct ps_conn *) graves;
 } ps__shard;
+_Static_assert(sizeof(ps__shard) % 64 == 0 && _Alignof(ps__shard) == 64,
+               "each shard on cache lines of its own");
 
 /* Every live connection, whatever the dispatch, for `stats conns`: a list
  * per stripe (by id), each under its own lock, so connections opening and
@@ -84,6 +87,7 @@ typedef struct ps__registry {
     _Alignas(64) pthread_mutex_t lock; /* guards head and the links */
     struct ps_conn *head;
 } ps__registry;
+_Static_assert(sizeof(ps__registry) % 64 == 0, "each registry stripe on lines of its own");
 
 typedef struct ps__linger ps__linger;
 typedef struct ps__proxy_stage ps__proxy_stage;

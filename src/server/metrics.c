@@ -20,6 +20,9 @@ const uint64_t ps__hist_bounds_us[PS__HIST_BOUNDS] = {
     25000,  50000,  100000,  250000,  500000,  1000000, 2500000, 5000000, 10000000,
 };
 
+_Static_assert(sizeof(ps__hist) % 64 == 0 && _Alignof(ps__hist) == 64,
+               "histograms side by side never share a cache line");
+
 void ps__hist_init(ps__hist *h)
 {
     for (int i = 0; i < PS__HIST_BUCKETS; i++)

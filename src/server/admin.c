@@ -147,20 +147,33 @@ static void add_metrics(ps_server *srv, reply *r)
         add(r, "# metrics did not fit the reply buffer\n");
 }
 
-/* ready: whether a balancer should send this server new clients. */
-static const char *readiness(ps_server *srv)
+/* Whether a balancer should send this server new clients (`ready`). */
+typedef enum readiness {
+    READY,
+    NOT_READY_STARTING,
+    NOT_READY_DRAINING,
+    NOT_READY_FULL,
+} readiness;
+
+static const char *const readiness_text[] = {
+    [READY] = "READY",
+    [NOT_READY_STARTING] = "NOT READY starting",
+    [NOT_READY_DRAINING] = "NOT READY draining",
+    [NOT_READY_FULL] = "NOT READY no worker free",
+};
+
+static readiness readiness_of(ps_server *srv)
 {
     if (!atomic_load_explicit(&srv->serving, memory_order_acquire))
-        return "NOT READY starting";
+        return NOT_READY_STARTING;
     if (atomic_load_explicit(&srv->stop_announced, memory_order_acquire) ||
         atomic_load_explicit(&srv->draining, memory_order_acquire) ||
         atomic_load_explicit(&srv->stopping, memory_order_acquire))
-        return "NOT READY draining";
-    if (atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed) != 0 &&
-        ps__now_ms() - atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed) >=
-            PS__SATURATED_MS)
-        return "NOT READY no worker free";
-    return "READY";
+        return NOT_READY_DRAINING;
+    int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
+    if (since != 0 && ps__now_ms() - since >= PS__SATURATED_MS)
+        return NOT_READY_FULL;
+    return READY;
 }
 
 /* agent: HAProxy's agent-check reply: drain while starting or stopping,
@@ -170,8 +183,8 @@ static const char *readiness(ps_server *srv)
  * ready, whatever else it says. */
 static void add_agent(ps_server *srv, reply *r)
 {
-    const char *ready = readiness(srv);
-    if (strcmp(ready, "NOT READY draining") == 0 || strcmp(ready, "NOT READY starting") == 0) {
+    readiness state = readiness_of(srv);
+    if (state == NOT_READY_STARTING || state == NOT_READY_DRAINING) {
         add(r, "drain\n");
         return;
     }
@@ -266,7 +279,7 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
         add_metrics(srv, &r);
         add(&r, "END\r\n");
     } else if (is_command(line, len, "ready")) {
-        add(&r, "%s\r\n", readiness(srv));
+        add(&r, "%s\r\n", readiness_text[readiness_of(srv)]);
     } else if (is_command(line, len, "agent")) {
         add_agent(srv, &r);
         return PS_CLOSE; /* the agent protocol: one reply, then the close */

@@ -1014,6 +1014,17 @@ void ps__config_copy_section(ps_config *dst, const ps_config *src, const char *s
                    ps__keys[i].size);
 }
 
+bool ps__config_handler_keys_equal(const ps_config *a, const ps_config *b)
+{
+    if (a->handler_nkeys != b->handler_nkeys)
+        return false;
+    for (size_t i = 0; i < a->handler_nkeys; i++)
+        if (strcmp(a->handler_keys[i].key, b->handler_keys[i].key) != 0 ||
+            strcmp(a->handler_keys[i].value, b->handler_keys[i].value) != 0)
+            return false;
+    return true;
+}
+
 int ps__config_diff(const ps_config *a, const ps_config *b,
                     void (*changed)(const char *key, const char *was, const char *now, void *arg),
                     void *arg)
@@ -1030,11 +1041,7 @@ int ps__config_diff(const ps_config *a, const ps_config *b,
         }
     }
     /* The handler's own keys, as one: any difference is a change. */
-    bool same = a->handler_nkeys == b->handler_nkeys;
-    for (size_t i = 0; same && i < a->handler_nkeys; i++)
-        same = strcmp(a->handler_keys[i].key, b->handler_keys[i].key) == 0 &&
-               strcmp(a->handler_keys[i].value, b->handler_keys[i].value) == 0;
-    if (!same) {
+    if (!ps__config_handler_keys_equal(a, b)) {
         changed("handler keys", "", "", arg);
         n++;
     }

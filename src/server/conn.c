@@ -359,7 +359,7 @@ static int take_block(ps_conn *c, int *rc, int64_t *began)
     c->block_fn = NULL;
     const char *data = c->in + c->in_off;
     c->in_off += n;
-    atomic_fetch_add_explicit(&c->srv->c.blocks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->blocks, 1, memory_order_relaxed);
     if (*began == 0)
         *began = ps__now_us();
     handler_started(*began);

@@ -101,7 +101,8 @@ static int wait_input(ps_conn *c, ps_server *srv, bool input)
     }
 }
 
-void ps__dispatch_connection_job(void *arg)
+/* Job: ps__serve_blocking on a pool worker. */
+static void connection_job(void *arg)
 {
     ps_conn *c = arg;
     /* The worker serves this connection alone until it closes: it lends
@@ -164,7 +165,7 @@ void ps__serve_blocking(ps_conn *c)
 /* A worker of the pool serves the connection until it closes. */
 static int connection_take(ps_server *srv, ps_conn *c)
 {
-    return ps_pool_try_submit(srv->pool, ps__dispatch_connection_job, c);
+    return ps_pool_try_submit(srv->pool, connection_job, c);
 }
 
 const ps__dispatch ps__dispatch_connection = {

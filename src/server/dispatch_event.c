@@ -141,7 +141,7 @@ struct ps__event {
     int nudge_fd;
     event_worker *w;          /* nworkers slots */
     /* Connections a finished deferred reply woke: claimed, waiting for a
-     * worker (ps__event_wake); the idle hook takes them first. */
+     * worker (wake_for_reply); the idle hook takes them first. */
     pthread_mutex_t woken_lock;
     ps_conn *woken_head, *woken_tail;
     atomic_bool any_woken;
@@ -362,7 +362,7 @@ enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE, SERVE_REPLY };
 /* Serves what the connection has now. Returns what it waits for next:
  * input, room for output, its turn (read budget used up), its close, or
  * (closing) the replies it deferred: a finished one wakes it
- * (ps__event_wake). */
+ * (wake_for_reply). */
 static int serve(ps_server *srv, ps_conn *c)
 {
     if (c->open_pending) {
@@ -446,7 +446,9 @@ static bool event_serve(ps_server *srv, ps_conn *c)
     return false;
 }
 
-int ps__event_take(ps_server *srv, ps_conn *c)
+/* Registers an accepted connection; the poller queues its opening job.
+ * Returns 0 (a failure closes the connection itself). */
+static int event_take(ps_server *srv, ps_conn *c)
 {
     /* The new socket is writable at once: registering it raises the event
      * that runs its opening job on a poller, like any other. */
@@ -707,7 +709,9 @@ static event_worker *worker_of(ps_server *srv)
     return mine;
 }
 
-void ps__event_wake(ps_server *srv, ps_conn *c)
+/* A reply at the head of a parked connection is done: hand the connection
+ * to a worker. Called under the replies' lock. */
+static void wake_for_reply(ps_server *srv, ps_conn *c)
 {
     if (!claim(srv, c))
         return; /* its owner serves it again */
@@ -755,7 +759,8 @@ static bool take_woken(ps_server *srv, event_worker *me)
     return took;
 }
 
-int ps__event_idle(void *ctx, ps_job_fn *fn, void **arg)
+/* The pool's idle hook: waits for ready connections (see above). */
+static int idle_poll(void *ctx, ps_job_fn *fn, void **arg)
 {
     ps_server *srv = ctx;
 
@@ -865,7 +870,9 @@ static void *watch_main(void *arg)
     return NULL;
 }
 
-int ps__event_start_watch(ps_server *srv)
+/* Starts the thread that watches for workers held in a handler and wakes
+ * others in their place (after the pool exists). Returns 0 or -errno. */
+static int watch_start(ps_server *srv)
 {
     ps__event *ev = srv->event;
     int rc = pthread_create(&ev->watch, NULL, watch_main, srv);
@@ -875,7 +882,8 @@ int ps__event_start_watch(ps_server *srv)
     return 0;
 }
 
-void ps__event_stop_watch(ps_server *srv)
+/* Stops and joins that thread (before the pool is destroyed). */
+static void watch_end(ps_server *srv)
 {
     ps__event *ev = srv->event;
     if (ev == NULL || !ev->watch_started)
@@ -888,7 +896,8 @@ void ps__event_stop_watch(ps_server *srv)
     ev->watch_started = false;
 }
 
-size_t ps__event_waiting(const ps_server *srv)
+/* Ready connections claimed by a worker and waiting for it. */
+static size_t waiting_count(const ps_server *srv)
 {
     const ps__event *ev = srv->event;
     size_t n = 0;
@@ -953,7 +962,11 @@ static void event_free(ps__event *ev)
     free(ev);
 }
 
-int ps__event_setup(ps_server *srv, char *err, size_t errlen)
+static void shards_teardown(ps_server *srv);
+
+/* Creates the epoll sets and the workers' batches (before the pool, whose
+ * idle hook uses them). */
+static int shards_setup(ps_server *srv, char *err, size_t errlen)
 {
     /* As many shards as CPUs: that many workers wait for input at once,
      * each serving what its epoll set reports without a hand-off. */
@@ -979,7 +992,7 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
             snprintf(err, errlen, "epoll: %s", ps_strerror(-e));
             if (fd >= 0)
                 close(fd);
-            ps__event_teardown(srv);
+            shards_teardown(srv);
             return -e;
         }
         ps__shard *sh = &srv->shards[srv->nshards++];
@@ -993,7 +1006,8 @@ int ps__event_setup(ps_server *srv, char *err, size_t errlen)
     return 0;
 }
 
-void ps__event_teardown(ps_server *srv)
+/* Closes the epoll sets and frees the batches. */
+static void shards_teardown(ps_server *srv)
 {
     for (unsigned i = 0; i < srv->nshards; i++) {
         reap(&srv->shards[i]);
@@ -1004,7 +1018,8 @@ void ps__event_teardown(ps_server *srv)
     srv->event = NULL;
 }
 
-void ps__event_close_all(ps_server *srv)
+/* After the pool is gone: flushes (bounded) and closes what is parked. */
+static void close_all(ps_server *srv)
 {
     /* Single-threaded now: every worker is gone, every connection parked
      * (or claimed by a finished reply and not served: on the list too). */
@@ -1035,7 +1050,8 @@ void ps__event_close_all(ps_server *srv)
         reap(&srv->shards[i]);
 }
 
-bool ps__event_is_parked(const ps_conn *c)
+/* Whether a connection waits in epoll (no worker holds it). */
+static bool is_parked(const ps_conn *c)
 {
     return atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED;
 }
@@ -1045,10 +1061,10 @@ bool ps__event_is_parked(const ps_conn *c)
  * to sleep). */
 static int event_setup(ps_server *srv, ps_pool_opts *po, char *err, size_t errlen)
 {
-    int rc = ps__event_setup(srv, err, errlen);
+    int rc = shards_setup(srv, err, errlen);
     if (rc != 0)
         return rc;
-    po->idle = ps__event_idle;
+    po->idle = idle_poll;
     po->idle_ctx = srv;
     po->idle_max = srv->cfg.workers;
     return 0;
@@ -1073,16 +1089,16 @@ static void event_add_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
 const ps__dispatch ps__dispatch_event = {
     .uses_pool = true,
     .setup = event_setup,
-    .start = ps__event_start_watch,
-    .take = ps__event_take,
+    .start = watch_start,
+    .take = event_take,
     .busy_why = "queue full",
     .tick_ms = -1,
-    .stop = ps__event_stop_watch,
-    .close_all = ps__event_close_all,
-    .teardown = ps__event_teardown,
-    .waiting = ps__event_waiting,
-    .is_parked = ps__event_is_parked,
-    .wake = ps__event_wake,
+    .stop = watch_end,
+    .close_all = close_all,
+    .teardown = shards_teardown,
+    .waiting = waiting_count,
+    .is_parked = is_parked,
+    .wake = wake_for_reply,
     .full_pool_waits = true,
     .add_stats = event_add_stats,
 };

@@ -30,7 +30,8 @@ static void *conn_thread_main(void *arg)
     return NULL;
 }
 
-int ps__thread_take(ps_server *srv, ps_conn *conn)
+/* Starts a thread serving conn. Returns 0 or a negative errno. */
+static int thread_take(ps_server *srv, ps_conn *conn)
 {
     ps__conn_thread *t = calloc(1, sizeof *t);
     if (t == NULL)
@@ -58,7 +59,8 @@ int ps__thread_take(ps_server *srv, ps_conn *conn)
     return 0;
 }
 
-void ps__thread_reap(ps_server *srv, bool all)
+/* Joins finished connection threads; with `all`, waits for every one. */
+static void thread_reap(ps_server *srv, bool all)
 {
     ps__lock(&srv->threads_lock);
     ps__conn_thread *list = srv->threads, *keep = NULL, *done = NULL;
@@ -103,9 +105,9 @@ static void thread_add_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
  * and by stop for the rest. */
 const ps__dispatch ps__dispatch_thread = {
     .uses_pool = false,
-    .take = ps__thread_take,
+    .take = thread_take,
     .busy_why = "no thread could be started",
-    .tick = ps__thread_reap,
+    .tick = thread_reap,
     .tick_ms = 1000,
     .add_stats = thread_add_stats,
 };

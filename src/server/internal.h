@@ -29,6 +29,7 @@ typedef struct ps__stripe {
     atomic_uint_fast64_t bytes_in;
     atomic_uint_fast64_t bytes_out;
     atomic_int_fast64_t parked; /* event mode: +1 park, -1 wake; sums >= 0 */
+    atomic_uint_fast64_t blocks; /* ps_conn_read_bytes blocks given whole */
 } ps__stripe;
 _Static_assert(sizeof(ps__stripe) == 64 && _Alignof(ps__stripe) == 64,
                "a stripe fills one cache line of its own");
@@ -57,7 +58,6 @@ typedef struct ps__counters {
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
-    atomic_uint_fast64_t blocks;       /* ps_conn_read_bytes blocks given whole */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];
@@ -344,8 +344,6 @@ void ps__conn_timed_out(ps_conn *conn, bool send);
  * block or touch the registry), until fn returns false. */
 void ps__conn_each(ps_server *srv, bool (*fn)(const ps_conn *c, void *arg), void *arg);
 
-/* Whether an event-mode connection waits in epoll (no worker holds it). */
-bool ps__event_is_parked(const ps_conn *c);
 
 /* Runs on_close (if opened), closes the socket through ps__linger_close
  * (FIN, never RST over undelivered replies), updates counters and frees. */
@@ -429,38 +427,6 @@ void ps__linger_stop(ps_server *srv);
  * it (dispatch = connection on a worker, dispatch = thread on its own). */
 void ps__serve_blocking(ps_conn *conn);
 
-/* Job: ps__serve_blocking on a pool worker. */
-void ps__dispatch_connection_job(void *conn);
-
-/* ---- dispatch_event.c ---- */
-
-/* Creates the epoll sets and the workers' batches (before the pool, whose
- * idle hook uses them). */
-int ps__event_setup(ps_server *srv, char *err, size_t errlen);
-/* Starts the thread that watches for workers held in a handler and wakes
- * others in their place (after the pool exists). Returns 0 or -errno. */
-int ps__event_start_watch(ps_server *srv);
-/* Stops and joins that thread (before the pool is destroyed). */
-void ps__event_stop_watch(ps_server *srv);
-/* Ready connections claimed by a worker and waiting for it. */
-size_t ps__event_waiting(const ps_server *srv);
-/* Closes the epoll sets and frees the batches. */
-void ps__event_teardown(ps_server *srv);
-/* The pool's idle hook: waits for ready connections (see the .c). */
-int ps__event_idle(void *srv, ps_job_fn *fn, void **arg);
-/* Registers an accepted connection; the poller queues its opening job.
- * Returns 0 (a failure closes the connection itself). */
-int ps__event_take(ps_server *srv, ps_conn *conn);
-/* After the pool is gone: flushes (bounded) and closes what is parked. */
-void ps__event_close_all(ps_server *srv);
-
-/* ---- dispatch_thread.c ---- */
-
-/* Starts a thread serving conn. Returns 0 or a negative errno. */
-int ps__thread_take(ps_server *srv, ps_conn *conn);
-/* Joins finished connection threads; with `all`, waits for every one. */
-void ps__thread_reap(ps_server *srv, bool all);
-
 /* ---- admin.c ---- */
 
 int ps__admin_start(ps_server *srv);
@@ -505,6 +471,10 @@ int ps__module_greeting_open(ps_conn *conn, void *ud);
 /* Copies the keys of one section from src to dst. */
 void ps__config_copy_section(ps_config *dst, const ps_config *src, const char *section);
 
+/* Whether a's and b's [handler] keys (other than name and module) are the
+ * same, in the same order. */
+bool ps__config_handler_keys_equal(const ps_config *a, const ps_config *b);
+
 /* Calls changed(key, was, now) for each key whose value differs between a
  * and b ("handler keys" once for the handler's own); returns how many. */
 int ps__config_diff(const ps_config *a, const ps_config *b,
@@ -527,8 +497,5 @@ int ps__conn_wake_fd(const ps_conn *conn);
 void ps__conn_replies_close(ps_conn *conn);
 /* conn.c: appends to the output, past any deferred reply. */
 int ps__conn_out_append(ps_conn *conn, const void *data, size_t len);
-/* dispatch_event.c: a reply at the head of a parked connection is done:
- * hand the connection to a worker. Called under the replies' lock. */
-void ps__event_wake(ps_server *srv, ps_conn *conn);
 
 #endif

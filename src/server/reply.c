@@ -10,7 +10,7 @@
  * owner). Only the owner moves finished replies into the connection's
  * output (ps__conn_promote), the head first, so the output keeps the order
  * of the lines. Finishing the head wakes the owner: event mode hands the
- * connection to a worker (ps__event_wake); the blocking loop of connection
+ * connection to a worker (the dispatch's wake); the blocking loop of connection
  * and thread modes polls an eventfd.
  */
 #include <errno.h>

@@ -530,13 +530,7 @@ static void needs_restart(const char *key, const char *was, const char *now, voi
 /* Whether the handler's keys (its [handler] keys, or server.greeting) differ. */
 static bool handler_keys_changed(const ps_config *a, const ps_config *b)
 {
-    if (strcmp(a->greeting, b->greeting) != 0 || a->handler_nkeys != b->handler_nkeys)
-        return true;
-    for (size_t i = 0; i < a->handler_nkeys; i++)
-        if (strcmp(a->handler_keys[i].key, b->handler_keys[i].key) != 0 ||
-            strcmp(a->handler_keys[i].value, b->handler_keys[i].value) != 0)
-            return true;
-    return false;
+    return strcmp(a->greeting, b->greeting) != 0 || !ps__config_handler_keys_equal(a, b);
 }
 
 void ps_server_set_handler_reload(ps_server *srv, ps_handler_reload_fn fn, void *arg)
@@ -712,10 +706,10 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->reloads = atomic_load_explicit(&c->reloads, memory_order_relaxed);
     st->reload_errors = atomic_load_explicit(&c->reload_errors, memory_order_relaxed);
     st->proxy_errors = atomic_load_explicit(&c->proxy_errors, memory_order_relaxed);
-    st->blocks = atomic_load_explicit(&c->blocks, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);
+        st->blocks += atomic_load_explicit(&c->stripes[i].blocks, memory_order_relaxed);
         st->bytes_in += atomic_load_explicit(&c->stripes[i].bytes_in, memory_order_relaxed);
         st->bytes_out += atomic_load_explicit(&c->stripes[i].bytes_out, memory_order_relaxed);
         parked += atomic_load_explicit(&c->stripes[i].parked, memory_order_relaxed);

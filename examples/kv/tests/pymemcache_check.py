@@ -124,17 +124,20 @@ def commands(c, port):
     check(c.delete("k1", noreply=False) is False, "delete of an absent key")
     check(c.touch("blob", 100, noreply=False) is True, "touch")
     check(c.touch("absent", 100, noreply=False) is False, "touch of an absent key")
-    # expiry: negative = already expired; absolute time in the past; 1 s
+    # expiry: negative = already expired; absolute time in the past; 2 s
     c.set("neg", b"x", expire=-1, noreply=False)
     check(c.get("neg") is None, "negative exptime: expired at once")
     c.set("past", b"x", expire=int(time.time()) - 3 * 86400 * 30, noreply=False)
     check(c.get("past") is None, "absolute exptime in the past")
-    c.set("short", b"x", expire=1, noreply=False)
-    check(c.get("short") == b"x", "1 s item there at first")
-    deadline = time.time() + 4
+    # Expiry counts whole seconds of the clock, as memcached's does: an
+    # item set with exptime N lives between N - 1 and N seconds, so only
+    # N >= 2 is sure to be there when read at once.
+    c.set("short", b"x", expire=2, noreply=False)
+    check(c.get("short") == b"x", "2 s item there at first")
+    deadline = time.time() + 5
     while c.get("short") is not None and time.time() < deadline:
         time.sleep(0.1)
-    check(c.get("short") is None, "1 s item gone within 4 s")
+    check(c.get("short") is None, "2 s item gone within 5 s")
     # version, verbosity, stats, flush_all
     check(len(c.version()) > 0, "version")
     check(raw(port, b"verbosity 1\r\n") == [b"OK\r\n"], "verbosity")

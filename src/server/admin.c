@@ -30,12 +30,11 @@ struct ps__admin_client {
     bool http_metrics; /* ... for /metrics */
     bool eof;          /* the client sent all it will: answer, then close */
     int64_t last_ms;
-    size_t in_len;
-    size_t out_off, out_len;
-    char in[PS__ADMIN_LINE_MAX + 2];
+    ps__buf in, out; /* lent the arrays below: they never grow */
+    char in_mem[PS__ADMIN_LINE_MAX + 2];
     /* Room for one whole reply on top of the most a client may leave
-     * unread before its next command is refused (half a reply). */
-    char out[PS__ADMIN_REPLY_MAX + PS__ADMIN_REPLY_MAX / 2];
+     * unread before its next command waits (half a reply). */
+    char out_mem[PS__ADMIN_REPLY_MAX + PS__ADMIN_REPLY_MAX / 2];
 };
 typedef struct ps__admin_client admin_client;
 
@@ -303,11 +302,9 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
 
 static void client_reply(admin_client *ac, const char *text, size_t len)
 {
-    size_t room = sizeof ac->out - ac->out_len;
-    if (len > room)
-        len = room;
-    memcpy(ac->out + ac->out_len, text, len);
-    ac->out_len += len;
+    ps__buf_compact(&ac->out);
+    size_t room = ps__buf_room(&ac->out);
+    (void)ps__buf_append(&ac->out, text, len < room ? len : room, 0); /* fits: no error */
 }
 
 /* An HTTP request (a Prometheus scrape): the request line, headers up to
@@ -352,20 +349,20 @@ static bool http_line(ps_server *srv, admin_client *ac, const ps_line *line, cha
 /* Frames the lines the client sent and answers each. */
 static void client_process(ps_server *srv, admin_client *ac)
 {
-    size_t off = 0;
     while (!ac->closing) {
         ps_line line;
-        ssize_t n = ps_lineframe_next(ac->in + off, ac->in_len - off, PS__ADMIN_LINE_MAX, &line);
+        ssize_t n = ps_lineframe_next(ps__buf_head(&ac->in), ps__buf_size(&ac->in),
+                                      PS__ADMIN_LINE_MAX, &line);
         if (n == 0)
             break;
         if (n < 0) {
             static const char msg[] = "ERROR line too long\r\n";
             client_reply(ac, msg, sizeof msg - 1);
             ac->closing = true;
-            off = ac->in_len;
+            ps__buf_consume(&ac->in, ps__buf_size(&ac->in));
             break;
         }
-        off += (size_t)n;
+        ps__buf_consume(&ac->in, (size_t)n); /* line stays put until the next read */
         char buf[PS__ADMIN_REPLY_MAX];
         if (http_line(srv, ac, &line, buf, sizeof buf))
             continue;
@@ -375,11 +372,9 @@ static void client_process(ps_server *srv, admin_client *ac)
             ac->closing = true;
         /* The reply buffer is fixed: with half a reply unsent, the next
          * commands wait in `in` until the client has read (client_flush). */
-        if (ac->out_len - ac->out_off > PS__ADMIN_REPLY_MAX / 2)
+        if (ps__buf_size(&ac->out) > PS__ADMIN_REPLY_MAX / 2)
             break;
     }
-    memmove(ac->in, ac->in + off, ac->in_len - off);
-    ac->in_len -= off;
 }
 
 /* Writes what is queued; once it is all out, answers the next commands
@@ -389,18 +384,13 @@ static void client_process(ps_server *srv, admin_client *ac)
 bool ps__admin_client_flush(ps_server *srv, admin_client *ac)
 {
     for (;;) {
-        if (ac->out_off < ac->out_len) {
-            ssize_t w = ps__write_some(ac->fd, ac->out + ac->out_off, ac->out_len - ac->out_off);
-            if (w < 0)
-                return false;
-            ac->out_off += (size_t)w;
-            if (ac->out_off < ac->out_len)
-                return true; /* the rest when the socket has room */
-            ac->out_off = ac->out_len = 0;
-        }
+        if (ps__buf_write(&ac->out, ac->fd) < 0)
+            return false;
+        if (ps__buf_size(&ac->out) > 0)
+            return true; /* the rest when the socket has room */
         if (ac->closing)
             return false;
-        if (memchr(ac->in, '\n', ac->in_len) == NULL)
+        if (memchr(ps__buf_head(&ac->in), '\n', ps__buf_size(&ac->in)) == NULL)
             return !ac->eof; /* a partial line at the end is no command */
         client_process(srv, ac);
     }
@@ -409,12 +399,13 @@ bool ps__admin_client_flush(ps_server *srv, admin_client *ac)
 /* Returns false when the client is done and must be closed. */
 bool ps__admin_client_read(ps_server *srv, admin_client *ac)
 {
-    ssize_t r = recv(ac->fd, ac->in + ac->in_len, sizeof ac->in - ac->in_len, 0);
+    ps__buf_compact(&ac->in);
+    ssize_t r = recv(ac->fd, ac->in.data + ac->in.len, ps__buf_room(&ac->in), 0);
     if (r < 0)
         return errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK;
     if (r == 0)
         ac->eof = true; /* half-close: every command before it is answered */
-    ac->in_len += (size_t)r;
+    ac->in.len += (size_t)r;
     ac->last_ms = ps__now_ms();
     client_process(srv, ac);
     return ps__admin_client_flush(srv, ac);
@@ -426,13 +417,15 @@ admin_client *ps__admin_client_new(int fd, int64_t now_ms)
     if (ac != NULL) {
         ac->fd = fd;
         ac->last_ms = now_ms;
+        ps__buf_lend(&ac->in, ac->in_mem, sizeof ac->in_mem);
+        ps__buf_lend(&ac->out, ac->out_mem, sizeof ac->out_mem);
     }
     return ac;
 }
 
 bool ps__admin_client_wants_write(const admin_client *ac)
 {
-    return ac->out_len > ac->out_off;
+    return ps__buf_size(&ac->out) > 0;
 }
 
 void ps__admin_client_close(ps_server *srv, admin_client *ac)

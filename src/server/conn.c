@@ -13,7 +13,6 @@
 
 #define PS__READ_CHUNK 16384
 #define PS__OUT_HIGH_WATER (256 * 1024)
-#define PS__OUT_MIN 4096
 
 /* A worker's scratch buffers (event mode), lent to the connection it
  * serves. Allocated on a thread's first use and freed when it exits. */
@@ -49,46 +48,16 @@ static ps__scratch *scratch(void)
     return s;
 }
 
-/* Moves a buffer's bytes [off, len) to the start of a new buffer of cap
- * bytes (cap >= len - off). The old one is freed unless borrowed. */
-static char *move_to_own(char *buf, size_t off, size_t len, size_t cap, bool borrowed)
+/* Lends the calling worker's scratch buffer (for the connection's input or
+ * its output) to a connection that may borrow and holds no memory there. */
+static void borrow(const ps_conn *c, ps__buf *buf, bool input)
 {
-    char *p = malloc(cap);
-    if (p == NULL)
-        return NULL;
-    memcpy(p, buf + off, len - off);
-    if (!borrowed)
-        free(buf);
-    return p;
-}
-
-/* Lends the calling worker's scratch buffer (the connection's input or its
- * output) to a connection that may borrow and holds no buffer there. */
-static void borrow(const ps_conn *c, char **buf, size_t *cap, bool *borrowed, bool input)
-{
-    if (*buf != NULL || !c->borrow)
+    if (buf->data != NULL || !c->borrow)
         return;
     ps__scratch *s = scratch();
-    if (s == NULL)
-        return;
-    *buf = input ? s->in : s->out;
-    *cap = PS__READ_CHUNK;
-    *borrowed = true;
+    if (s != NULL)
+        ps__buf_lend(buf, input ? s->in : s->out, PS__READ_CHUNK);
 }
-
-/* Gives a buffer holding len bytes room for cap: realloc, or a copy into a
- * buffer of the connection's own when it is borrowed. */
-static int grow(char **buf, size_t len, size_t *cap, size_t want, bool *borrowed)
-{
-    char *p = *borrowed ? move_to_own(*buf, 0, len, want, true) : realloc(*buf, want);
-    if (p == NULL)
-        return -ENOMEM;
-    *buf = p;
-    *cap = want;
-    *borrowed = false;
-    return 0;
-}
-
 
 /* See ps__conn_watch_handlers; NULL on threads nobody watches. */
 static _Thread_local _Atomic int64_t *handler_watch;
@@ -214,18 +183,21 @@ void ps__conn_end(ps_conn *c)
                                               memory_order_relaxed) - 1;
     ps_log_info("connection %llu from %s closed (%llu active)",
                 (unsigned long long)c->id, c->peer, (unsigned long long)left);
-    if (!c->in_borrowed)
-        free(c->in);
-    if (!c->out_borrowed)
-        free(c->out);
-    c->in = c->out = NULL;
-    c->in_borrowed = c->out_borrowed = false;
+    ps__buf_free(&c->in);
+    ps__buf_free(&c->out);
 }
 
 void ps__conn_close(ps_conn *c)
 {
     ps__conn_end(c);
     free(c);
+}
+
+/* Appends to the output (lent a scratch buffer when it has none). */
+static int out_append(ps_conn *c, const void *data, size_t len)
+{
+    borrow(c, &c->out, false);
+    return ps__buf_append(&c->out, data, len, PS__OUT_MIN);
 }
 
 int ps_conn_send(ps_conn *c, const void *data, size_t len)
@@ -235,49 +207,21 @@ int ps_conn_send(ps_conn *c, const void *data, size_t len)
         if (rc <= 0)
             return rc;
     }
-    return ps__conn_out_append(c, data, len);
-}
-
-int ps__conn_out_append(ps_conn *c, const void *data, size_t len)
-{
-    if (len == 0)
-        return 0;
-    borrow(c, &c->out, &c->out_cap, &c->out_borrowed, false);
-    if (c->out_len + len > c->out_cap) {
-        /* Reuse the space in front of the unwritten bytes first. */
-        if (c->out_off > 0) {
-            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-            c->out_len -= c->out_off;
-            c->out_off = 0;
-        }
-        if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : PS__OUT_MIN;
-            while (cap < c->out_len + len)
-                cap *= 2;
-            if (grow(&c->out, c->out_len, &c->out_cap, cap, &c->out_borrowed) < 0)
-                return -ENOMEM;
-        }
-    }
-    memcpy(c->out + c->out_len, data, len);
-    c->out_len += len;
-    return 0;
+    return out_append(c, data, len);
 }
 
 uint64_t ps_conn_id(const ps_conn *c) { return c->id; }
 const char *ps_conn_peer(const ps_conn *c) { return c->peer; }
 void ps_conn_set_data(ps_conn *c, void *data) { c->data = data; }
 void *ps_conn_get_data(const ps_conn *c) { return c->data; }
-size_t ps__conn_pending_output(const ps_conn *c) { return c->out_len - c->out_off; }
+size_t ps__conn_pending_output(const ps_conn *c) { return ps__buf_size(&c->out); }
 
 ssize_t ps__conn_read(ps_conn *c)
 {
-    borrow(c, &c->in, &c->in_cap, &c->in_borrowed, true);
-    if (c->in_off > 0) {
-        memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
-        c->in_len -= c->in_off;
-        c->in_off = 0;
-    }
-    if (c->in_cap - c->in_len < PS__READ_CHUNK / 4) {
+    ps__buf *in = &c->in;
+    borrow(c, in, true);
+    ps__buf_compact(in);
+    if (ps__buf_room(in) < PS__READ_CHUNK / 4) {
         /* Grow only as far as one maximal partial line (or the block asked
          * for, ps_conn_read_bytes) plus a read: the framer rejects anything
          * longer, so this bounds memory. */
@@ -285,21 +229,21 @@ ssize_t ps__conn_read(ps_conn *c)
         if (c->block_want > most && !c->block_discard)
             most = c->block_want;
         size_t limit = most + PS__READ_CHUNK;
-        size_t cap = c->in_cap * 2;
+        size_t cap = in->cap * 2;
         if (cap < PS__READ_CHUNK)
             cap = PS__READ_CHUNK;
         if (cap > limit)
             cap = limit;
-        if (cap <= c->in_len)
+        if (cap <= in->len)
             return -ENOBUFS;
-        if (grow(&c->in, c->in_len, &c->in_cap, cap, &c->in_borrowed) < 0)
+        if (ps__buf_resize(in, cap) < 0)
             return -ENOMEM;
     }
     for (;;) {
-        size_t room = c->in_cap - c->in_len;
-        ssize_t r = recv(c->fd, c->in + c->in_len, room, 0);
+        size_t room = ps__buf_room(in);
+        ssize_t r = recv(c->fd, in->data + in->len, room, 0);
         if (r > 0) {
-            c->in_len += (size_t)r;
+            in->len += (size_t)r;
             c->drained = (size_t)r < room;
             atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_in, (uint64_t)r,
                                       memory_order_relaxed);
@@ -317,11 +261,10 @@ ssize_t ps__conn_read(ps_conn *c)
 
 bool ps__conn_has_line(const ps_conn *c)
 {
+    size_t have = ps__buf_size(&c->in);
     if (c->block_want > 0) /* a whole block (or bytes to discard) is as good */
-        return c->in_len > c->in_off &&
-               (c->block_discard || c->in_len - c->in_off >= c->block_want);
-    return c->in_len > c->in_off &&
-           memchr(c->in + c->in_off, '\n', c->in_len - c->in_off) != NULL;
+        return have > 0 && (c->block_discard || have >= c->block_want);
+    return have > 0 && memchr(ps__buf_head(&c->in), '\n', have) != NULL;
 }
 
 int ps_conn_read_bytes(ps_conn *c, size_t n, ps_bytes_fn fn)
@@ -344,10 +287,10 @@ int ps_conn_read_bytes(ps_conn *c, size_t n, ps_bytes_fn fn)
  * consumed meanwhile). */
 static int take_block(ps_conn *c, int *rc, int64_t *began)
 {
-    size_t have = c->in_len - c->in_off;
+    size_t have = ps__buf_size(&c->in);
     if (c->block_discard) {
         size_t n = have < c->block_want ? have : c->block_want;
-        c->in_off += n;
+        ps__buf_consume(&c->in, n);
         c->block_want -= n;
         return c->block_want == 0 ? 1 : 0;
     }
@@ -357,8 +300,8 @@ static int take_block(ps_conn *c, int *rc, int64_t *began)
     ps_bytes_fn fn = c->block_fn;
     c->block_want = 0; /* fn may ask for the next block */
     c->block_fn = NULL;
-    const char *data = c->in + c->in_off;
-    c->in_off += n;
+    const char *data = ps__buf_head(&c->in); /* stays put until fn returns */
+    ps__buf_consume(&c->in, n);
     atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->blocks, 1, memory_order_relaxed);
     if (*began == 0)
         *began = ps__now_us();
@@ -377,7 +320,7 @@ int ps__conn_process(ps_conn *c)
     int64_t began = 0; /* of the next handler call; one clock read per call */
     ps__hist *hist = NULL; /* this thread's handler time, found once */
 
-    while (c->out_len - c->out_off < PS__OUT_HIGH_WATER) {
+    while (ps__buf_size(&c->out) < PS__OUT_HIGH_WATER) {
         if (c->block_want > 0) {
             int r = PS_CONTINUE;
             if (!take_block(c, &r, &began))
@@ -390,7 +333,7 @@ int ps__conn_process(ps_conn *c)
             continue;
         }
         ps_line line;
-        ssize_t n = ps_lineframe_next(c->in + c->in_off, c->in_len - c->in_off,
+        ssize_t n = ps_lineframe_next(ps__buf_head(&c->in), ps__buf_size(&c->in),
                                       PS__LIMIT(srv, max_line), &line);
         if (n == 0)
             break;
@@ -400,11 +343,11 @@ int ps__conn_process(ps_conn *c)
                         (unsigned long long)c->id, c->peer, PS__LIMIT(srv, max_line));
             static const char msg[] = "ERROR line too long\r\n";
             ps_conn_send(c, msg, sizeof msg - 1);
-            c->in_off = c->in_len; /* the rest of that line is discarded */
+            ps__buf_consume(&c->in, ps__buf_size(&c->in)); /* the rest of that line goes */
             rc = PS_CLOSE;
             break;
         }
-        c->in_off += (size_t)n;
+        ps__buf_consume(&c->in, (size_t)n);
         lines++;
         if (h->on_line == NULL)
             continue;
@@ -432,58 +375,30 @@ int ps__conn_process(ps_conn *c)
         atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
         atomic_fetch_add_explicit(&c->lines, lines, memory_order_relaxed);
     }
-    if (c->in_off == c->in_len)
-        c->in_off = c->in_len = 0;
     return rc;
 }
 
 int ps__conn_flush(ps_conn *c)
 {
-    if (c->replies != NULL && ps__conn_promote(c) < 0)
-        return -ENOMEM;
-    size_t pending = c->out_len - c->out_off;
-    if (pending == 0)
-        return 0;
-    ssize_t w = ps__write_some(c->fd, c->out + c->out_off, pending);
+    if (c->replies != NULL) {
+        borrow(c, &c->out, false);
+        if (ps__conn_promote(c) < 0)
+            return -ENOMEM;
+    }
+    ssize_t w = ps__buf_write(&c->out, c->fd);
     if (w < 0)
         return (int)w;
-    c->out_off += (size_t)w;
-    atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
-                              memory_order_relaxed);
-    if (c->out_off == c->out_len) {
-        c->out_off = c->out_len = 0;
-        return 0;
-    }
-    return -EAGAIN;
-}
-
-/* One buffer of ps__conn_shrink: freed when empty; what is left in a
- * borrowed one moves into a buffer of the connection's own. */
-static int shrink_buffer(char **buf, size_t *off, size_t *len, size_t *cap, bool *borrowed)
-{
-    if (*len == *off) {
-        if (!*borrowed)
-            free(*buf);
-        *buf = NULL;
-        *off = *len = *cap = 0;
-    } else if (*borrowed) {
-        size_t keep = *len - *off;
-        char *p = move_to_own(*buf, *off, *len, keep, true);
-        if (p == NULL)
-            return -ENOMEM;
-        *buf = p;
-        *off = 0;
-        *len = *cap = keep;
-    }
-    *borrowed = false;
-    return 0;
+    if (w > 0)
+        atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
+                                  memory_order_relaxed);
+    return ps__buf_size(&c->out) == 0 ? 0 : -EAGAIN;
 }
 
 int ps__conn_shrink(ps_conn *c)
 {
     /* A partial line, or replies waiting for room, stay. */
-    int rc = shrink_buffer(&c->in, &c->in_off, &c->in_len, &c->in_cap, &c->in_borrowed);
+    int rc = ps__buf_keep(&c->in);
     if (rc == 0)
-        rc = shrink_buffer(&c->out, &c->out_off, &c->out_len, &c->out_cap, &c->out_borrowed);
+        rc = ps__buf_keep(&c->out);
     return rc;
 }

@@ -13,12 +13,14 @@
 #include "poolsrv/module.h"
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
+#include "buf.h"
 #include "metrics.h"
 #include "../common/clock.h"
 #include "../common/lock.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
 #define PS__SHARDS_MAX 64 /* fits ps_conn.shard */
+#define PS__OUT_MIN 4096 /* the least a connection's output buffer grows to */
 
 /* The counters touched on every request, striped: each thread adds to its
  * own stripe (memcached's per-thread stats), so two cores never fight over
@@ -313,17 +315,12 @@ struct ps_conn {
     _Atomic int64_t write_wait_ms; /* when output last stopped moving */
     struct ps_conn *prev, *next; /* the server's list of event connections */
 
-    /* Event mode lends a worker's scratch buffers to the connection it
-     * serves, so that a request and its reply allocate nothing; what is
-     * left in them when the worker lets go is copied out (ps__conn_shrink). */
+    /* The serving worker lends its scratch buffers to the connection, so
+     * that a request and its reply allocate nothing; what is left in them
+     * when the worker lets go is copied out (ps__conn_shrink). */
     bool borrow;
-    bool in_borrowed, out_borrowed;
-    /* Input: bytes [in_off, in_len) are unframed. */
-    char *in;
-    size_t in_off, in_len, in_cap;
-    /* Output: bytes [out_off, out_len) are queued for the client. */
-    char *out;
-    size_t out_off, out_len, out_cap;
+    ps__buf in;  /* unframed input */
+    ps__buf out; /* output queued for the client */
 
     /* Deferred replies (reply.c); NULL until the first ps_reply_defer. */
     struct ps__replies *replies;
@@ -495,7 +492,5 @@ bool ps__conn_replies_pending(const ps_conn *conn);
 int ps__conn_wake_fd(const ps_conn *conn);
 /* At close: replies not done yet will find the connection gone. */
 void ps__conn_replies_close(ps_conn *conn);
-/* conn.c: appends to the output, past any deferred reply. */
-int ps__conn_out_append(ps_conn *conn, const void *data, size_t len);
 
 #endif

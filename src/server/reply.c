@@ -246,15 +246,15 @@ int ps__conn_promote(ps_conn *c)
     /* Bytes sent from other threads go out as soon as they can: they answer
      * none of this client's lines. */
     if (rs->other_len > 0) {
-        if (ps__conn_out_append(c, rs->other, rs->other_len) < 0)
+        if (ps__buf_append(&c->out, rs->other, rs->other_len, PS__OUT_MIN) < 0)
             rc = -ENOMEM;
         rs->other_len = 0;
     }
     while (rs->head != NULL && rs->head->done) {
         ps_reply *r = rs->head;
         /* Straight into the output: nothing is held behind it any more. */
-        if (ps__conn_out_append(c, r->buf, r->len) < 0 ||
-            ps__conn_out_append(c, r->after, r->after_len) < 0)
+        if (ps__buf_append(&c->out, r->buf, r->len, PS__OUT_MIN) < 0 ||
+            ps__buf_append(&c->out, r->after, r->after_len, PS__OUT_MIN) < 0)
             rc = -ENOMEM;
         if (r->close_after)
             c->closing = true;

@@ -98,7 +98,7 @@ static int serve(ps_conn *c, size_t max_line, bool *closing)
         }
         ssize_t r = ps__conn_read(c);
         FUZZ_CHECK(r != -ENOBUFS);
-        FUZZ_CHECK(c->in_cap <= READ_CHUNK || c->in_cap <= max_line + 2 + READ_CHUNK);
+        FUZZ_CHECK(c->in.cap <= READ_CHUNK || c->in.cap <= max_line + 2 + READ_CHUNK);
         if (r == -EAGAIN)
             return WAIT_READ;
         if (r == 0)

@@ -1,0 +1,74 @@
+/* The server's counters: the calling thread's stripe, the handler-time
+ * histograms, and the sums that ps_server_get_stats and
+ * ps_server_get_pool_stats report. Below the server, the connections and
+ * the dispatch modes, which all count here; calls nothing of theirs. */
+#include <limits.h>
+#include <string.h>
+
+#include "internal.h"
+
+static atomic_uint ps__stripe_next;
+
+ps__stripe *ps__stripe_of(ps_server *srv)
+{
+    /* Threads take stripes in turn, once: workers spread over them. */
+    static _Thread_local unsigned idx = UINT_MAX;
+    if (idx == UINT_MAX)
+        idx = atomic_fetch_add_explicit(&ps__stripe_next, 1, memory_order_relaxed) % PS__STRIPES;
+    return &srv->c.stripes[idx];
+}
+
+ps__hist *ps__handler_time_of(ps_server *srv)
+{
+    return &srv->c.handler_time[ps__stripe_of(srv) - srv->c.stripes];
+}
+
+void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into)
+{
+    for (int i = 0; i < PS__STRIPES; i++)
+        ps__hist_add(into, &srv->c.handler_time[i]);
+}
+
+void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
+{
+    const ps__counters *c = &srv->c;
+    int64_t parked = 0;
+    memset(st, 0, sizeof *st);
+    st->curr_connections = atomic_load_explicit(&c->curr_connections, memory_order_relaxed);
+    st->total_connections = atomic_load_explicit(&c->total_connections, memory_order_relaxed);
+    st->rejected_busy = atomic_load_explicit(&c->rejected_busy, memory_order_relaxed);
+    st->rejected_max = atomic_load_explicit(&c->rejected_max, memory_order_relaxed);
+    st->rejected_shutdown = atomic_load_explicit(&c->rejected_shutdown, memory_order_relaxed);
+    st->slot_waits = atomic_load_explicit(&c->slot_waits, memory_order_relaxed);
+    st->replies_deferred = atomic_load_explicit(&c->replies_deferred, memory_order_relaxed);
+    st->reloads = atomic_load_explicit(&c->reloads, memory_order_relaxed);
+    st->reload_errors = atomic_load_explicit(&c->reload_errors, memory_order_relaxed);
+    st->proxy_errors = atomic_load_explicit(&c->proxy_errors, memory_order_relaxed);
+    st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
+    for (int i = 0; i < PS__STRIPES; i++) {
+        st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);
+        st->blocks += atomic_load_explicit(&c->stripes[i].blocks, memory_order_relaxed);
+        st->bytes_in += atomic_load_explicit(&c->stripes[i].bytes_in, memory_order_relaxed);
+        st->bytes_out += atomic_load_explicit(&c->stripes[i].bytes_out, memory_order_relaxed);
+        parked += atomic_load_explicit(&c->stripes[i].parked, memory_order_relaxed);
+    }
+    st->parked_connections = parked > 0 ? (uint64_t)parked : 0;
+    st->lines_too_long = atomic_load_explicit(&c->lines_too_long, memory_order_relaxed);
+    st->idle_timeouts = atomic_load_explicit(&c->idle_timeouts, memory_order_relaxed);
+    st->send_timeouts = atomic_load_explicit(&c->send_timeouts, memory_order_relaxed);
+    st->accept_errors = atomic_load_explicit(&c->accept_errors, memory_order_relaxed);
+    st->admin_commands = atomic_load_explicit(&c->admin_commands, memory_order_relaxed);
+    st->slow_handlers = atomic_load_explicit(&c->slow_handlers, memory_order_relaxed);
+    st->uptime_seconds = (uint64_t)(ps__now_ms() - srv->start_ms) / 1000;
+}
+
+void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    if (srv->pool != NULL)
+        ps_pool_get_stats(srv->pool, st);
+    /* Event mode's queue: connections ready and claimed by a worker that
+     * has not come to them yet (the pool's own queue stays empty). */
+    if (srv->dispatch->waiting != NULL)
+        st->queue_depth += srv->dispatch->waiting(srv);
+}

@@ -56,24 +56,10 @@ static void add(reply *r, const char *fmt, ...)
         r->len += (size_t)n < r->cap - r->len ? (size_t)n : r->cap - r->len - 1;
 }
 
-/* The pool's numbers as an operator reads them: in thread mode, the
- * threads per connection up to max_connections. */
-static void pool_stats(ps_server *srv, ps_pool_stats *ps)
-{
-    ps_server_get_pool_stats(srv, ps);
-    if (!srv->dispatch->uses_pool) {
-        /* No pool: a thread per connection, up to max_connections. */
-        unsigned busy = (unsigned)atomic_load(&srv->c.conn_threads);
-        ps->max_threads = PS__LIMIT(srv, max_connections);
-        ps->busy_threads = busy;
-        ps->available_threads = ps->max_threads > busy ? ps->max_threads - busy : 0;
-    }
-}
-
 static void add_threads(ps_server *srv, reply *r)
 {
     ps_pool_stats ps;
-    pool_stats(srv, &ps);
+    ps_server_get_pool_stats(srv, &ps);
     add(r, "STAT max_threads %u\r\n", ps.max_threads);
     add(r, "STAT available_threads %u\r\n", ps.available_threads);
     add(r, "STAT busy_threads %u\r\n", ps.busy_threads);
@@ -136,7 +122,7 @@ static void add_metrics(ps_server *srv, reply *r)
     ps_server_stats st;
     ps_pool_stats ps;
     ps_server_get_stats(srv, &st);
-    pool_stats(srv, &ps);
+    ps_server_get_pool_stats(srv, &ps);
     ps__hist_snapshot h = {0};
     ps__handler_time_snapshot(srv, &h);
     int n = ps__metrics_render(r->buf + r->len, r->cap - r->len, &st, &ps, &h);
@@ -188,7 +174,7 @@ static void add_agent(ps_server *srv, reply *r)
         return;
     }
     ps_pool_stats ps;
-    pool_stats(srv, &ps);
+    ps_server_get_pool_stats(srv, &ps);
     unsigned pct = ps.max_threads > 0 ? (unsigned)(100ULL * ps.available_threads / ps.max_threads) : 0;
     add(r, "ready up %u%%\n", pct > 0 ? pct : 1);
 }
@@ -198,7 +184,7 @@ static void add_agent(ps_server *srv, reply *r)
 static void watch_saturation(ps_server *srv, int64_t now)
 {
     ps_pool_stats ps;
-    pool_stats(srv, &ps);
+    ps_server_get_pool_stats(srv, &ps);
     /* See full_pool_waits (internal.h). */
     bool waiting = ps.queue_depth > 0 || srv->dispatch->full_pool_waits;
     bool full = ps.max_threads > 0 && ps.available_threads == 0 && waiting;

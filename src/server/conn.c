@@ -3,6 +3,7 @@
  * length-delimited blocks for the handler's callbacks, flushing replies,
  * and the registry of every live connection. */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -94,7 +95,7 @@ static int64_t handler_ended(ps_conn *c, int64_t began, const char *what)
 
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
 {
-    ps_conn *c = calloc(1, sizeof *c);
+    ps_conn *c = calloc(1, sizeof *c + srv->dispatch->conn_size);
     if (c == NULL) {
         close(fd);
         return NULL;
@@ -103,9 +104,6 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
     c->fd = fd;
     c->id = atomic_fetch_add_explicit(&srv->next_conn_id, 1, memory_order_relaxed) + 1;
     atomic_init(&c->last_line_ms, ps__now_ms());
-    atomic_init(&c->state, 0);
-    atomic_init(&c->want_write, false);
-    atomic_init(&c->write_wait_ms, 0);
     ps__format_addr(peer, c->peer, sizeof c->peer);
     c->created_ms = ps__now_ms();
     atomic_init(&c->lines, 0);
@@ -392,6 +390,56 @@ int ps__conn_flush(ps_conn *c)
         atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
                                   memory_order_relaxed);
     return ps__buf_size(&c->out) == 0 ? 0 : -EAGAIN;
+}
+
+/* The earlier of two deadlines; -1 is none. */
+static int64_t earliest(int64_t a, int64_t b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/* Writes all queued output, waiting for the socket while the client reads.
+ * The send deadline restarts whenever the client takes bytes, so only a
+ * client that stops reading for send_timeout seconds is dropped. */
+int ps__conn_flush_all(ps_conn *c)
+{
+    ps_server *srv = c->srv;
+    int64_t deadline = ps__now_ms() + (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
+    size_t pending = ps__conn_pending_output(c);
+    for (;;) {
+        int rc = ps__conn_flush(c);
+        if (rc != -EAGAIN)
+            return rc;
+        int64_t now = ps__now_ms();
+        size_t left = ps__conn_pending_output(c);
+        if (left < pending) {
+            pending = left;
+            deadline = now + (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
+        }
+        int64_t stop_deadline = atomic_load_explicit(&srv->stop_deadline_ms, memory_order_relaxed);
+        int64_t until = earliest(deadline, stop_deadline > 0 ? stop_deadline : -1);
+        /* Until the server stops, its stop signal ends the wait too: the
+         * stop deadline then bounds it (the signal stays readable, so it is
+         * watched only before). */
+        struct pollfd p[2] = {
+            {.fd = c->fd, .events = POLLOUT},
+            {.fd = srv->stop_fd, .events = POLLIN},
+        };
+        int n = poll(p, stop_deadline > 0 ? 1 : 2, ps__ms_until(until, now));
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        if (n > 0 && stop_deadline <= 0 && p[1].revents)
+            continue; /* stopping: wait again, bounded by its deadline */
+        if (n == 0) {
+            if (until == deadline)
+                ps__conn_timed_out(c, true);
+            return -ETIMEDOUT;
+        }
+    }
 }
 
 int ps__conn_shrink(ps_conn *c)

@@ -47,7 +47,6 @@
  * connection past its deadline the way an event would, and closes it.
  */
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -63,6 +62,7 @@
 
 enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 
+#define PS__SHARDS_MAX 64 /* fits event_conn.epoll_shard */
 #define PS__EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 /* Ready connections one poller call takes and serves itself. Anything
  * else stays in the epoll set for the next poller: handing connections to
@@ -124,7 +124,55 @@ typedef struct event_worker {
     ps_server *srv;
 } event_worker;
 
-struct ps__event {
+/* One epoll set and what belongs to it; a cache line of its own, since
+ * each is polled from another CPU. */
+typedef struct epoll_shard {
+    _Alignas(64) int epfd;
+    atomic_bool taken;       /* a worker polls it */
+    atomic_uint conns;       /* connections placed on it and not closed */
+    atomic_int_fast64_t released_us; /* when its last poller let go of it */
+    int64_t last_sweep_ms;   /* used by the taker only */
+    /* Closed connections a poller of the shard may still hold a pointer
+     * to; freed by the shard's next poller (see reap()). */
+    _Atomic(ps_conn *) graves;
+} epoll_shard;
+_Static_assert(sizeof(epoll_shard) % 64 == 0 && _Alignof(epoll_shard) == 64,
+               "each shard on cache lines of its own");
+
+/* What event mode keeps per connection, in the connection's mode bytes. */
+typedef struct event_conn {
+    atomic_int state;       /* who owns it now (CONN_*) */
+    bool open_pending;      /* on_open not run yet */
+    bool read_to_end;       /* an end of stream may be waiting: read on */
+    uint8_t shard;          /* which epoll set it is registered in (below
+                               PS__SHARDS_MAX); changed by its owner under
+                               conns_lock */
+    uint8_t serves;         /* jobs since its CPU was last looked at */
+    atomic_bool want_write; /* waits for room for output, not for input */
+    _Atomic int64_t write_wait_ms; /* when output last stopped moving */
+    ps_conn *prev, *next;   /* the list of every connection (conns) */
+    ps_conn *woken_next;    /* in the list a reply woke */
+} event_conn;
+
+static inline event_conn *ec(const ps_conn *c)
+{
+    return (event_conn *)(void *)c->mode;
+}
+
+/* Event mode's state (the server's mode pointer). */
+typedef struct event_state {
+    /* Connections are spread over shards, one epoll set each, so that as
+     * many workers as there are CPUs can wait at once. */
+    epoll_shard shards[PS__SHARDS_MAX];
+    unsigned nshards;
+    atomic_uint shard_next;   /* where the next poller starts looking */
+    pthread_mutex_t conns_lock; /* guards conns and the links */
+    ps_conn *conns;           /* every connection */
+    /* Counted for stats: "has input" jobs run, connections moved to
+     * another shard, ready connections taken from a worker held in a
+     * handler, workers woken for a held one. */
+    atomic_uint_fast64_t jobs, moves, steals, wakes;
+
     unsigned nworkers;
     atomic_uint joined;       /* workers that have taken their slot */
     pthread_t watch;
@@ -145,29 +193,34 @@ struct ps__event {
     pthread_mutex_t woken_lock;
     ps_conn *woken_head, *woken_tail;
     atomic_bool any_woken;
-};
+} event_state;
+
+static inline event_state *ev_of(const ps_server *srv)
+{
+    return srv->mode;
+}
 
 static void list_add(ps_server *srv, ps_conn *c)
 {
-    ps__lock(&srv->conns_lock);
-    c->prev = NULL;
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
-    ps__unlock(&srv->conns_lock);
+    ps__lock(&ev_of(srv)->conns_lock);
+    ec(c)->prev = NULL;
+    ec(c)->next = ev_of(srv)->conns;
+    if (ev_of(srv)->conns)
+        ec(ev_of(srv)->conns)->prev = c;
+    ev_of(srv)->conns = c;
+    ps__unlock(&ev_of(srv)->conns_lock);
 }
 
 /* Caller holds conns_lock. */
 static void list_unlink(ps_server *srv, ps_conn *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
+    if (ec(c)->prev)
+        ec(ec(c)->prev)->next = ec(c)->next;
     else
-        srv->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+        ev_of(srv)->conns = ec(c)->next;
+    if (ec(c)->next)
+        ec(ec(c)->next)->prev = ec(c)->prev;
+    ec(c)->prev = ec(c)->next = NULL;
 }
 
 /* An event for c: takes it when it is parked (true), or else tells its
@@ -175,12 +228,12 @@ static void list_unlink(ps_server *srv, ps_conn *c)
  * new owner sees everything the last one wrote. */
 static bool claim(ps_server *srv, ps_conn *c)
 {
-    int s = atomic_load_explicit(&c->state, memory_order_relaxed);
+    int s = atomic_load_explicit(&ec(c)->state, memory_order_relaxed);
     for (;;) {
         int next = s == CONN_PARKED ? CONN_RUNNING : (s | CONN_AGAIN);
         if (next == s)
             return false; /* the owner has been told already */
-        if (atomic_compare_exchange_weak_explicit(&c->state, &s, next, memory_order_acquire,
+        if (atomic_compare_exchange_weak_explicit(&ec(c)->state, &s, next, memory_order_acquire,
                                                   memory_order_relaxed))
             break;
     }
@@ -194,7 +247,7 @@ static bool claim(ps_server *srv, ps_conn *c)
 static bool claim_parked(ps_server *srv, ps_conn *c)
 {
     int s = CONN_PARKED;
-    if (!atomic_compare_exchange_strong_explicit(&c->state, &s, CONN_RUNNING,
+    if (!atomic_compare_exchange_strong_explicit(&ec(c)->state, &s, CONN_RUNNING,
                                                  memory_order_acquire, memory_order_relaxed))
         return false;
     atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
@@ -209,24 +262,24 @@ static bool let_go(ps_server *srv, ps_conn *c)
     /* Counted first, so the parked sum never dips below zero. */
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     int s = CONN_RUNNING;
-    if (atomic_compare_exchange_strong_explicit(&c->state, &s, CONN_PARKED,
+    if (atomic_compare_exchange_strong_explicit(&ec(c)->state, &s, CONN_PARKED,
                                                 memory_order_release, memory_order_relaxed))
         return true;
     atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
     /* Only the owner changes RUNNING|AGAIN. */
-    atomic_store_explicit(&c->state, CONN_RUNNING, memory_order_relaxed);
+    atomic_store_explicit(&ec(c)->state, CONN_RUNNING, memory_order_relaxed);
     /* Whatever raised that event (maybe an end of stream behind the input
      * just read) raises no other: read until the socket says so. */
-    c->read_to_end = true;
+    ec(c)->read_to_end = true;
     return false;
 }
 
 /* Frees the connections closed on a shard. The caller holds the shard. */
-static void reap(ps__shard *sh)
+static void reap(epoll_shard *sh)
 {
     ps_conn *c = atomic_exchange_explicit(&sh->graves, NULL, memory_order_acquire);
     while (c != NULL) {
-        ps_conn *next = c->next;
+        ps_conn *next = ec(c)->next;
         free(c);
         c = next;
     }
@@ -237,18 +290,18 @@ static void event_close(ps_server *srv, ps_conn *c)
 {
     /* Out of epoll first: the socket itself may stay open a while (it
      * lingers until the client has every reply). */
-    epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    atomic_fetch_sub_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
-    ps__lock(&srv->conns_lock);
+    epoll_ctl(ev_of(srv)->shards[ec(c)->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    atomic_fetch_sub_explicit(&ev_of(srv)->shards[ec(c)->shard].conns, 1, memory_order_relaxed);
+    ps__lock(&ev_of(srv)->conns_lock);
     list_unlink(srv, c);
-    ps__unlock(&srv->conns_lock);
+    ps__unlock(&ev_of(srv)->conns_lock);
     ps__conn_end(c);
     /* A poller of the shard may still hold a pointer from epoll_wait: the
      * shard's next poller frees the object. */
-    _Atomic(ps_conn *) *grave = &srv->shards[c->shard].graves;
+    _Atomic(ps_conn *) *grave = &ev_of(srv)->shards[ec(c)->shard].graves;
     ps_conn *head = atomic_load_explicit(grave, memory_order_relaxed);
     do
-        c->next = head;
+        ec(c)->next = head;
     while (!atomic_compare_exchange_weak_explicit(grave, &head, c, memory_order_release,
                                                   memory_order_relaxed));
 }
@@ -258,8 +311,8 @@ static void event_close(ps_server *srv, ps_conn *c)
  * calls it on connections it does not own. */
 static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 {
-    if (atomic_load_explicit(&c->want_write, memory_order_relaxed))
-        return now - atomic_load_explicit(&c->write_wait_ms, memory_order_relaxed) >=
+    if (atomic_load_explicit(&ec(c)->want_write, memory_order_relaxed))
+        return now - atomic_load_explicit(&ec(c)->write_wait_ms, memory_order_relaxed) >=
                (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
     return PS__LIMIT(srv, idle_timeout) > 0 &&
            now - ps__conn_last_line(c) >= (int64_t)PS__LIMIT(srv, idle_timeout) * 1000;
@@ -268,19 +321,19 @@ static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 /* Counts, logs and closes a connection found past its deadline. */
 static void close_timed_out(ps_server *srv, ps_conn *c)
 {
-    ps__conn_timed_out(c, atomic_load_explicit(&c->want_write, memory_order_relaxed));
+    ps__conn_timed_out(c, atomic_load_explicit(&ec(c)->want_write, memory_order_relaxed));
     event_close(srv, c);
 }
 
 static bool take_shard(ps_server *srv, unsigned shard)
 {
     bool expected = false;
-    return atomic_compare_exchange_strong(&srv->shards[shard].taken, &expected, true);
+    return atomic_compare_exchange_strong(&ev_of(srv)->shards[shard].taken, &expected, true);
 }
 
 static void release_shard(ps_server *srv, unsigned shard)
 {
-    atomic_store(&srv->shards[shard].taken, false);
+    atomic_store(&ev_of(srv)->shards[shard].taken, false);
 }
 
 /* Where a connection belongs: on the shard of the CPU its packets arrive
@@ -298,7 +351,7 @@ static void release_shard(ps_server *srv, unsigned shard)
  * too full, and by its id when the CPU is unknown. */
 static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
 {
-    unsigned n = srv->nshards;
+    unsigned n = ev_of(srv)->nshards;
     int cpu = -1;
     socklen_t len = sizeof cpu;
     if (getsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) != 0 || cpu < 0)
@@ -307,10 +360,10 @@ static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
     if (shard == now)
         return now;
     unsigned least = shard;
-    unsigned least_conns = atomic_load_explicit(&srv->shards[shard].conns, memory_order_relaxed);
+    unsigned least_conns = atomic_load_explicit(&ev_of(srv)->shards[shard].conns, memory_order_relaxed);
     unsigned conns = least_conns;
     for (unsigned i = 0; i < n; i++) {
-        unsigned k = atomic_load_explicit(&srv->shards[i].conns, memory_order_relaxed);
+        unsigned k = atomic_load_explicit(&ev_of(srv)->shards[i].conns, memory_order_relaxed);
         if (k < least_conns) {
             least = i;
             least_conns = k;
@@ -331,30 +384,30 @@ static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
  * join, it stays where it is. */
 static void replace(ps_server *srv, ps_conn *c)
 {
-    if (srv->nshards < 2 || ++c->serves < PS__PLACE_EVERY)
+    if (ev_of(srv)->nshards < 2 || ++ec(c)->serves < PS__PLACE_EVERY)
         return;
-    c->serves = 0;
-    unsigned from = c->shard, to = place(srv, c->fd, from, c->id);
+    ec(c)->serves = 0;
+    unsigned from = ec(c)->shard, to = place(srv, c->fd, from, c->id);
     if (to == from || !take_shard(srv, from))
         return; /* here, or looked again later */
     /* Reports what is ready already, as an event: input that came in
      * while it moved is not lost. A poller of the new shard that gets it
      * finds it running and only tells its owner to look again. */
     struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
-    if (epoll_ctl(srv->shards[to].epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+    if (epoll_ctl(ev_of(srv)->shards[to].epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
         release_shard(srv, from);
         return;
     }
-    ps__lock(&srv->conns_lock); /* the sweep reads c->shard */
-    c->shard = (uint8_t)to;
-    ps__unlock(&srv->conns_lock);
-    if (epoll_ctl(srv->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
+    ps__lock(&ev_of(srv)->conns_lock); /* the sweep reads ec(c)->epoll_shard */
+    ec(c)->shard = (uint8_t)to;
+    ps__unlock(&ev_of(srv)->conns_lock);
+    if (epoll_ctl(ev_of(srv)->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
         ps_log_error("connection %llu from %s: epoll_ctl: %s", (unsigned long long)c->id,
                      c->peer, ps_strerror(-errno));
     release_shard(srv, from);
-    atomic_fetch_sub_explicit(&srv->shards[from].conns, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&srv->shards[to].conns, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&srv->c.event_moves, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&ev_of(srv)->shards[from].conns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ev_of(srv)->shards[to].conns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ev_of(srv)->moves, 1, memory_order_relaxed);
 }
 
 enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE, SERVE_REPLY };
@@ -365,8 +418,8 @@ enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE, SERVE_REPLY };
  * (wake_for_reply). */
 static int serve(ps_server *srv, ps_conn *c)
 {
-    if (c->open_pending) {
-        c->open_pending = false;
+    if (ec(c)->open_pending) {
+        ec(c)->open_pending = false;
         if (ps__conn_open(c) != PS_CONTINUE)
             c->closing = true;
     }
@@ -376,13 +429,13 @@ static int serve(ps_server *srv, ps_conn *c)
         if (f == -EAGAIN) {
             /* Backpressure: no input is read until the client takes its
              * replies. The send deadline restarts when bytes move. */
-            if (!atomic_load_explicit(&c->want_write, memory_order_relaxed) ||
+            if (!atomic_load_explicit(&ec(c)->want_write, memory_order_relaxed) ||
                 ps__conn_pending_output(c) < before)
-                atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
-            atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
+                atomic_store_explicit(&ec(c)->write_wait_ms, ps__now_ms(), memory_order_relaxed);
+            atomic_store_explicit(&ec(c)->want_write, true, memory_order_relaxed);
             return SERVE_WRITE; /* when stopping, close_all flushes it */
         }
-        atomic_store_explicit(&c->want_write, false, memory_order_relaxed);
+        atomic_store_explicit(&ec(c)->want_write, false, memory_order_relaxed);
         if (f < 0)
             return SERVE_CLOSE;
         if (c->closing)
@@ -398,7 +451,7 @@ static int serve(ps_server *srv, ps_conn *c)
          * only say EAGAIN (input arriving after it raises a new edge). Not
          * when the event said the stream ended: that end, read after the
          * last bytes, raises no edge of its own. */
-        if (reads > 0 && c->drained && !c->read_to_end)
+        if (reads > 0 && c->drained && !ec(c)->read_to_end)
             return SERVE_READ;
         if (reads == PS__READ_BUDGET)
             return SERVE_BUDGET;
@@ -452,34 +505,34 @@ static int event_take(ps_server *srv, ps_conn *c)
 {
     /* The new socket is writable at once: registering it raises the event
      * that runs its opening job on a poller, like any other. */
-    c->open_pending = true;
+    ec(c)->open_pending = true;
     c->borrow = true;
-    atomic_store_explicit(&c->want_write, true, memory_order_relaxed);
-    atomic_store_explicit(&c->write_wait_ms, ps__now_ms(), memory_order_relaxed);
-    unsigned shard = place(srv, c->fd, srv->nshards, c->id);
+    atomic_store_explicit(&ec(c)->want_write, true, memory_order_relaxed);
+    atomic_store_explicit(&ec(c)->write_wait_ms, ps__now_ms(), memory_order_relaxed);
+    unsigned shard = place(srv, c->fd, ev_of(srv)->nshards, c->id);
     uint64_t id = c->id;
-    c->shard = (uint8_t)shard;
-    atomic_fetch_add_explicit(&srv->shards[shard].conns, 1, memory_order_relaxed);
+    ec(c)->shard = (uint8_t)shard;
+    atomic_fetch_add_explicit(&ev_of(srv)->shards[shard].conns, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-    atomic_store_explicit(&c->state, CONN_PARKED, memory_order_release);
+    atomic_store_explicit(&ec(c)->state, CONN_PARKED, memory_order_release);
     list_add(srv, c);
     /* From here on c is the sweep's to take too: touched again only once
      * claimed. */
     struct epoll_event ev = {.events = PS__EVENTS, .data.ptr = c};
-    if (epoll_ctl(srv->shards[shard].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+    if (epoll_ctl(ev_of(srv)->shards[shard].epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
         return 0;
     int e = errno;
     ps_log_error("connection %llu: epoll_ctl: %s", (unsigned long long)id, ps_strerror(-e));
     /* Never in epoll: unless the sweep took it (and will close it), it is
      * the caller's to reject. The sweep claims under conns_lock. */
-    ps__lock(&srv->conns_lock);
+    ps__lock(&ev_of(srv)->conns_lock);
     bool mine = claim_parked(srv, c);
     if (mine)
         list_unlink(srv, c);
-    ps__unlock(&srv->conns_lock);
+    ps__unlock(&ev_of(srv)->conns_lock);
     if (!mine)
         return 0;
-    atomic_fetch_sub_explicit(&srv->shards[shard].conns, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&ev_of(srv)->shards[shard].conns, 1, memory_order_relaxed);
     return -e;
 }
 
@@ -490,14 +543,14 @@ static void sweep(ps_server *srv, unsigned shard, int64_t now)
     ps_conn *mine[PS__BATCH];
     int n = 0;
 
-    ps__lock(&srv->conns_lock);
-    for (ps_conn *c = srv->conns; c != NULL && n < PS__BATCH; c = c->next) {
-        if (c->shard == shard &&
-            atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED &&
+    ps__lock(&ev_of(srv)->conns_lock);
+    for (ps_conn *c = ev_of(srv)->conns; c != NULL && n < PS__BATCH; c = ec(c)->next) {
+        if (ec(c)->shard == shard &&
+            atomic_load_explicit(&ec(c)->state, memory_order_relaxed) == CONN_PARKED &&
             deadline_passed(srv, c, now) && claim_parked(srv, c))
             mine[n++] = c;
     }
-    ps__unlock(&srv->conns_lock);
+    ps__unlock(&ev_of(srv)->conns_lock);
 
     for (int i = 0; i < n; i++) {
         ps_conn *c = mine[i];
@@ -551,7 +604,7 @@ static bool batch_take(event_worker *w, ps_conn **c, bool *turn)
  * epoll_wait is there after. */
 static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int timeout_ms)
 {
-    ps__shard *sh = &srv->shards[shard];
+    epoll_shard *sh = &ev_of(srv)->shards[shard];
     struct epoll_event evs[PS__BATCH];
     int room = (int)(PS__RING - atomic_load_explicit(&me->waiting, memory_order_relaxed));
 
@@ -567,26 +620,26 @@ static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int tim
     for (int i = 0; i < n; i++) {
         if (evs[i].data.ptr == &nudge_marker) {
             uint64_t v;
-            (void)!read(srv->event->nudge_fd, &v, sizeof v); /* rearms it */
+            (void)!read(ev_of(srv)->nudge_fd, &v, sizeof v); /* rearms it */
             continue;
         }
         ps_conn *c = evs[i].data.ptr;
         if (c == NULL || !claim(srv, c)) /* NULL: the stop signal */
             continue;
         /* An end of stream behind the input raises no edge of its own. */
-        c->read_to_end = (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+        ec(c)->read_to_end = (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
         batch_add(me, c, false);
         got++;
     }
     if (got > 0)
-        atomic_fetch_add_explicit(&srv->c.event_jobs, got, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ev_of(srv)->jobs, got, memory_order_relaxed);
 }
 
 /* Takes, for the idle worker `me`, the first connection waiting behind a
  * handler call that has run PS__STALL_US on another worker. */
 static bool steal(ps_server *srv, event_worker *me)
 {
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     unsigned n = ev->nworkers, start = (unsigned)(me - ev->w);
     int64_t now = 0;
     for (unsigned i = 1; i < n; i++) {
@@ -605,7 +658,7 @@ static bool steal(ps_server *srv, event_worker *me)
         if (!batch_take(w, &c, &turn))
             continue;
         batch_add(me, c, turn); /* me's batch is empty: the hook runs it */
-        atomic_fetch_add_explicit(&srv->c.event_steals, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ev_of(srv)->steals, 1, memory_order_relaxed);
         return true;
     }
     return false;
@@ -623,17 +676,17 @@ static bool steal(ps_server *srv, event_worker *me)
 static unsigned take_any_shard(ps_server *srv, bool *others_late)
 {
     int cpu = sched_getcpu();
-    unsigned n = srv->nshards;
+    unsigned n = ev_of(srv)->nshards;
     /* Without a CPU number, start at a rotating shard: always trying
      * shard 0 first would starve the others. */
     unsigned shard = cpu >= 0 ? (unsigned)cpu % n
-                              : atomic_fetch_add_explicit(&srv->shard_next, 1,
+                              : atomic_fetch_add_explicit(&ev_of(srv)->shard_next, 1,
                                                           memory_order_relaxed) % n;
     int64_t now = ps__now_us(), oldest = now - PS__UNPOLLED_US, before = oldest;
     unsigned late = n;
     uint64_t lates = 0; /* n <= PS__SHARDS_MAX = 64 */
     for (unsigned i = 0; i < n; i++) {
-        ps__shard *sh = &srv->shards[i];
+        epoll_shard *sh = &ev_of(srv)->shards[i];
         int64_t at = atomic_load_explicit(&sh->released_us, memory_order_relaxed);
         if (at < before && !atomic_load_explicit(&sh->taken, memory_order_relaxed)) {
             lates |= (uint64_t)1 << i;
@@ -656,7 +709,7 @@ static unsigned take_any_shard(ps_server *srv, bool *others_late)
 /* A worker starts a job: wakes the watch if it sleeps. The watch sets
  * watch_asleep before it looks at the pool's busy count, and the pool
  * counts the job busy before it runs it: one of the two sees the other. */
-static void watch_wake(ps__event *ev)
+static void watch_wake(event_state *ev)
 {
     if (!atomic_load(&ev->watch_asleep))
         return;
@@ -673,14 +726,14 @@ static void event_batch_job(void *arg)
     ps_conn *c;
     bool turn;
 
-    watch_wake(srv->event);
+    watch_wake(ev_of(srv));
     while (batch_take(me, &c, &turn)) {
         if (turn) {
             /* Behind the others: those this worker holds, and those its
              * shard has ready now, unless another worker polls it. */
-            if (take_shard(srv, c->shard)) {
-                poll_shard(srv, c->shard, me, 0);
-                release_shard(srv, c->shard);
+            if (take_shard(srv, ec(c)->shard)) {
+                poll_shard(srv, ec(c)->shard, me, 0);
+                release_shard(srv, ec(c)->shard);
             }
             if (atomic_load_explicit(&me->waiting, memory_order_relaxed) > 0 &&
                 batch_add(me, c, false))
@@ -699,7 +752,7 @@ static event_worker *worker_of(ps_server *srv)
     static _Thread_local event_worker *mine;
     if (mine_srv == srv)
         return mine;
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     unsigned i = atomic_fetch_add_explicit(&ev->joined, 1, memory_order_relaxed);
     if (i >= ev->nworkers)
         return NULL; /* more workers than the pool was made with: a bug */
@@ -715,11 +768,11 @@ static void wake_for_reply(ps_server *srv, ps_conn *c)
 {
     if (!claim(srv, c))
         return; /* its owner serves it again */
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     ps__lock(&ev->woken_lock);
-    c->woken_next = NULL;
+    ec(c)->woken_next = NULL;
     if (ev->woken_tail != NULL)
-        ev->woken_tail->woken_next = c;
+        ec(ev->woken_tail)->woken_next = c;
     else
         ev->woken_head = c;
     ev->woken_tail = c;
@@ -740,7 +793,7 @@ static void wake_for_reply(ps_server *srv, ps_conn *c)
  * True when it took any. */
 static bool take_woken(ps_server *srv, event_worker *me)
 {
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     if (!atomic_load_explicit(&ev->any_woken, memory_order_acquire))
         return false;
     bool took = false;
@@ -750,7 +803,7 @@ static bool take_woken(ps_server *srv, event_worker *me)
         if (!batch_add(me, c, false))
             break;
         took = true;
-        ev->woken_head = c->woken_next;
+        ev->woken_head = ec(c)->woken_next;
         if (ev->woken_head == NULL)
             ev->woken_tail = NULL;
     }
@@ -775,12 +828,12 @@ static int idle_poll(void *ctx, ps_job_fn *fn, void **arg)
         return 1;
     bool others_late;
     unsigned shard = take_any_shard(srv, &others_late);
-    if (shard == srv->nshards)
+    if (shard == ev_of(srv)->nshards)
         return PS_POOL_IDLE_SLEEP; /* every shard has its poller */
     /* With other shards left unpolled, wait 1 ms: the next poll goes to the
      * one that waited longest. */
     poll_shard(srv, shard, me, others_late ? 1 : PS__SWEEP_MS);
-    ps__shard *sh = &srv->shards[shard];
+    epoll_shard *sh = &ev_of(srv)->shards[shard];
     int64_t now_us = ps__now_us(), now = now_us / 1000;
     if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {
         sh->last_sweep_ms = now;
@@ -800,7 +853,7 @@ enum { WATCH_IDLE, WATCH_BUSY, WATCH_HELD };
  * worker runs a job, else WATCH_IDLE. */
 static int watch_look(ps_server *srv)
 {
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     int64_t now = ps__now_us();
     unsigned held = 0, fresh = 0;
     for (unsigned i = 0; i < ev->nworkers; i++) {
@@ -816,7 +869,7 @@ static int watch_look(ps_server *srv)
     }
     if (fresh > 0) {
         unsigned woken = ps_pool_wake_idle(srv->pool, fresh);
-        atomic_fetch_add_explicit(&srv->c.event_wakes, woken, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ev_of(srv)->wakes, woken, memory_order_relaxed);
         /* Nobody asleep to wake: the workers in epoll_wait come back to
          * take what waits behind the held calls. */
         uint64_t one = 1;
@@ -832,7 +885,7 @@ static int watch_look(ps_server *srv)
 static void *watch_main(void *arg)
 {
     ps_server *srv = arg;
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     int64_t tick_us = PS__WATCH_US;
 
     ps__lock(&ev->watch_lock);
@@ -874,7 +927,7 @@ static void *watch_main(void *arg)
  * others in their place (after the pool exists). Returns 0 or -errno. */
 static int watch_start(ps_server *srv)
 {
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     int rc = pthread_create(&ev->watch, NULL, watch_main, srv);
     if (rc != 0)
         return -rc;
@@ -885,7 +938,7 @@ static int watch_start(ps_server *srv)
 /* Stops and joins that thread (before the pool is destroyed). */
 static void watch_end(ps_server *srv)
 {
-    ps__event *ev = srv->event;
+    event_state *ev = ev_of(srv);
     if (ev == NULL || !ev->watch_started)
         return;
     ps__lock(&ev->watch_lock);
@@ -896,24 +949,24 @@ static void watch_end(ps_server *srv)
     ev->watch_started = false;
 }
 
-/* Ready connections claimed by a worker and waiting for it. */
-static size_t waiting_count(const ps_server *srv)
+/* The pool's queue stays empty: what waits is ready connections claimed
+ * by a worker that has not come to them yet. */
+static void event_pool_stats(const ps_server *srv, ps_pool_stats *st)
 {
-    const ps__event *ev = srv->event;
-    size_t n = 0;
+    const event_state *ev = ev_of(srv);
     if (ev == NULL)
-        return 0;
+        return;
     for (unsigned i = 0; i < ev->nworkers; i++)
-        n += atomic_load_explicit(&ev->w[i].waiting, memory_order_relaxed);
-    return n;
+        st->queue_depth += atomic_load_explicit(&ev->w[i].waiting, memory_order_relaxed);
 }
 
 /* The workers' slots and the watch's lock; NULL on ENOMEM. */
-static ps__event *event_new(ps_server *srv)
+static event_state *event_new(ps_server *srv)
 {
-    ps__event *ev = calloc(1, sizeof *ev);
+    event_state *ev = aligned_alloc(_Alignof(event_state), sizeof *ev);
     if (ev == NULL)
         return NULL;
+    memset(ev, 0, sizeof *ev);
     ev->nworkers = srv->cfg.workers;
     ev->w = aligned_alloc(_Alignof(event_worker), ev->nworkers * sizeof *ev->w);
     if (ev->w == NULL) {
@@ -928,7 +981,8 @@ static ps__event *event_new(ps_server *srv)
         return NULL;
     }
     pthread_condattr_t ca;
-    if (pthread_mutex_init(&ev->watch_lock, NULL) != 0 ||
+    if (pthread_mutex_init(&ev->conns_lock, NULL) != 0 ||
+        pthread_mutex_init(&ev->watch_lock, NULL) != 0 ||
         pthread_mutex_init(&ev->woken_lock, NULL) != 0 || pthread_condattr_init(&ca) != 0 ||
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
         pthread_cond_init(&ev->watch_cond, &ca) != 0)
@@ -948,7 +1002,7 @@ static ps__event *event_new(ps_server *srv)
     return ev;
 }
 
-static void event_free(ps__event *ev)
+static void event_free(event_state *ev)
 {
     if (ev == NULL)
         return;
@@ -957,6 +1011,7 @@ static void event_free(ps__event *ev)
     pthread_cond_destroy(&ev->watch_cond);
     pthread_mutex_destroy(&ev->watch_lock);
     pthread_mutex_destroy(&ev->woken_lock);
+    pthread_mutex_destroy(&ev->conns_lock);
     close(ev->nudge_fd);
     free(ev->w);
     free(ev);
@@ -976,9 +1031,8 @@ static int shards_setup(ps_server *srv, char *err, size_t errlen)
         n = srv->cfg.workers;
     if (n > PS__SHARDS_MAX)
         n = PS__SHARDS_MAX;
-    srv->nshards = 0;
-    srv->event = event_new(srv);
-    if (srv->event == NULL) {
+    srv->mode = event_new(srv);
+    if (srv->mode == NULL) {
         snprintf(err, errlen, "event dispatch: %s", ps_strerror(-errno));
         return -errno;
     }
@@ -987,7 +1041,7 @@ static int shards_setup(ps_server *srv, char *err, size_t errlen)
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
         struct epoll_event nudge = {.events = EPOLLIN | EPOLLET, .data.ptr = &nudge_marker};
         if (fd < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, srv->stop_fd, &ev) < 0 ||
-            epoll_ctl(fd, EPOLL_CTL_ADD, srv->event->nudge_fd, &nudge) < 0) {
+            epoll_ctl(fd, EPOLL_CTL_ADD, ev_of(srv)->nudge_fd, &nudge) < 0) {
             int e = errno;
             snprintf(err, errlen, "epoll: %s", ps_strerror(-e));
             if (fd >= 0)
@@ -995,7 +1049,7 @@ static int shards_setup(ps_server *srv, char *err, size_t errlen)
             shards_teardown(srv);
             return -e;
         }
-        ps__shard *sh = &srv->shards[srv->nshards++];
+        epoll_shard *sh = &ev_of(srv)->shards[ev_of(srv)->nshards++];
         sh->epfd = fd;
         sh->last_sweep_ms = ps__now_ms();
         atomic_init(&sh->taken, false);
@@ -1009,13 +1063,14 @@ static int shards_setup(ps_server *srv, char *err, size_t errlen)
 /* Closes the epoll sets and frees the batches. */
 static void shards_teardown(ps_server *srv)
 {
-    for (unsigned i = 0; i < srv->nshards; i++) {
-        reap(&srv->shards[i]);
-        close(srv->shards[i].epfd);
+    if (ev_of(srv) == NULL)
+        return;
+    for (unsigned i = 0; i < ev_of(srv)->nshards; i++) {
+        reap(&ev_of(srv)->shards[i]);
+        close(ev_of(srv)->shards[i].epfd);
     }
-    srv->nshards = 0;
-    event_free(srv->event);
-    srv->event = NULL;
+    event_free(ev_of(srv));
+    srv->mode = NULL;
 }
 
 /* After the pool is gone: flushes (bounded) and closes what is parked. */
@@ -1023,37 +1078,29 @@ static void close_all(ps_server *srv)
 {
     /* Single-threaded now: every worker is gone, every connection parked
      * (or claimed by a finished reply and not served: on the list too). */
-    int64_t deadline = atomic_load(&srv->stop_deadline_ms);
-    if (srv->event != NULL) {
-        ps__lock(&srv->event->woken_lock);
-        srv->event->woken_head = srv->event->woken_tail = NULL;
-        ps__unlock(&srv->event->woken_lock);
+    if (ev_of(srv) != NULL) {
+        ps__lock(&ev_of(srv)->woken_lock);
+        ev_of(srv)->woken_head = ev_of(srv)->woken_tail = NULL;
+        ps__unlock(&ev_of(srv)->woken_lock);
     }
-    while (srv->conns != NULL) {
-        ps_conn *c = srv->conns;
+    while (ev_of(srv)->conns != NULL) {
+        ps_conn *c = ev_of(srv)->conns;
         list_unlink(srv, c);
-        while (ps__conn_pending_output(c) > 0) {
-            int f = ps__conn_flush(c);
-            int64_t left = deadline - ps__now_ms();
-            if (f != -EAGAIN || left <= 0)
-                break;
-            struct pollfd p = {.fd = c->fd, .events = POLLOUT};
-            poll(&p, 1, (int)(left > 100 ? 100 : left));
-        }
-        if (atomic_load(&c->state) == CONN_PARKED)
+        (void)ps__conn_flush_all(c); /* bounded by the stop deadline */
+        if (atomic_load(&ec(c)->state) == CONN_PARKED)
             atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-        epoll_ctl(srv->shards[c->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        atomic_fetch_sub_explicit(&srv->shards[c->shard].conns, 1, memory_order_relaxed);
+        epoll_ctl(ev_of(srv)->shards[ec(c)->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        atomic_fetch_sub_explicit(&ev_of(srv)->shards[ec(c)->shard].conns, 1, memory_order_relaxed);
         ps__conn_close(c);
     }
-    for (unsigned i = 0; i < srv->nshards; i++)
-        reap(&srv->shards[i]);
+    for (unsigned i = 0; i < ev_of(srv)->nshards; i++)
+        reap(&ev_of(srv)->shards[i]);
 }
 
 /* Whether a connection waits in epoll (no worker holds it). */
 static bool is_parked(const ps_conn *c)
 {
-    return atomic_load_explicit(&c->state, memory_order_relaxed) == CONN_PARKED;
+    return atomic_load_explicit(&ec(c)->state, memory_order_relaxed) == CONN_PARKED;
 }
 
 /* The epoll sets, then the pool's idle hook: every idle worker may look
@@ -1071,23 +1118,25 @@ static int event_setup(ps_server *srv, ps_pool_opts *po, char *err, size_t errle
 }
 
 /* Event mode's counters: jobs, shards and their connections, moves,
- * steals and wakes. */
+ * steals and wakes (zero before start and after stop). */
 static void event_add_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
 {
-    emit(arg, "event_jobs", atomic_load(&srv->c.event_jobs));
-    emit(arg, "event_shards", srv->nshards);
-    emit(arg, "event_moves", atomic_load(&srv->c.event_moves));
-    emit(arg, "event_steals", atomic_load(&srv->c.event_steals));
-    emit(arg, "event_wakes", atomic_load(&srv->c.event_wakes));
-    for (unsigned i = 0; i < srv->nshards; i++) {
+    const event_state *ev = ev_of(srv);
+    emit(arg, "event_jobs", ev != NULL ? atomic_load(&ev->jobs) : 0);
+    emit(arg, "event_shards", ev != NULL ? ev->nshards : 0);
+    emit(arg, "event_moves", ev != NULL ? atomic_load(&ev->moves) : 0);
+    emit(arg, "event_steals", ev != NULL ? atomic_load(&ev->steals) : 0);
+    emit(arg, "event_wakes", ev != NULL ? atomic_load(&ev->wakes) : 0);
+    for (unsigned i = 0; ev != NULL && i < ev->nshards; i++) {
         char name[32];
         snprintf(name, sizeof name, "shard%u_connections", i);
-        emit(arg, name, atomic_load(&srv->shards[i].conns));
+        emit(arg, name, atomic_load(&ev->shards[i].conns));
     }
 }
 
 const ps__dispatch ps__dispatch_event = {
     .uses_pool = true,
+    .conn_size = sizeof(event_conn),
     .setup = event_setup,
     .start = watch_start,
     .take = event_take,
@@ -1096,7 +1145,7 @@ const ps__dispatch ps__dispatch_event = {
     .stop = watch_end,
     .close_all = close_all,
     .teardown = shards_teardown,
-    .waiting = waiting_count,
+    .pool_stats = event_pool_stats,
     .is_parked = is_parked,
     .wake = wake_for_reply,
     .full_pool_waits = true,

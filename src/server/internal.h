@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -19,7 +20,6 @@
 #include "../common/lock.h"
 
 #define PS__ADDR_MAX 64 /* "[v6 address]:port" */
-#define PS__SHARDS_MAX 64 /* fits ps_conn.shard */
 #define PS__OUT_MIN 4096 /* the least a connection's output buffer grows to */
 
 /* The counters touched on every request, striped: each thread adds to its
@@ -52,35 +52,12 @@ typedef struct ps__counters {
     atomic_uint_fast64_t send_timeouts;
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
-    atomic_uint_fast64_t event_jobs;   /* event mode: "has input" jobs run */
-    atomic_uint_fast64_t event_moves;  /* event mode: connections moved to another shard */
-    atomic_uint_fast64_t event_steals; /* event mode: ready connections taken from a
-                                          worker held in a handler */
-    atomic_uint_fast64_t event_wakes;  /* event mode: workers woken for a held one */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
-    atomic_uint_fast64_t conn_threads; /* thread mode: live threads */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];
 } ps__counters;
-
-typedef struct ps__conn_thread ps__conn_thread;
-
-/* One epoll set of event mode and what belongs to it; a cache line of its
- * own, since each is polled from another CPU. */
-typedef struct ps__shard {
-    _Alignas(64) int epfd;
-    atomic_bool taken;       /* a worker polls it */
-    atomic_uint conns;       /* connections placed on it and not closed */
-    atomic_int_fast64_t released_us; /* when its last poller let go of it */
-    int64_t last_sweep_ms;   /* used by the taker only */
-    /* Closed connections a poller of the shard may still hold a pointer
-     * to; freed by the shard's next poller (see dispatch_event.c). */
-    _Atomic(struct ps_conn *) graves;
-} ps__shard;
-_Static_assert(sizeof(ps__shard) % 64 == 0 && _Alignof(ps__shard) == 64,
-               "each shard on cache lines of its own");
 
 /* Every live connection, whatever the dispatch, for `stats conns`: a list
  * per stripe (by id), each under its own lock, so connections opening and
@@ -105,6 +82,8 @@ typedef void (*ps__stat_fn)(void *arg, const char *name, unsigned long long valu
 typedef struct ps__dispatch {
     /* The pool serves its connections (else a thread of their own each). */
     bool uses_pool;
+    /* Bytes of the mode's own after each connection (ps_conn.mode). */
+    size_t conn_size;
     /* Before the pool: the mode's state; may set the pool's idle hook. */
     int (*setup)(ps_server *srv, ps_pool_opts *po, char *err, size_t errlen);
     /* After the pool exists: the mode's own threads. 0 or -errno. */
@@ -123,8 +102,10 @@ typedef struct ps__dispatch {
     void (*stop)(ps_server *srv);
     void (*close_all)(ps_server *srv);
     void (*teardown)(ps_server *srv);
-    /* Connections ready and not yet served (added to queue_depth). */
-    size_t (*waiting)(const ps_server *srv);
+    /* The mode's part of the pool's numbers (ps_server_get_pool_stats):
+     * connections ready and not yet served in queue_depth; threads of
+     * its own in place of a pool's. */
+    void (*pool_stats)(const ps_server *srv, ps_pool_stats *st);
     /* Whether a connection waits with nothing holding it (stats conns). */
     bool (*is_parked)(const ps_conn *conn);
     /* A deferred reply is done (under the replies' lock): hand the
@@ -141,7 +122,6 @@ typedef struct ps__dispatch {
 extern const ps__dispatch ps__dispatch_connection;
 extern const ps__dispatch ps__dispatch_event;
 extern const ps__dispatch ps__dispatch_thread;
-typedef struct ps__event ps__event;
 
 /* The [limits] keys a reload may change while workers read them: atomic
  * copies of cfg's (relaxed; each read takes the value of the moment).
@@ -200,23 +180,10 @@ struct ps_server {
     bool started;
     bool stopped;
 
-    /* dispatch = event: connections are spread over shards, one epoll set
-     * each, so that as many workers as there are CPUs can wait at once. */
-    ps__shard shards[PS__SHARDS_MAX];
-    unsigned nshards;
-    atomic_uint shard_next;      /* where the next poller starts looking */
-    ps__event *event;            /* workers' batches and the stall watch */
-    pthread_mutex_t conns_lock;  /* guards the list below */
-    struct ps_conn *conns;       /* every event-mode connection */
-
-    /* dispatch = thread: connection threads, joined by the acceptor once
-     * they finish and by stop for the rest. */
-    pthread_mutex_t threads_lock;
-    ps__conn_thread *threads;
-
     ps__linger *linger;          /* closes sockets whose replies are in flight */
     ps__proxy_stage *proxy;      /* reads PROXY headers (proxy_stage.c); NULL = off */
     const ps__dispatch *dispatch; /* the mode's operations (cfg.dispatch) */
+    void *mode;                  /* the mode's own state, private to its file */
     ps__registry registry[PS__STRIPES];
 
     atomic_uint_fast64_t next_conn_id;
@@ -301,19 +268,8 @@ struct ps_conn {
     atomic_uint_fast64_t lines;  /* lines framed; read by `stats conns` */
     struct ps_conn *reg_prev, *reg_next; /* its stripe of the registry */
 
-    /* dispatch = event: who owns the connection now (see dispatch_event.c). */
-    atomic_int state;
-    bool open_pending;      /* on_open not run yet */
     bool closing;           /* closes once its output is written */
-    bool read_to_end;       /* an end of stream may be waiting: read on */
     bool drained;           /* the last read took less than it asked for */
-    uint8_t shard;          /* which epoll set it is registered in (below
-                               PS__SHARDS_MAX); changed by its owner under
-                               conns_lock */
-    uint8_t serves;         /* jobs since its CPU was last looked at */
-    atomic_bool want_write; /* waits for room for output, not for input */
-    _Atomic int64_t write_wait_ms; /* when output last stopped moving */
-    struct ps_conn *prev, *next; /* the server's list of event connections */
 
     /* The serving worker lends its scratch buffers to the connection, so
      * that a request and its reply allocate nothing; what is left in them
@@ -324,7 +280,9 @@ struct ps_conn {
 
     /* Deferred replies (reply.c); NULL until the first ps_reply_defer. */
     struct ps__replies *replies;
-    struct ps_conn *woken_next; /* event mode: in the list a reply woke */
+
+    /* The dispatch mode's own: ps__dispatch.conn_size bytes. */
+    _Alignas(max_align_t) unsigned char mode[];
 };
 
 
@@ -376,6 +334,12 @@ bool ps__conn_has_line(const ps_conn *conn);
  * -EAGAIN when some remains, or -errno when the socket failed. */
 int ps__conn_flush(ps_conn *conn);
 
+/* Writes all queued output, waiting in poll() while the client reads:
+ * until send_timeout passes with no byte taken (counted and logged as a
+ * send timeout), or the stop deadline once the server stops. 0, or a
+ * negative errno (-ETIMEDOUT) when not all of it went. */
+int ps__conn_flush_all(ps_conn *conn);
+
 /* Bytes queued for the client and not yet written. */
 size_t ps__conn_pending_output(const ps_conn *conn);
 
@@ -418,7 +382,7 @@ void ps__linger_close(ps_server *srv, int fd);
 /* Waits for lingering sockets up to the stop deadline, then ends the thread. */
 void ps__linger_stop(ps_server *srv);
 
-/* ---- dispatch_connection.c ---- */
+/* ---- blocking.c ---- */
 
 /* Serves one connection on the calling thread until it closes, then closes
  * it (dispatch = connection on a worker, dispatch = thread on its own). */

@@ -92,12 +92,6 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
         ps__hist_init(&srv->c.handler_time[i]);
         pthread_mutex_init(&srv->registry[i].lock, NULL);
     }
-    if (pthread_mutex_init(&srv->conns_lock, NULL) != 0 ||
-        pthread_mutex_init(&srv->threads_lock, NULL) != 0) {
-        free(srv);
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
     *out = srv;
     return 0;
 }
@@ -662,8 +656,6 @@ void ps_server_destroy(ps_server *srv)
     ps_server_stop(srv);
     close_fd(&srv->inherited_fd); /* given and never started */
     close_fd(&srv->inherited_admin_fd);
-    pthread_mutex_destroy(&srv->conns_lock);
-    pthread_mutex_destroy(&srv->threads_lock);
     for (int i = 0; i < PS__STRIPES; i++)
         pthread_mutex_destroy(&srv->registry[i].lock);
     free(srv);

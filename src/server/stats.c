@@ -67,8 +67,6 @@ void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st)
     memset(st, 0, sizeof *st);
     if (srv->pool != NULL)
         ps_pool_get_stats(srv->pool, st);
-    /* Event mode's queue: connections ready and claimed by a worker that
-     * has not come to them yet (the pool's own queue stays empty). */
-    if (srv->dispatch->waiting != NULL)
-        st->queue_depth += srv->dispatch->waiting(srv);
+    if (srv->dispatch->pool_stats != NULL)
+        srv->dispatch->pool_stats(srv, st);
 }

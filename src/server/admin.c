@@ -38,6 +38,18 @@ struct ps__admin_client {
 };
 typedef struct ps__admin_client admin_client;
 
+/* The admin listener's thread and what it owns. */
+struct ps__admin {
+    ps_server *srv;
+    int listen_fd;
+    int stop_fd;  /* readable once the server stops: the thread ends */
+    int drain_fd; /* readable once it drains: no new client */
+    /* A descriptor given up to accept when none is left (accept_admin);
+     * opened before the server says it is up, this thread's from then. */
+    int reserve;
+    pthread_t thread;
+};
+
 typedef struct reply {
     char *buf;
     size_t cap, len;
@@ -133,33 +145,12 @@ static void add_metrics(ps_server *srv, reply *r)
 }
 
 /* Whether a balancer should send this server new clients (`ready`). */
-typedef enum readiness {
-    READY,
-    NOT_READY_STARTING,
-    NOT_READY_DRAINING,
-    NOT_READY_FULL,
-} readiness;
-
 static const char *const readiness_text[] = {
-    [READY] = "READY",
-    [NOT_READY_STARTING] = "NOT READY starting",
-    [NOT_READY_DRAINING] = "NOT READY draining",
-    [NOT_READY_FULL] = "NOT READY no worker free",
+    [PS__READY] = "READY",
+    [PS__NOT_READY_STARTING] = "NOT READY starting",
+    [PS__NOT_READY_DRAINING] = "NOT READY draining",
+    [PS__NOT_READY_FULL] = "NOT READY no worker free",
 };
-
-static readiness readiness_of(ps_server *srv)
-{
-    if (!atomic_load_explicit(&srv->serving, memory_order_acquire))
-        return NOT_READY_STARTING;
-    if (atomic_load_explicit(&srv->stop_announced, memory_order_acquire) ||
-        atomic_load_explicit(&srv->draining, memory_order_acquire) ||
-        atomic_load_explicit(&srv->stopping, memory_order_acquire))
-        return NOT_READY_DRAINING;
-    int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
-    if (since != 0 && ps__now_ms() - since >= PS__SATURATED_MS)
-        return NOT_READY_FULL;
-    return READY;
-}
 
 /* agent: HAProxy's agent-check reply: drain while starting or stopping,
  * else "ready up" with a weight from the free workers (at least 1%, so that
@@ -168,8 +159,8 @@ static readiness readiness_of(ps_server *srv)
  * ready, whatever else it says. */
 static void add_agent(ps_server *srv, reply *r)
 {
-    readiness state = readiness_of(srv);
-    if (state == NOT_READY_STARTING || state == NOT_READY_DRAINING) {
+    ps__readiness state = ps__server_readiness(srv);
+    if (state == PS__NOT_READY_STARTING || state == PS__NOT_READY_DRAINING) {
         add(r, "drain\n");
         return;
     }
@@ -177,22 +168,6 @@ static void add_agent(ps_server *srv, reply *r)
     ps_server_get_pool_stats(srv, &ps);
     unsigned pct = ps.max_threads > 0 ? (unsigned)(100ULL * ps.available_threads / ps.max_threads) : 0;
     add(r, "ready up %u%%\n", pct > 0 ? pct : 1);
-}
-
-/* Samples whether every worker is busy and clients wait (admin thread,
- * each poll round): `ready` turns NOT READY once that lasts. */
-static void watch_saturation(ps_server *srv, int64_t now)
-{
-    ps_pool_stats ps;
-    ps_server_get_pool_stats(srv, &ps);
-    /* See full_pool_waits (internal.h). */
-    bool waiting = ps.queue_depth > 0 || srv->dispatch->full_pool_waits;
-    bool full = ps.max_threads > 0 && ps.available_threads == 0 && waiting;
-    int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
-    if (full && since == 0)
-        atomic_store_explicit(&srv->saturated_since_ms, now, memory_order_relaxed);
-    else if (!full && since != 0)
-        atomic_store_explicit(&srv->saturated_since_ms, 0, memory_order_relaxed);
 }
 
 /* stats conns: a line per connection, at most PS__CONNS_LISTED of them
@@ -264,7 +239,7 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
         add_metrics(srv, &r);
         add(&r, "END\r\n");
     } else if (is_command(line, len, "ready")) {
-        add(&r, "%s\r\n", readiness_text[readiness_of(srv)]);
+        add(&r, "%s\r\n", readiness_text[ps__server_readiness(srv)]);
     } else if (is_command(line, len, "agent")) {
         add_agent(srv, &r);
         return PS_CLOSE; /* the agent protocol: one reply, then the close */
@@ -453,14 +428,14 @@ static void serve_clients(ps_server *srv, admin_clients *cs, const struct pollfd
  * descriptors, the one held in
  * reserve (nginx and memcached keep one too) is given up for it, so the
  * operator can still ask what is going on. */
-static int accept_admin(ps_server *srv)
+static int accept_admin(ps__admin *a)
 {
-    int *reserve = &srv->admin_reserve;
-    int fd = ps__accept(srv->admin_fd, NULL);
+    int *reserve = &a->reserve;
+    int fd = ps__accept(a->listen_fd, NULL);
     if ((fd == -EMFILE || fd == -ENFILE) && *reserve >= 0) {
         close(*reserve);
         *reserve = -1;
-        fd = ps__accept(srv->admin_fd, NULL);
+        fd = ps__accept(a->listen_fd, NULL);
         if (fd >= 0)
             ps_log_warn("admin accept: out of descriptors; this admin client "
                         "takes the one held in reserve");
@@ -472,9 +447,9 @@ static int accept_admin(ps_server *srv)
  * idle connections can never lock the operator out. A failed accept
  * (EMFILE and the like) is logged once a second, and pauses so the pending
  * connection does not make the loop spin (the stop fd still wakes it). */
-static void take_admin_client(ps_server *srv, admin_clients *cs, int64_t now)
+static void take_admin_client(ps__admin *a, admin_clients *cs, int64_t now)
 {
-    int fd = accept_admin(srv);
+    int fd = accept_admin(a);
     if (fd < 0) {
         int e = -fd;
         if (e == EAGAIN)
@@ -483,7 +458,7 @@ static void take_admin_client(ps_server *srv, admin_clients *cs, int64_t now)
             cs->last_warning = now;
             ps_log_warn("admin accept: %s", ps_strerror(-e));
         }
-        struct pollfd stop = {.fd = srv->stop_fd, .events = POLLIN};
+        struct pollfd stop = {.fd = a->stop_fd, .events = POLLIN};
         poll(&stop, 1, 100);
         return;
     }
@@ -492,7 +467,7 @@ static void take_admin_client(ps_server *srv, admin_clients *cs, int64_t now)
         for (int i = 1; i < cs->n; i++)
             if (cs->list[i]->last_ms < cs->list[oldest]->last_ms)
                 oldest = i;
-        ps__admin_client_close(srv, cs->list[oldest]);
+        ps__admin_client_close(a->srv, cs->list[oldest]);
         cs->list[oldest] = cs->list[--cs->n];
     }
     admin_client *ac = ps__admin_client_new(fd, now);
@@ -504,16 +479,17 @@ static void take_admin_client(ps_server *srv, admin_clients *cs, int64_t now)
 
 static void *admin_main(void *arg)
 {
-    ps_server *srv = arg;
+    ps__admin *a = arg;
+    ps_server *srv = a->srv;
     admin_clients cs = {.n = 0, .last_warning = -1000};
     /* Draining, the listener is no longer polled (a negative fd is left
      * out by poll): the clients connected go on being answered. */
     bool listening = true;
     for (;;) {
         struct pollfd p[3 + PS__ADMIN_MAX_CLIENTS];
-        p[0] = (struct pollfd){.fd = srv->stop_fd, .events = POLLIN};
-        p[1] = (struct pollfd){.fd = listening ? srv->drain_fd : -1, .events = POLLIN};
-        p[2] = (struct pollfd){.fd = listening ? srv->admin_fd : -1, .events = POLLIN};
+        p[0] = (struct pollfd){.fd = a->stop_fd, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = listening ? a->drain_fd : -1, .events = POLLIN};
+        p[2] = (struct pollfd){.fd = listening ? a->listen_fd : -1, .events = POLLIN};
         for (int i = 0; i < cs.n; i++) {
             /* A client with a reply pending is not read until it takes it. */
             short ev = ps__admin_client_wants_write(cs.list[i]) ? POLLOUT : POLLIN;
@@ -534,42 +510,48 @@ static void *admin_main(void *arg)
             p[2].revents = 0;
         }
         int64_t now = ps__now_ms();
-        watch_saturation(srv, now);
+        ps__server_watch_saturation(srv, now);
         serve_clients(srv, &cs, p + 3, now);
         /* The reserve descriptor, opened by ps__admin_start before the
          * server says it is up and this thread's alone from then on, is
          * taken back once a descriptor is free again. */
-        if (srv->admin_reserve < 0)
-            srv->admin_reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (a->reserve < 0)
+            a->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (p[2].revents & POLLIN)
-            take_admin_client(srv, &cs, now);
+            take_admin_client(a, &cs, now);
     }
     for (int i = 0; i < cs.n; i++)
         ps__admin_client_close(srv, cs.list[i]);
     return NULL;
 }
 
-int ps__admin_start(ps_server *srv)
+ps__admin *ps__admin_start(ps_server *srv, int listen_fd, int stop_fd, int drain_fd, int *err)
 {
-    srv->admin_reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    int rc = pthread_create(&srv->admin, NULL, admin_main, srv);
-    if (rc != 0) {
-        if (srv->admin_reserve >= 0)
-            close(srv->admin_reserve);
-        srv->admin_reserve = -1;
-        return -rc;
+    ps__admin *a = calloc(1, sizeof *a);
+    if (a == NULL) {
+        *err = -ENOMEM;
+        return NULL;
     }
-    srv->admin_started = true;
-    return 0;
+    *a = (ps__admin){.srv = srv, .listen_fd = listen_fd, .stop_fd = stop_fd,
+                     .drain_fd = drain_fd};
+    a->reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int rc = pthread_create(&a->thread, NULL, admin_main, a);
+    if (rc != 0) {
+        if (a->reserve >= 0)
+            close(a->reserve);
+        free(a);
+        *err = -rc;
+        return NULL;
+    }
+    return a;
 }
 
-void ps__admin_join(ps_server *srv)
+void ps__admin_join(ps__admin *a)
 {
-    if (srv->admin_started) {
-        pthread_join(srv->admin, NULL);
-        srv->admin_started = false;
-        if (srv->admin_reserve >= 0)
-            close(srv->admin_reserve);
-        srv->admin_reserve = -1;
-    }
+    if (a == NULL)
+        return;
+    pthread_join(a->thread, NULL);
+    if (a->reserve >= 0)
+        close(a->reserve);
+    free(a);
 }

@@ -171,12 +171,9 @@ struct ps_server {
     atomic_int_fast64_t saturated_since_ms;
 
     pthread_t acceptor;
-    pthread_t admin;
-    int admin_reserve;           /* a descriptor the admin thread may give up
-                                    to accept when none is left (admin.c) */
     bool acceptor_started;
     atomic_bool acceptor_done; /* its loop has ended (an error, or stop) */
-    bool admin_started;
+    struct ps__admin *admin;   /* the admin listener's thread; NULL = none */
     bool started;
     bool stopped;
 
@@ -203,6 +200,18 @@ ps__hist *ps__handler_time_of(ps_server *srv);
 
 /* Every stripe's handler time summed. Any thread. */
 void ps__handler_time_snapshot(ps_server *srv, ps__hist_snapshot *into);
+
+/* What the admin port's `ready` answers. */
+typedef enum ps__readiness {
+    PS__READY,
+    PS__NOT_READY_STARTING,
+    PS__NOT_READY_DRAINING, /* draining, stopping, or a stop announced */
+    PS__NOT_READY_FULL,     /* every worker busy, clients waiting, for PS__SATURATED_MS */
+} ps__readiness;
+ps__readiness ps__server_readiness(const ps_server *srv);
+/* Samples whether every worker is busy with clients waiting (the admin
+ * thread, a few times a second): the clock PS__NOT_READY_FULL reads. */
+void ps__server_watch_saturation(ps_server *srv, int64_t now);
 
 /* ---- net.c ---- */
 
@@ -390,8 +399,12 @@ void ps__serve_blocking(ps_conn *conn);
 
 /* ---- admin.c ---- */
 
-int ps__admin_start(ps_server *srv);
-void ps__admin_join(ps_server *srv);
+/* Starts the thread that serves the admin listener until stop_fd becomes
+ * readable (new clients until drain_fd does): NULL with -errno in *err
+ * when it cannot. Join ends it and frees it; NULL is a no-op. */
+typedef struct ps__admin ps__admin;
+ps__admin *ps__admin_start(ps_server *srv, int listen_fd, int stop_fd, int drain_fd, int *err);
+void ps__admin_join(ps__admin *admin);
 
 /* Writes the reply to one admin command line into buf (NUL-terminated).
  * Returns PS_CONTINUE, or PS_CLOSE for quit. */

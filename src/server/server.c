@@ -86,8 +86,7 @@ int ps_server_create(ps_server **out, const ps_config *cfg, const ps_handler *ha
     srv->inherited_admin_fd = -1;
     srv->stop_fd = -1;
     srv->drain_fd = -1;
-    srv->admin_reserve = -1;
-    srv->start_ms = ps__now_ms();
+        srv->start_ms = ps__now_ms();
     for (int i = 0; i < PS__STRIPES; i++) {
         ps__hist_init(&srv->c.handler_time[i]);
         pthread_mutex_init(&srv->registry[i].lock, NULL);
@@ -383,7 +382,9 @@ static int start_threads(ps_server *srv, char *err, size_t errlen)
     if (srv->cfg.proxy_protocol != PS_PROXY_OFF &&
         (rc = ps__proxy_stage_start(srv, serve_now, err, errlen)) != 0)
         return rc;
-    if (srv->admin_fd >= 0 && (rc = ps__admin_start(srv)) != 0) {
+    if (srv->admin_fd >= 0 &&
+        (srv->admin = ps__admin_start(srv, srv->admin_fd, srv->stop_fd, srv->drain_fd, &rc)) ==
+            NULL) {
         snprintf(err, errlen, "admin thread: %s", ps_strerror(rc));
         return rc;
     }
@@ -405,7 +406,8 @@ static void undo_start(ps_server *srv)
         uint64_t one = 1;
         (void)!write(srv->stop_fd, &one, sizeof one);
     }
-    ps__admin_join(srv);
+    ps__admin_join(srv->admin);
+    srv->admin = NULL;
     ps__proxy_stage_stop(srv);
     if (srv->dispatch->stop != NULL)
         srv->dispatch->stop(srv);
@@ -631,7 +633,8 @@ void ps_server_stop(ps_server *srv)
     ps__proxy_stage_stop(srv); /* no more from the acceptor; before the pool goes */
     if (srv->dispatch->tick != NULL)
         srv->dispatch->tick(srv, true); /* thread mode: joins every thread */
-    ps__admin_join(srv);
+    ps__admin_join(srv->admin);
+    srv->admin = NULL;
     close_fd(&srv->admin_fd);
     const ps__dispatch *d = srv->dispatch;
     if (d->stop != NULL)

@@ -1,7 +1,8 @@
 /* The server's counters: the calling thread's stripe, the handler-time
  * histograms, and the sums that ps_server_get_stats and
  * ps_server_get_pool_stats report. Below the server, the connections and
- * the dispatch modes, which all count here; calls nothing of theirs. */
+ * the dispatch modes, which all count here; calls nothing of theirs. Also
+ * the readiness that the admin port's `ready` and `agent` report. */
 #include <limits.h>
 #include <string.h>
 
@@ -69,4 +70,32 @@ void ps_server_get_pool_stats(const ps_server *srv, ps_pool_stats *st)
         ps_pool_get_stats(srv->pool, st);
     if (srv->dispatch->pool_stats != NULL)
         srv->dispatch->pool_stats(srv, st);
+}
+
+ps__readiness ps__server_readiness(const ps_server *srv)
+{
+    if (!atomic_load_explicit(&srv->serving, memory_order_acquire))
+        return PS__NOT_READY_STARTING;
+    if (atomic_load_explicit(&srv->stop_announced, memory_order_acquire) ||
+        atomic_load_explicit(&srv->draining, memory_order_acquire) ||
+        atomic_load_explicit(&srv->stopping, memory_order_acquire))
+        return PS__NOT_READY_DRAINING;
+    int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
+    if (since != 0 && ps__now_ms() - since >= PS__SATURATED_MS)
+        return PS__NOT_READY_FULL;
+    return PS__READY;
+}
+
+void ps__server_watch_saturation(ps_server *srv, int64_t now)
+{
+    ps_pool_stats ps;
+    ps_server_get_pool_stats(srv, &ps);
+    /* See full_pool_waits (internal.h). */
+    bool waiting = ps.queue_depth > 0 || srv->dispatch->full_pool_waits;
+    bool full = ps.max_threads > 0 && ps.available_threads == 0 && waiting;
+    int64_t since = atomic_load_explicit(&srv->saturated_since_ms, memory_order_relaxed);
+    if (full && since == 0)
+        atomic_store_explicit(&srv->saturated_since_ms, now, memory_order_relaxed);
+    else if (!full && since != 0)
+        atomic_store_explicit(&srv->saturated_since_ms, 0, memory_order_relaxed);
 }

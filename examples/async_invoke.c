@@ -1,5 +1,5 @@
 /*
- * The seed's async delegate demo, in C on a poolsrv pool.
+ * .NET's async delegate pattern, in C on a poolsrv pool.
  *
  * 1. BeginInvoke a LongOperation, poll IsCompleted while doing other work
  *    (printing dots), then EndInvoke for the result.

@@ -348,7 +348,7 @@ static void test_callback_runs_once_with_state(void **state)
     }
 }
 
-/* The seed's pattern: EndInvoke inside the AsyncCallback. */
+/* .NET's pattern: EndInvoke inside the AsyncCallback. */
 static void end_in_cb(ps_future *f, void *state)
 {
     end_rec *r = state;

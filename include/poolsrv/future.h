@@ -10,7 +10,7 @@ extern "C" {
 #endif
 
 /*
- * Async invocation on a pool (the seed's delegate BeginInvoke / EndInvoke):
+ * Async invocation on a pool (.NET's delegate BeginInvoke / EndInvoke):
  * run fn(arg) on a worker, get a future for its result.
  *
  *   begin        -> BeginInvoke(args, callback, state) returning IAsyncResult

@@ -80,10 +80,10 @@ unsigned ps_pool_wake_idle(ps_pool *pool, unsigned n);
 /* A consistent-enough snapshot of the counters (each read atomically). */
 void ps_pool_get_stats(const ps_pool *pool, ps_pool_stats *st);
 
-/* The pool size (the seed's GetMaxThreads). */
+/* The pool size (.NET's GetMaxThreads). */
 unsigned ps_pool_max_threads(const ps_pool *pool);
 
-/* Workers not running a job now: max - busy (the seed's GetAvailableThreads). */
+/* Workers not running a job now: max - busy (.NET's GetAvailableThreads). */
 unsigned ps_pool_available_threads(const ps_pool *pool);
 
 #ifdef __cplusplus

@@ -71,7 +71,7 @@ typedef int (*ps_bytes_fn)(ps_conn *conn, const void *data, size_t len, void *ud
 int ps_conn_read_bytes(ps_conn *conn, size_t n, ps_bytes_fn fn);
 
 /*
- * Replies finished later, from any thread (the seed's EndInvoke, for a
+ * Replies finished later, from any thread (.NET's EndInvoke, for a
  * connection): a callback that starts slow work (a future on the pool, a
  * request to another service) defers its reply, returns, and so frees its
  * worker; whoever completes the work sends the reply.

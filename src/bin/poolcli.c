@@ -1,8 +1,8 @@
 /*
  * poolcli: an interactive line client for poolsrv (and any line server).
  *
- * The seed's asynchronous client (BeginConnect / BeginSend / BeginReceive)
- * done with a non-blocking connect and one poll() loop: stdin and the socket
+ * An asynchronous client (as .NET's BeginConnect / BeginSend /
+ * BeginReceive) done with a non-blocking connect and one poll() loop: stdin and the socket
  * are watched together, so a reply is printed the moment it arrives even
  * while the user is typing, and typed lines are sent even while the server is
  * quiet. Self-contained: nothing of the server library is used.

@@ -17,6 +17,10 @@
 
 #include "internal.h"
 #include "poolsrv/log.h"
+#include "admin.h"
+#include "conn.h"
+#include "linger.h"
+#include "net.h"
 
 #define PS__ADMIN_MAX_CLIENTS 32
 #define PS__ADMIN_LINE_MAX 256

@@ -7,6 +7,10 @@
 #include <poll.h>
 
 #include "internal.h"
+#include "blocking.h"
+#include "conn.h"
+#include "net.h"
+#include "reply.h"
 
 /* Waits for input (when `input`) or a finished deferred reply. Returns 1
  * when the socket is readable (or failed: the read says how), 2 when a

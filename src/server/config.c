@@ -42,6 +42,7 @@
 #include "poolsrv/error.h"
 #include "proxy.h"
 #include "text.h"
+#include "config_diff.h"
 
 #define PS__REASON_MAX 512
 #define PS__FILE_MAX (1024 * 1024) /* bytes of a configuration file */

@@ -11,6 +11,10 @@
 
 #include "internal.h"
 #include "poolsrv/log.h"
+#include "conn.h"
+#include "linger.h"
+#include "net.h"
+#include "reply.h"
 
 #define PS__READ_CHUNK 16384
 #define PS__OUT_HIGH_WATER (256 * 1024)

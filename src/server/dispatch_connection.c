@@ -1,10 +1,12 @@
 /*
- * dispatch = connection: the seed's ThreadPool server. A worker owns one
+ * dispatch = connection: a thread pool of connections. A worker owns one
  * connection from greeting to close (ps__serve_blocking); at most
  * `workers` clients are served at once and the others wait in the pool's
  * queue.
  */
 #include "internal.h"
+#include "blocking.h"
+#include "conn.h"
 
 /* Job: ps__serve_blocking on a pool worker. */
 static void connection_job(void *arg)

@@ -1,5 +1,5 @@
 /*
- * dispatch = event: the seed's asynchronous server, done with epoll.
+ * dispatch = event: an asynchronous server, done with epoll.
  *
  * Every connection is registered once, edge-triggered, for input and for
  * room to write, and never re-armed. Its `state` says who owns it:
@@ -17,12 +17,12 @@
  * itself (leader/followers). Connections are spread over one epoll set per
  * CPU, so that many workers poll at once, each connection on the set of
  * the CPU its packets arrive on, which a worker on that CPU polls first;
- * it moves when its packets move (see place() and replace()). That saves
- * a thread hand-off per request, the largest cost of a separate poller
- * thread; the pool's queue carries no jobs in this mode (the epoll ready
- * lists play its part). A connection that used up its read budget gets its
- * next turn from the same worker, after what that worker holds and what
- * its shard has ready.
+ * it moves when its packets move (see place() and
+ * move_to_its_cpu_shard()). That saves a thread hand-off per request, the
+ * largest cost of a separate poller thread; the pool's queue carries no
+ * jobs in this mode (the epoll ready lists play its part). A connection
+ * that used up its read budget gets its next turn from the same worker,
+ * after what that worker holds and what its shard has ready.
  *
  * A handler may block (a database call). Then the connections its worker
  * claimed and has not served yet, and its shard, must not wait for it:
@@ -59,6 +59,8 @@
 
 #include "internal.h"
 #include "poolsrv/log.h"
+#include "conn.h"
+#include "reply.h"
 
 enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 
@@ -382,7 +384,7 @@ static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
  * it, and closing it later may leave it on the new shard's graves alone.
  * It joins the new epoll set before it leaves the old one: when it cannot
  * join, it stays where it is. */
-static void replace(ps_server *srv, ps_conn *c)
+static void move_to_its_cpu_shard(ps_server *srv, ps_conn *c)
 {
     if (ev_of(srv)->nshards < 2 || ++ec(c)->serves < PS__PLACE_EVERY)
         return;
@@ -491,7 +493,7 @@ static bool event_serve(ps_server *srv, ps_conn *c)
             return false;
         }
         if (r == SERVE_READ)
-            replace(srv, c);
+            move_to_its_cpu_shard(srv, c);
         if (let_go(srv, c))
             return false;
     }

@@ -1,7 +1,7 @@
 /*
- * dispatch = thread: the seed's thread-per-connection server, capped by
- * max_connections. Each connection thread runs the same blocking loop as
- * dispatch = connection. Threads are never detached: a finished one is
+ * dispatch = thread: a thread per connection, capped by max_connections.
+ * Each connection thread runs the same blocking loop as dispatch =
+ * connection. Threads are never detached: a finished one is
  * joined by the acceptor, the rest by stop.
  */
 #include <errno.h>
@@ -10,6 +10,7 @@
 
 #include "internal.h"
 #include "poolsrv/log.h"
+#include "blocking.h"
 
 /* Echo needs little stack; 10,000 default 8 MiB stacks would not. */
 #define PS__CONN_THREAD_STACK (256 * 1024)

@@ -1,5 +1,6 @@
-/* The echo handler (the seed's protocol) and the built-in echo and sleep
- * modules' greeting, which a reload may change. */
+/* The echo handler (greeting, each line back, close on an empty line or
+ * `exit`) and the built-in echo and sleep modules' greeting, which a
+ * reload may change. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,8 +10,9 @@
 #include "internal.h"
 #include "poolsrv/module.h"
 #include "poolsrv/server.h"
+#include "echo.h"
 
-/* The seed's echo protocol. It never touches the socket: the connection
+/* The echo protocol. It never touches the socket: the connection
  * layer frames lines and writes replies, so it runs under any dispatch. */
 
 static int echo_open(ps_conn *conn, void *ud)

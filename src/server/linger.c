@@ -21,6 +21,7 @@
 
 #include "internal.h"
 #include "poolsrv/log.h"
+#include "linger.h"
 
 /* Sockets lingering at once; past this a closing socket is closed at once
  * (its client may then see a reset): descriptors stay bounded. */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "net.h"
 
 int ps__somaxconn(void)
 {

@@ -30,6 +30,9 @@
 #include "internal.h"
 #include "poolsrv/log.h"
 #include "proxy.h"
+#include "conn.h"
+#include "net.h"
+#include "proxy_stage.h"
 
 typedef struct waiting {
     struct waiting *prev, *next;

@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "conn.h"
+#include "reply.h"
 
 struct ps__replies {
     pthread_mutex_t lock;

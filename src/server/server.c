@@ -16,6 +16,12 @@
 
 #include "internal.h"
 #include "poolsrv/log.h"
+#include "admin.h"
+#include "config_diff.h"
+#include "conn.h"
+#include "linger.h"
+#include "net.h"
+#include "proxy_stage.h"
 
 /* How long accepting pauses when the process is out of descriptors: long
  * enough not to spin, short enough to resume quickly once some free up. */

@@ -8,6 +8,7 @@
 #include "internal.h"
 #include "poolsrv/module.h"
 #include "poolsrv/server.h"
+#include "echo.h"
 
 #define PS__SLEEP_MAX_MS 60000
 

@@ -35,6 +35,7 @@
 #include "poolsrv/log.h"
 
 #include "fuzz_io.h"
+#include "admin.h"
 
 #define HEADER 1
 #define LINE_MAX_ADMIN 256 /* admin.c's PS__ADMIN_LINE_MAX */

@@ -42,6 +42,7 @@
 #include "poolsrv/log.h"
 
 #include "fuzz_io.h"
+#include "conn.h"
 
 #define HEADER 2
 #define READ_CHUNK 16384 /* conn.c's PS__READ_CHUNK */

@@ -64,7 +64,7 @@
 
 enum { CONN_PARKED = 0, CONN_RUNNING = 1, CONN_AGAIN = 2 };
 
-#define PS__SHARDS_MAX 64 /* fits event_conn.epoll_shard */
+#define PS__SHARDS_MAX 64 /* fits event_conn.shard */
 #define PS__EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 /* Ready connections one poller call takes and serves itself. Anything
  * else stays in the epoll set for the next poller: handing connections to
@@ -204,13 +204,14 @@ static inline event_state *ev_of(const ps_server *srv)
 
 static void list_add(ps_server *srv, ps_conn *c)
 {
-    ps__lock(&ev_of(srv)->conns_lock);
+    event_state *ev = ev_of(srv);
+    ps__lock(&ev->conns_lock);
     ec(c)->prev = NULL;
-    ec(c)->next = ev_of(srv)->conns;
-    if (ev_of(srv)->conns)
-        ec(ev_of(srv)->conns)->prev = c;
-    ev_of(srv)->conns = c;
-    ps__unlock(&ev_of(srv)->conns_lock);
+    ec(c)->next = ev->conns;
+    if (ev->conns)
+        ec(ev->conns)->prev = c;
+    ev->conns = c;
+    ps__unlock(&ev->conns_lock);
 }
 
 /* Caller holds conns_lock. */
@@ -290,17 +291,18 @@ static void reap(epoll_shard *sh)
 /* Closes a connection its caller owns. */
 static void event_close(ps_server *srv, ps_conn *c)
 {
+    event_state *ev = ev_of(srv);
     /* Out of epoll first: the socket itself may stay open a while (it
      * lingers until the client has every reply). */
-    epoll_ctl(ev_of(srv)->shards[ec(c)->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    atomic_fetch_sub_explicit(&ev_of(srv)->shards[ec(c)->shard].conns, 1, memory_order_relaxed);
-    ps__lock(&ev_of(srv)->conns_lock);
+    epoll_ctl(ev->shards[ec(c)->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    atomic_fetch_sub_explicit(&ev->shards[ec(c)->shard].conns, 1, memory_order_relaxed);
+    ps__lock(&ev->conns_lock);
     list_unlink(srv, c);
-    ps__unlock(&ev_of(srv)->conns_lock);
+    ps__unlock(&ev->conns_lock);
     ps__conn_end(c);
     /* A poller of the shard may still hold a pointer from epoll_wait: the
      * shard's next poller frees the object. */
-    _Atomic(ps_conn *) *grave = &ev_of(srv)->shards[ec(c)->shard].graves;
+    _Atomic(ps_conn *) *grave = &ev->shards[ec(c)->shard].graves;
     ps_conn *head = atomic_load_explicit(grave, memory_order_relaxed);
     do
         ec(c)->next = head;
@@ -353,7 +355,8 @@ static void release_shard(ps_server *srv, unsigned shard)
  * too full, and by its id when the CPU is unknown. */
 static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
 {
-    unsigned n = ev_of(srv)->nshards;
+    event_state *ev = ev_of(srv);
+    unsigned n = ev->nshards;
     int cpu = -1;
     socklen_t len = sizeof cpu;
     if (getsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, &len) != 0 || cpu < 0)
@@ -362,10 +365,10 @@ static unsigned place(ps_server *srv, int fd, unsigned now, uint64_t id)
     if (shard == now)
         return now;
     unsigned least = shard;
-    unsigned least_conns = atomic_load_explicit(&ev_of(srv)->shards[shard].conns, memory_order_relaxed);
+    unsigned least_conns = atomic_load_explicit(&ev->shards[shard].conns, memory_order_relaxed);
     unsigned conns = least_conns;
     for (unsigned i = 0; i < n; i++) {
-        unsigned k = atomic_load_explicit(&ev_of(srv)->shards[i].conns, memory_order_relaxed);
+        unsigned k = atomic_load_explicit(&ev->shards[i].conns, memory_order_relaxed);
         if (k < least_conns) {
             least = i;
             least_conns = k;
@@ -400,7 +403,7 @@ static void move_to_its_cpu_shard(ps_server *srv, ps_conn *c)
         release_shard(srv, from);
         return;
     }
-    ps__lock(&ev_of(srv)->conns_lock); /* the sweep reads ec(c)->epoll_shard */
+    ps__lock(&ev_of(srv)->conns_lock); /* the sweep reads ec(c)->shard */
     ec(c)->shard = (uint8_t)to;
     ps__unlock(&ev_of(srv)->conns_lock);
     if (epoll_ctl(ev_of(srv)->shards[from].epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0)
@@ -542,17 +545,18 @@ static int event_take(ps_server *srv, ps_conn *c)
  * The caller holds the shard. */
 static void sweep(ps_server *srv, unsigned shard, int64_t now)
 {
+    event_state *ev = ev_of(srv);
     ps_conn *mine[PS__BATCH];
     int n = 0;
 
-    ps__lock(&ev_of(srv)->conns_lock);
-    for (ps_conn *c = ev_of(srv)->conns; c != NULL && n < PS__BATCH; c = ec(c)->next) {
+    ps__lock(&ev->conns_lock);
+    for (ps_conn *c = ev->conns; c != NULL && n < PS__BATCH; c = ec(c)->next) {
         if (ec(c)->shard == shard &&
             atomic_load_explicit(&ec(c)->state, memory_order_relaxed) == CONN_PARKED &&
             deadline_passed(srv, c, now) && claim_parked(srv, c))
             mine[n++] = c;
     }
-    ps__unlock(&ev_of(srv)->conns_lock);
+    ps__unlock(&ev->conns_lock);
 
     for (int i = 0; i < n; i++) {
         ps_conn *c = mine[i];
@@ -606,7 +610,8 @@ static bool batch_take(event_worker *w, ps_conn **c, bool *turn)
  * epoll_wait is there after. */
 static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int timeout_ms)
 {
-    epoll_shard *sh = &ev_of(srv)->shards[shard];
+    event_state *ev = ev_of(srv);
+    epoll_shard *sh = &ev->shards[shard];
     struct epoll_event evs[PS__BATCH];
     int room = (int)(PS__RING - atomic_load_explicit(&me->waiting, memory_order_relaxed));
 
@@ -622,7 +627,7 @@ static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int tim
     for (int i = 0; i < n; i++) {
         if (evs[i].data.ptr == &nudge_marker) {
             uint64_t v;
-            (void)!read(ev_of(srv)->nudge_fd, &v, sizeof v); /* rearms it */
+            (void)!read(ev->nudge_fd, &v, sizeof v); /* rearms it */
             continue;
         }
         ps_conn *c = evs[i].data.ptr;
@@ -634,7 +639,7 @@ static void poll_shard(ps_server *srv, unsigned shard, event_worker *me, int tim
         got++;
     }
     if (got > 0)
-        atomic_fetch_add_explicit(&ev_of(srv)->jobs, got, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ev->jobs, got, memory_order_relaxed);
 }
 
 /* Takes, for the idle worker `me`, the first connection waiting behind a
@@ -677,18 +682,19 @@ static bool steal(ps_server *srv, event_worker *me)
  * the caller must not wait long on its own while another has input. */
 static unsigned take_any_shard(ps_server *srv, bool *others_late)
 {
+    event_state *ev = ev_of(srv);
     int cpu = sched_getcpu();
-    unsigned n = ev_of(srv)->nshards;
+    unsigned n = ev->nshards;
     /* Without a CPU number, start at a rotating shard: always trying
      * shard 0 first would starve the others. */
     unsigned shard = cpu >= 0 ? (unsigned)cpu % n
-                              : atomic_fetch_add_explicit(&ev_of(srv)->shard_next, 1,
+                              : atomic_fetch_add_explicit(&ev->shard_next, 1,
                                                           memory_order_relaxed) % n;
     int64_t now = ps__now_us(), oldest = now - PS__UNPOLLED_US, before = oldest;
     unsigned late = n;
     uint64_t lates = 0; /* n <= PS__SHARDS_MAX = 64 */
     for (unsigned i = 0; i < n; i++) {
-        epoll_shard *sh = &ev_of(srv)->shards[i];
+        epoll_shard *sh = &ev->shards[i];
         int64_t at = atomic_load_explicit(&sh->released_us, memory_order_relaxed);
         if (at < before && !atomic_load_explicit(&sh->taken, memory_order_relaxed)) {
             lates |= (uint64_t)1 << i;
@@ -818,6 +824,7 @@ static bool take_woken(ps_server *srv, event_worker *me)
 static int idle_poll(void *ctx, ps_job_fn *fn, void **arg)
 {
     ps_server *srv = ctx;
+    event_state *ev = ev_of(srv);
 
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire))
         return PS_POOL_IDLE_SLEEP; /* until the pool's shutdown */
@@ -830,12 +837,12 @@ static int idle_poll(void *ctx, ps_job_fn *fn, void **arg)
         return 1;
     bool others_late;
     unsigned shard = take_any_shard(srv, &others_late);
-    if (shard == ev_of(srv)->nshards)
+    if (shard == ev->nshards)
         return PS_POOL_IDLE_SLEEP; /* every shard has its poller */
     /* With other shards left unpolled, wait 1 ms: the next poll goes to the
      * one that waited longest. */
     poll_shard(srv, shard, me, others_late ? 1 : PS__SWEEP_MS);
-    epoll_shard *sh = &ev_of(srv)->shards[shard];
+    epoll_shard *sh = &ev->shards[shard];
     int64_t now_us = ps__now_us(), now = now_us / 1000;
     if (now - sh->last_sweep_ms >= PS__SWEEP_MS) {
         sh->last_sweep_ms = now;
@@ -1078,25 +1085,26 @@ static void shards_teardown(ps_server *srv)
 /* After the pool is gone: flushes (bounded) and closes what is parked. */
 static void close_all(ps_server *srv)
 {
+    event_state *ev = ev_of(srv);
     /* Single-threaded now: every worker is gone, every connection parked
      * (or claimed by a finished reply and not served: on the list too). */
-    if (ev_of(srv) != NULL) {
-        ps__lock(&ev_of(srv)->woken_lock);
-        ev_of(srv)->woken_head = ev_of(srv)->woken_tail = NULL;
-        ps__unlock(&ev_of(srv)->woken_lock);
+    if (ev != NULL) {
+        ps__lock(&ev->woken_lock);
+        ev->woken_head = ev->woken_tail = NULL;
+        ps__unlock(&ev->woken_lock);
     }
-    while (ev_of(srv)->conns != NULL) {
-        ps_conn *c = ev_of(srv)->conns;
+    while (ev->conns != NULL) {
+        ps_conn *c = ev->conns;
         list_unlink(srv, c);
         (void)ps__conn_flush_all(c); /* bounded by the stop deadline */
         if (atomic_load(&ec(c)->state) == CONN_PARKED)
             atomic_fetch_sub_explicit(&ps__stripe_of(srv)->parked, 1, memory_order_relaxed);
-        epoll_ctl(ev_of(srv)->shards[ec(c)->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        atomic_fetch_sub_explicit(&ev_of(srv)->shards[ec(c)->shard].conns, 1, memory_order_relaxed);
+        epoll_ctl(ev->shards[ec(c)->shard].epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        atomic_fetch_sub_explicit(&ev->shards[ec(c)->shard].conns, 1, memory_order_relaxed);
         ps__conn_close(c);
     }
-    for (unsigned i = 0; i < ev_of(srv)->nshards; i++)
-        reap(&ev_of(srv)->shards[i]);
+    for (unsigned i = 0; i < ev->nshards; i++)
+        reap(&ev->shards[i]);
 }
 
 /* Whether a connection waits in epoll (no worker holds it). */

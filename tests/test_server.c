@@ -197,6 +197,50 @@ static void test_pipelined_lines_in_order(void **state)
     ps_server_destroy(srv);
 }
 
+/* A partial line stays the client's own while the worker that read it
+ * serves someone else: in event mode a worker lends its scratch buffers
+ * to the connection it serves and must copy what is left out of them
+ * before it lets go. One worker in event mode, so the same scratch buffer
+ * serves both clients; two in the others, where a worker holds its client. */
+static void test_partial_line_survives_other_clients(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.workers = t_dispatch == PS_DISPATCH_EVENT ? 1 : 2;
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    int a = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(a >= 0);
+    assert_int_equal(t_send_str(a, "hel"), 0);
+    /* Until the server has read the three bytes (then, in event mode, the
+     * connection waits in epoll with them). */
+    ps_server_stats st;
+    int64_t end = t_now_ms() + T_MS;
+    do {
+        ps_server_get_stats(srv, &st);
+        if (st.bytes_in >= 3)
+            break;
+        poll(NULL, 0, 5);
+    } while (t_now_ms() < end);
+    assert_true(st.bytes_in >= 3);
+
+    int b = t_connect_greeted(ps_server_port(srv), T_MS);
+    assert_true(b >= 0);
+    static const char other[] = "0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+    assert_int_equal(t_send_str(b, other), 0);
+    char buf[128];
+    assert_true(t_read_line(b, buf, sizeof buf, T_MS) > 0);
+    assert_string_equal(buf, other);
+
+    assert_int_equal(t_send_str(a, "lo\r\n"), 0);
+    assert_true(t_read_line(a, buf, sizeof buf, T_MS) > 0);
+    assert_string_equal(buf, "hello\r\n");
+    close(a);
+    close(b);
+    ps_server_destroy(srv);
+}
+
 static void test_half_close_gets_every_reply(void **state)
 {
     (void)state;
@@ -2323,6 +2367,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_no_greeting_when_empty),
         cmocka_unit_test(test_line_too_long),
         cmocka_unit_test(test_pipelined_lines_in_order),
+        cmocka_unit_test(test_partial_line_survives_other_clients),
         cmocka_unit_test(test_half_close_gets_every_reply),
         cmocka_unit_test(test_close_after_a_reply_that_waits),
         cmocka_unit_test(test_clients_wait_for_a_worker),

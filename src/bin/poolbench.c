@@ -46,6 +46,14 @@
 #include <time.h>
 #include <unistd.h>
 
+/* strerror for the generator's threads: GNU strerror_r into a buffer of the
+ * calling thread's own (strerror's may be shared). */
+static const char *pb_strerror(int e)
+{
+    static _Thread_local char buf[96];
+    return strerror_r(e, buf, sizeof buf);
+}
+
 #define PB_DEFAULT_HOST "127.0.0.1"
 #define PB_DEFAULT_PORT "9050"
 #define PB_MAX_CONNECTING 128 /* connects in flight per thread */
@@ -249,7 +257,7 @@ static void pb_conn_fail(pb_thread *t, pb_conn *c, enum pb_err kind)
     if (c->state == PB_CONNECTING)
         t->connecting--;
     if (c->fd >= 0 && close(c->fd) != 0 && errno != EINTR)
-        pb_note_error(t, "close: %s", strerror(errno));
+        pb_note_error(t, "close: %s", pb_strerror(errno));
     c->fd = -1;
     c->state = PB_DONE;
     t->alive--;
@@ -280,7 +288,7 @@ static bool pb_conn_flush(pb_thread *t, pb_conn *c)
                 if (!c->want_out) {
                     int rc = pb_epoll_set(t, c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
                     if (rc < 0) {
-                        pb_note_error(t, "epoll_ctl: %s", strerror(-rc));
+                        pb_note_error(t, "epoll_ctl: %s", pb_strerror(-rc));
                         pb_conn_fail(t, c, PB_ERR_IO);
                         return false;
                     }
@@ -288,7 +296,7 @@ static bool pb_conn_flush(pb_thread *t, pb_conn *c)
                 }
                 return true;
             }
-            pb_note_error(t, "send: %s", strerror(errno));
+            pb_note_error(t, "send: %s", pb_strerror(errno));
             pb_conn_fail(t, c, PB_ERR_IO);
             return false;
         }
@@ -298,7 +306,7 @@ static bool pb_conn_flush(pb_thread *t, pb_conn *c)
     if (c->want_out) {
         int rc = pb_epoll_set(t, c, EPOLL_CTL_MOD, EPOLLIN);
         if (rc < 0) {
-            pb_note_error(t, "epoll_ctl: %s", strerror(-rc));
+            pb_note_error(t, "epoll_ctl: %s", pb_strerror(-rc));
             pb_conn_fail(t, c, PB_ERR_IO);
             return false;
         }
@@ -389,7 +397,7 @@ static void pb_conn_readable(pb_thread *t, pb_conn *c)
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return;
-        pb_note_error(t, "read: %s", strerror(errno));
+        pb_note_error(t, "read: %s", pb_strerror(errno));
         pb_conn_fail(t, c, PB_ERR_IO);
         return;
     }
@@ -428,13 +436,13 @@ static void pb_conn_connected(pb_thread *t, pb_conn *c)
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
         soerr = errno;
     if (soerr != 0) {
-        pb_note_error(t, "connect %s: %s", g_addr_text, strerror(soerr));
+        pb_note_error(t, "connect %s: %s", g_addr_text, pb_strerror(soerr));
         pb_conn_fail(t, c, PB_ERR_CONNECT);
         return;
     }
     int rc = pb_epoll_set(t, c, EPOLL_CTL_MOD, EPOLLIN);
     if (rc < 0) {
-        pb_note_error(t, "epoll_ctl: %s", strerror(-rc));
+        pb_note_error(t, "epoll_ctl: %s", pb_strerror(-rc));
         pb_conn_fail(t, c, PB_ERR_IO);
         return;
     }
@@ -450,14 +458,14 @@ static void pb_conn_start(pb_thread *t, pb_conn *c)
     t->connecting++;
     c->fd = socket(g_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
-        pb_note_error(t, "socket: %s", strerror(errno));
+        pb_note_error(t, "socket: %s", pb_strerror(errno));
         pb_conn_fail(t, c, PB_ERR_CONNECT);
         return;
     }
     int one = 1;
     /* Small pipelined requests must leave at once, not wait for Nagle. */
     if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
-        pb_note_error(t, "setsockopt TCP_NODELAY: %s", strerror(errno));
+        pb_note_error(t, "setsockopt TCP_NODELAY: %s", pb_strerror(errno));
         pb_conn_fail(t, c, PB_ERR_CONNECT);
         return;
     }
@@ -468,13 +476,13 @@ static void pb_conn_start(pb_thread *t, pb_conn *c)
     /* After EINTR the connect goes on in the background and a retry says
      * EALREADY: both mean "in progress", like EINPROGRESS. */
     if (rc < 0 && errno != EINPROGRESS && errno != EALREADY) {
-        pb_note_error(t, "connect %s: %s", g_addr_text, strerror(errno));
+        pb_note_error(t, "connect %s: %s", g_addr_text, pb_strerror(errno));
         pb_conn_fail(t, c, PB_ERR_CONNECT);
         return;
     }
     rc = pb_epoll_set(t, c, EPOLL_CTL_ADD, EPOLLOUT);
     if (rc < 0) {
-        pb_note_error(t, "epoll_ctl: %s", strerror(-rc));
+        pb_note_error(t, "epoll_ctl: %s", pb_strerror(-rc));
         pb_conn_fail(t, c, PB_ERR_CONNECT);
     }
 }
@@ -503,7 +511,7 @@ static bool pb_poll(pb_thread *t, int timeout_ms, struct epoll_event *ev)
     if (n < 0) {
         if (errno == EINTR)
             return true;
-        pb_note_error(t, "epoll_wait: %s", strerror(errno));
+        pb_note_error(t, "epoll_wait: %s", pb_strerror(errno));
         return false;
     }
     pb_dispatch(t, ev, n);
@@ -600,7 +608,7 @@ static void *pb_thread_main(void *arg)
     for (size_t i = 0; i < t->nconns; i++) {
         pb_conn *c = &t->conns[i];
         if (c->fd >= 0 && close(c->fd) != 0 && errno != EINTR)
-            pb_note_error(t, "close: %s", strerror(errno));
+            pb_note_error(t, "close: %s", pb_strerror(errno));
         c->fd = -1;
     }
     atomic_store_explicit(&t->finished, true, memory_order_release);
@@ -719,7 +727,7 @@ static int pb_resolve(void)
     int gai = getaddrinfo(g_opts.host, g_opts.port, &hints, &res);
     if (gai != 0) {
         fprintf(stderr, "poolbench: %s:%s: %s\n", g_opts.host, g_opts.port,
-                gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+                gai == EAI_SYSTEM ? pb_strerror(errno) : gai_strerror(gai));
         return -1;
     }
     /* A name with several addresses ("localhost": ::1 and 127.0.0.1) may
@@ -754,7 +762,7 @@ static int pb_raise_nofile(size_t need)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-        fprintf(stderr, "poolbench: getrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+        fprintf(stderr, "poolbench: getrlimit(RLIMIT_NOFILE): %s\n", pb_strerror(errno));
         return -1;
     }
     if (rl.rlim_cur < rl.rlim_max) {
@@ -953,7 +961,7 @@ static int pb_setup(void)
         t->rbuf = malloc(PB_READ_BUF);
         t->epfd = epoll_create1(EPOLL_CLOEXEC);
         if (!t->rbuf || t->epfd < 0) {
-            fprintf(stderr, "poolbench: %s\n", t->rbuf ? strerror(errno) : "out of memory");
+            fprintf(stderr, "poolbench: %s\n", t->rbuf ? pb_strerror(errno) : "out of memory");
             return 1;
         }
     }
@@ -978,7 +986,7 @@ static int pb_run(pb_result *r)
     pb_thread *th = g_threads;
     int rc = pthread_barrier_init(&g_barrier, NULL, (unsigned)nthreads);
     if (rc != 0) {
-        fprintf(stderr, "poolbench: pthread_barrier_init: %s\n", strerror(rc));
+        fprintf(stderr, "poolbench: pthread_barrier_init: %s\n", pb_strerror(rc));
         return 1;
     }
     g_launch_ns = pb_now_ns();
@@ -987,7 +995,7 @@ static int pb_run(pb_result *r)
         if (rc != 0) {
             /* The barrier counts on every thread: without them all the
              * started ones would wait forever. */
-            fprintf(stderr, "poolbench: pthread_create: %s\n", strerror(rc));
+            fprintf(stderr, "poolbench: pthread_create: %s\n", pb_strerror(rc));
             exit(1);
         }
     }
@@ -996,7 +1004,7 @@ static int pb_run(pb_result *r)
     for (long i = 0; i < nthreads; i++) {
         rc = pthread_join(th[i].tid, NULL);
         if (rc != 0) {
-            fprintf(stderr, "poolbench: pthread_join: %s\n", strerror(rc));
+            fprintf(stderr, "poolbench: pthread_join: %s\n", pb_strerror(rc));
             return 1;
         }
         pb_hist_merge(&r->hist, &th[i].hist);
@@ -1007,7 +1015,7 @@ static int pb_run(pb_result *r)
         if (!r->first_error && th[i].first_error[0])
             r->first_error = th[i].first_error;
         if (close(th[i].epfd) != 0 && errno != EINTR)
-            fprintf(stderr, "poolbench: close: %s\n", strerror(errno));
+            fprintf(stderr, "poolbench: close: %s\n", pb_strerror(errno));
     }
     pthread_barrier_destroy(&g_barrier);
     for (int k = 0; k < PB_ERR_KINDS; k++)
@@ -1113,7 +1121,7 @@ int main(int argc, char **argv)
         return rc;
     /* A server closing while we send must give EPIPE, not kill the run. */
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
-        fprintf(stderr, "poolbench: signal: %s\n", strerror(errno));
+        fprintf(stderr, "poolbench: signal: %s\n", pb_strerror(errno));
         return 1;
     }
     if (pb_resolve() != 0)
@@ -1126,7 +1134,7 @@ int main(int argc, char **argv)
         return 1;
     pb_report(&result);
     if (fflush(stdout) != 0) {
-        fprintf(stderr, "poolbench: stdout: %s\n", strerror(errno));
+        fprintf(stderr, "poolbench: stdout: %s\n", pb_strerror(errno));
         return 1;
     }
     int status = 0;

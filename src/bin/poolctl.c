@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "poolsrv/error.h"
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -51,7 +53,7 @@ static int connect_to(const char *host, const char *port, int timeout_ms, char *
             }
         }
         if (e != 0) {
-            snprintf(err, errlen, "connect %s:%s: %s", host, port, strerror(e));
+            snprintf(err, errlen, "connect %s:%s: %s", host, port, ps_strerror(-e));
             close(fd);
             fd = -1;
         }
@@ -118,7 +120,7 @@ int main(int argc, char **argv)
             continue;
         if (got <= 0) {
             if (got < 0) {
-                fprintf(stderr, "poolctl: %s\n", strerror(errno));
+                fprintf(stderr, "poolctl: %s\n", ps_strerror(-errno));
                 status = 1;
             }
             break;

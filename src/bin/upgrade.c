@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "poolsrv/error.h"
 #include "upgrade.h"
 
 /* The variable that names the descriptor a new process reports on. */
@@ -215,7 +216,7 @@ pid_t upgrade_start(int data_fd, int admin_fd, int timeout_ms, char *err, size_t
     char **envp = child_env(nfds, &e_pid);
     int pipefd[2];
     if (envp == NULL || pipe2(pipefd, O_CLOEXEC) != 0) {
-        snprintf(err, errlen, "%s", envp == NULL ? "out of memory" : strerror(errno));
+        snprintf(err, errlen, "%s", envp == NULL ? "out of memory" : ps_strerror(-errno));
         free(envp);
         return -1;
     }
@@ -233,7 +234,7 @@ pid_t upgrade_start(int data_fd, int admin_fd, int timeout_ms, char *err, size_t
     close(pipefd[1]);
     if (pid < 0) {
         close(pipefd[0]);
-        snprintf(err, errlen, "fork: %s", strerror(fork_errno));
+        snprintf(err, errlen, "fork: %s", ps_strerror(-fork_errno));
         return -1;
     }
     /* Ready: the new process writes a line once it serves. */

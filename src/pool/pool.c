@@ -14,10 +14,10 @@
 #include "pool_internal.h"
 #include "poolsrv/pool.h"
 
-typedef struct ps__job {
+typedef struct queued_job {
     ps_job_fn fn;
     void *arg;
-} ps__job;
+} queued_job;
 
 struct ps_pool {
     pthread_mutex_t lock;
@@ -27,7 +27,7 @@ struct ps_pool {
     pthread_cond_t submit_left; /* a blocked submitter left (destroy waits) */
 
     /* Guarded by lock. */
-    ps__job *ring;
+    queued_job *ring;
     size_t capacity;
     size_t head;                /* next job to run */
     size_t count;               /* jobs in the ring */
@@ -107,7 +107,7 @@ static void *worker_main(void *opaque)
         if (pool->count == 0)
             break;
 
-        ps__job job = pool->ring[pool->head];
+        queued_job job = pool->ring[pool->head];
         pool->head = (pool->head + 1) % pool->capacity;
         pool->count--;
         atomic_fetch_sub(&pool->depth, 1);
@@ -273,7 +273,7 @@ int ps__pool_enqueue(ps_pool *pool, ps_job_fn fn, void *arg, bool block,
     }
 
     pool->ring[(pool->head + pool->count) % pool->capacity] =
-        (ps__job){ .fn = fn, .arg = arg };
+        (queued_job){ .fn = fn, .arg = arg };
     pool->count++;
     atomic_fetch_add(&pool->submitted, 1);
     atomic_fetch_add(&pool->depth, 1);

@@ -1,8 +1,8 @@
 /*
  * config.c - the INI schema of conf/server.ini, loaded with inih.
  *
- * Every key lives in one table (ps__keys) with its type and range; the file
- * loader, -o overrides and ps_config_validate all go through ps__set_key, so
+ * Every key lives in one table (key_specs) with its type and range; the file
+ * loader, -o overrides and ps_config_validate all go through set_key, so
  * a value is judged the same way wherever it comes from.
  *
  * Why inih is fed through our own line reader (ini_parse_stream) instead of
@@ -11,7 +11,7 @@
  *    parser's return value is only the line of the *first* error (it keeps
  *    parsing after a syntax error). Our reader counts lines, so the handler
  *    knows the line it is called for, and a syntax error inih found on an
- *    earlier line still wins (see ps__finish).
+ *    earlier line still wins (see finish).
  *  - INI_ALLOW_MULTILINE 1: an indented line after a key is glued to that
  *    key as a continuation ("  queue_capacity = 8" under "workers = 4" calls
  *    the handler with workers="queue_capacity = 8"). The reader strips leading
@@ -47,7 +47,7 @@
 #define PS__REASON_MAX 512
 #define PS__FILE_MAX (1024 * 1024) /* bytes of a configuration file */
 
-typedef enum ps__kind {
+typedef enum key_kind {
     PS__K_UINT,
     PS__K_HOST,
     PS__K_GREETING,
@@ -58,26 +58,26 @@ typedef enum ps__kind {
     PS__K_PATH,
     PS__K_PROXY,
     PS__K_CIDRS,
-} ps__kind;
+} key_kind;
 
 /* C type of a PS__K_UINT field. */
-typedef enum ps__width { PS__W_NONE, PS__W_U16, PS__W_INT, PS__W_UNSIGNED, PS__W_SIZE } ps__width;
+typedef enum field_width { PS__W_NONE, PS__W_U16, PS__W_INT, PS__W_UNSIGNED, PS__W_SIZE } field_width;
 
-typedef struct ps__key {
+typedef struct key_spec {
     const char *section;
     const char *name;
-    ps__kind kind;
-    ps__width width;
+    key_kind kind;
+    field_width width;
     unsigned long long min, max;
     size_t offset;
     size_t size;
-} ps__key;
+} key_spec;
 
 #define PS__FIELD(f) offsetof(ps_config, f), sizeof(((ps_config *)0)->f)
 #define PS__UINT(sec, name, f, w, lo, hi) {sec, name, PS__K_UINT, w, lo, hi, PS__FIELD(f)}
 #define PS__OTHER(sec, name, f, kind) {sec, name, kind, PS__W_NONE, 0, 0, PS__FIELD(f)}
 
-static const ps__key ps__keys[] = {
+static const key_spec key_specs[] = {
     PS__OTHER("server", "bind", bind, PS__K_HOST),
     PS__UINT("server", "port", port, PS__W_U16, 0, 65535),
     PS__UINT("server", "backlog", backlog, PS__W_INT, 0, 65535),
@@ -105,60 +105,60 @@ static const ps__key ps__keys[] = {
     PS__OTHER("handler", "name", handler, PS__K_HANDLER),
     PS__OTHER("handler", "module", handler_module, PS__K_PATH),
 };
-#define PS__NKEYS (sizeof(ps__keys) / sizeof(ps__keys[0]))
+#define PS__NKEYS (sizeof(key_specs) / sizeof(key_specs[0]))
 
-static const char *const ps__sections[] = {"server", "pool", "limits", "admin", "log", "handler"};
-#define PS__NSECTIONS (sizeof(ps__sections) / sizeof(ps__sections[0]))
+static const char *const sections[] = {"server", "pool", "limits", "admin", "log", "handler"};
+#define PS__NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
-static const char *const ps__dispatch_names[] = {"connection", "event", "thread"};
-static const char *const ps__log_level_names[] = {"error", "warn", "info", "debug"};
-static const char *const ps__handler_names[] = {"echo", "sleep"};
-static const char *const ps__proxy_names[] = {"off", "v1", "v2", "any"};
+static const char *const dispatch_names[] = {"connection", "event", "thread"};
+static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+static const char *const handler_names[] = {"echo", "sleep"};
+static const char *const proxy_names[] = {"off", "v1", "v2", "any"};
 
 /* ---- small helpers ------------------------------------------------------ */
 
 
 
-static void ps__clear_err(char *err, size_t errlen)
+static void clear_err(char *err, size_t errlen)
 {
     if (err && errlen > 0)
         err[0] = '\0';
 }
 
 
-static bool ps__eq(const char *a, size_t alen, const char *b)
+static bool equals(const char *a, size_t alen, const char *b)
 {
     return strlen(b) == alen && memcmp(a, b, alen) == 0;
 }
 
-static bool ps__eq_nocase(const char *a, size_t alen, const char *b)
+static bool equals_nocase(const char *a, size_t alen, const char *b)
 {
     return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
 }
 
-static bool ps__is_space(char c)
+static bool is_space(char c)
 {
     return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
 }
 
-static bool ps__is_digit(char c)
+static bool is_digit(char c)
 {
     return c >= '0' && c <= '9';
 }
 
-static bool ps__is_alnum(char c)
+static bool is_alnum(char c)
 {
-    return ps__is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
 /* Trims whitespace on both ends of s[0..*len), returning the new start. */
-static const char *ps__trim(const char *s, size_t *len)
+static const char *trim(const char *s, size_t *len)
 {
-    while (*len > 0 && ps__is_space(s[0])) {
+    while (*len > 0 && is_space(s[0])) {
         s++;
         (*len)--;
     }
-    while (*len > 0 && ps__is_space(s[*len - 1]))
+    while (*len > 0 && is_space(s[*len - 1]))
         (*len)--;
     return s;
 }
@@ -167,13 +167,13 @@ static const char *ps__trim(const char *s, size_t *len)
 
 /* Strict unsigned decimal: digits only (no sign, space, base prefix or
  * trailing text), not empty, no overflow. */
-static bool ps__parse_uint(const char *s, size_t len, unsigned long long *out)
+static bool parse_uint(const char *s, size_t len, unsigned long long *out)
 {
     char buf[32];
     if (len == 0 || len >= sizeof(buf))
         return false;
     for (size_t i = 0; i < len; i++)
-        if (!ps__is_digit(s[i]))
+        if (!is_digit(s[i]))
             return false;
     memcpy(buf, s, len);
     buf[len] = '\0';
@@ -190,7 +190,7 @@ static bool ps__parse_uint(const char *s, size_t len, unsigned long long *out)
  * (no '-' at either end), 253 characters at most, an optional final dot, and
  * a last label that is not all digits (so "256.1.1.1" or a stray "9050" is
  * not taken for a name). */
-static bool ps__is_hostname(const char *s)
+static bool is_hostname(const char *s)
 {
     size_t n = strlen(s);
     if (n > 0 && s[n - 1] == '.')
@@ -210,9 +210,9 @@ static bool ps__is_hostname(const char *s)
             all_digits = true;
             continue;
         }
-        if (!ps__is_alnum(s[i]) && s[i] != '-' && s[i] != '_')
+        if (!is_alnum(s[i]) && s[i] != '-' && s[i] != '_')
             return false;
-        if (!ps__is_digit(s[i]))
+        if (!is_digit(s[i]))
             all_digits = false;
     }
     return true;
@@ -220,7 +220,7 @@ static bool ps__is_hostname(const char *s)
 
 /* An IPv4 literal, an IPv6 literal (optionally with a %scope, as
  * getaddrinfo takes), or a host name. Names are not resolved here. */
-static bool ps__is_host(const char *s)
+static bool is_host(const char *s)
 {
     unsigned char addr[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, s, addr) == 1 || inet_pton(AF_INET6, s, addr) == 1)
@@ -234,28 +234,28 @@ static bool ps__is_host(const char *s)
         memcpy(ip, s, n);
         ip[n] = '\0';
         for (const char *p = pct + 1; *p; p++)
-            if (!ps__is_alnum(*p) && *p != '-' && *p != '_' && *p != '.')
+            if (!is_alnum(*p) && *p != '-' && *p != '_' && *p != '.')
                 return false;
         return inet_pton(AF_INET6, ip, addr) == 1;
     }
-    return ps__is_hostname(s);
+    return is_hostname(s);
 }
 
-static int ps__enum_index(const char *const *names, size_t count, const char *v, size_t len)
+static int enum_index(const char *const *names, size_t count, const char *v, size_t len)
 {
     for (size_t i = 0; i < count; i++)
-        if (ps__eq_nocase(v, len, names[i]))
+        if (equals_nocase(v, len, names[i]))
             return (int)i;
     return -1;
 }
 
-static int ps__parse_bool(const char *v, size_t len)
+static int parse_bool(const char *v, size_t len)
 {
     static const char *const yes[] = {"true", "yes", "on", "1"};
     static const char *const no[] = {"false", "no", "off", "0"};
-    if (ps__enum_index(yes, 4, v, len) >= 0)
+    if (enum_index(yes, 4, v, len) >= 0)
         return 1;
-    if (ps__enum_index(no, 4, v, len) >= 0)
+    if (enum_index(no, 4, v, len) >= 0)
         return 0;
     return -1;
 }
@@ -264,18 +264,18 @@ static int ps__parse_bool(const char *v, size_t len)
  * Returns 0, or PS_ECONFIG with "section.key: reason" in reason. */
 /* The enumerations a key can take: their names (the index is the value)
  * and how an error says what was expected. */
-typedef struct ps__enum_kind {
+typedef struct enum_kind {
     const char *const *names;
     int count;
     const char *expected;
-} ps__enum_kind;
+} enum_kind;
 
-static const ps__enum_kind *ps__enum_of(ps__kind kind)
+static const enum_kind *enum_of(key_kind kind)
 {
-    static const ps__enum_kind dispatch = {ps__dispatch_names, 3, "connection, event or thread"};
-    static const ps__enum_kind proxy = {ps__proxy_names, 4, "off, v1, v2 or any"};
-    static const ps__enum_kind handler = {ps__handler_names, 2, "echo or sleep"};
-    static const ps__enum_kind level = {ps__log_level_names, 4, "error, warn, info or debug"};
+    static const enum_kind dispatch = {dispatch_names, 3, "connection, event or thread"};
+    static const enum_kind proxy = {proxy_names, 4, "off, v1, v2 or any"};
+    static const enum_kind handler = {handler_names, 2, "echo or sleep"};
+    static const enum_kind level = {log_level_names, 4, "error, warn, info or debug"};
     switch (kind) {
     case PS__K_DISPATCH: return &dispatch;
     case PS__K_PROXY: return &proxy;
@@ -294,11 +294,11 @@ static const ps__enum_kind *ps__enum_of(ps__kind kind)
 
 /* A key's value checked and stored: each kind of key. field is the key's
  * place in the config; shown, the value as an error quotes it. */
-static int ps__set_uint(const ps__key *k, char *field, const char *v, size_t len,
+static int set_uint(const key_spec *k, char *field, const char *v, size_t len,
                         const char *shown, char *reason, size_t reasonlen)
 {
     unsigned long long n;
-    if (!ps__parse_uint(v, len, &n) || n < k->min || n > k->max) {
+    if (!parse_uint(v, len, &n) || n < k->min || n > k->max) {
         ps__set_err(reason, reasonlen, "%s.%s: expected an integer from %llu to %llu, got \"%s\"",
                     k->section, k->name, k->min, k->max, shown);
         return PS_ECONFIG;
@@ -313,7 +313,7 @@ static int ps__set_uint(const ps__key *k, char *field, const char *v, size_t len
     return 0;
 }
 
-static int ps__set_host(const ps__key *k, char *field, const char *v, size_t len,
+static int set_host(const key_spec *k, char *field, const char *v, size_t len,
                         const char *shown, char *reason, size_t reasonlen)
 {
     char host[PS_CONFIG_HOST_MAX];
@@ -329,7 +329,7 @@ static int ps__set_host(const ps__key *k, char *field, const char *v, size_t len
     }
     memcpy(host, v, len);
     host[len] = '\0';
-    if (memchr(v, '\0', len) || !ps__is_host(host)) {
+    if (memchr(v, '\0', len) || !is_host(host)) {
         ps__set_err(reason, reasonlen, "%s.%s: expected an IPv4 or IPv6 address or a host name, got \"%s\"",
                     k->section, k->name, shown);
         return PS_ECONFIG;
@@ -339,7 +339,7 @@ static int ps__set_host(const ps__key *k, char *field, const char *v, size_t len
 }
 
 /* A greeting or a path: one line of at most the field's size. */
-static int ps__set_text(const ps__key *k, char *field, const char *v, size_t len,
+static int set_text(const key_spec *k, char *field, const char *v, size_t len,
                         const char *shown, char *reason, size_t reasonlen)
 {
     if (len >= k->size) {
@@ -359,7 +359,7 @@ static int ps__set_text(const ps__key *k, char *field, const char *v, size_t len
     return 0;
 }
 
-static int ps__set_cidrs(const ps__key *k, char *field, const char *v, size_t len,
+static int set_cidrs(const key_spec *k, char *field, const char *v, size_t len,
                          char *reason, size_t reasonlen)
 {
     if (len >= k->size || memchr(v, '\0', len)) {
@@ -379,10 +379,10 @@ static int ps__set_cidrs(const ps__key *k, char *field, const char *v, size_t le
     return 0;
 }
 
-static int ps__set_enum(const ps__key *k, const ps__enum_kind *e, char *field, const char *v,
+static int set_enum(const key_spec *k, const enum_kind *e, char *field, const char *v,
                         size_t len, const char *shown, char *reason, size_t reasonlen)
 {
-    int i = ps__enum_index(e->names, (size_t)e->count, v, len);
+    int i = enum_index(e->names, (size_t)e->count, v, len);
     if (i < 0) {
         ps__set_err(reason, reasonlen, "%s.%s: expected %s, got \"%s\"", k->section, k->name,
                     e->expected, shown);
@@ -396,29 +396,29 @@ static int ps__set_enum(const ps__key *k, const ps__enum_kind *e, char *field, c
 _Static_assert(sizeof(ps_proxy_mode) == sizeof(ps_dispatch_mode) &&
                    sizeof(ps_handler_kind) == sizeof(ps_dispatch_mode) &&
                    sizeof(ps_log_level) == sizeof(ps_dispatch_mode),
-               "ps__set_enum stores every enumeration as a ps_dispatch_mode");
+               "set_enum stores every enumeration as a ps_dispatch_mode");
 
-static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t len,
+static int set_key(ps_config *cfg, const key_spec *k, const char *v, size_t len,
                        char *reason, size_t reasonlen)
 {
     char shown[PS__SHOW_BUF];
     char *field = (char *)cfg + k->offset;
     ps__show(shown, v, len);
-    const ps__enum_kind *e = ps__enum_of(k->kind);
+    const enum_kind *e = enum_of(k->kind);
     if (e != NULL)
-        return ps__set_enum(k, e, field, v, len, shown, reason, reasonlen);
+        return set_enum(k, e, field, v, len, shown, reason, reasonlen);
     switch (k->kind) {
     case PS__K_UINT:
-        return ps__set_uint(k, field, v, len, shown, reason, reasonlen);
+        return set_uint(k, field, v, len, shown, reason, reasonlen);
     case PS__K_HOST:
-        return ps__set_host(k, field, v, len, shown, reason, reasonlen);
+        return set_host(k, field, v, len, shown, reason, reasonlen);
     case PS__K_GREETING:
     case PS__K_PATH:
-        return ps__set_text(k, field, v, len, shown, reason, reasonlen);
+        return set_text(k, field, v, len, shown, reason, reasonlen);
     case PS__K_CIDRS:
-        return ps__set_cidrs(k, field, v, len, reason, reasonlen);
+        return set_cidrs(k, field, v, len, reason, reasonlen);
     case PS__K_BOOL: {
-        int b = ps__parse_bool(v, len);
+        int b = parse_bool(v, len);
         if (b < 0) {
             ps__set_err(reason, reasonlen, "%s.%s: expected true or false (or yes/no, on/off, 1/0), got \"%s\"",
                         k->section, k->name, shown);
@@ -436,55 +436,55 @@ static int ps__set_key(ps_config *cfg, const ps__key *k, const char *v, size_t l
     abort(); /* table bug */
 }
 
-static bool ps__section_known(const char *s, size_t len)
+static bool section_known(const char *s, size_t len)
 {
     for (size_t i = 0; i < PS__NSECTIONS; i++)
-        if (ps__eq(s, len, ps__sections[i]))
+        if (equals(s, len, sections[i]))
             return true;
     return false;
 }
 
-/* ps__find_key's answer for a [handler] key outside the schema: the
- * handler's own (ps__set_handler_key). */
+/* find_key's answer for a [handler] key outside the schema: the
+ * handler's own (set_handler_key). */
 #define PS__HANDLER_OWN (-2)
 
 /* Finds section.name; returns its index, PS__HANDLER_OWN, or -1 with the
  * reason. */
-static int ps__find_key(const char *sec, size_t seclen, const char *name, size_t namelen,
+static int find_key(const char *sec, size_t seclen, const char *name, size_t namelen,
                         char *reason, size_t reasonlen)
 {
     char shown_sec[PS__SHOW_BUF], shown_name[PS__SHOW_BUF];
     ps__show(shown_sec, sec, seclen);
     ps__show(shown_name, name, namelen);
-    if (!ps__section_known(sec, seclen)) {
+    if (!section_known(sec, seclen)) {
         ps__set_err(reason, reasonlen, "unknown section [%s]", shown_sec);
         return -1;
     }
     for (size_t i = 0; i < PS__NKEYS; i++)
-        if (ps__eq(sec, seclen, ps__keys[i].section) && ps__eq(name, namelen, ps__keys[i].name))
+        if (equals(sec, seclen, key_specs[i].section) && equals(name, namelen, key_specs[i].name))
             return (int)i;
-    if (ps__eq(sec, seclen, "handler"))
+    if (equals(sec, seclen, "handler"))
         return PS__HANDLER_OWN;
     ps__set_err(reason, reasonlen, "unknown key \"%s\" in [%s]", shown_name, shown_sec);
     return -1;
 }
 
-static bool ps__is_key_char(char c)
+static bool is_key_char(char c)
 {
-    return ps__is_alnum(c) || c == '_' || c == '-';
+    return is_alnum(c) || c == '_' || c == '-';
 }
 
 /* Stores [handler] name = v[0..len) for the handler to judge, replacing an
  * earlier value of the same key; origin says where it was set. Returns its
  * index, or -1 with "handler.KEY: reason". */
-static int ps__set_handler_key(ps_config *cfg, const char *name, size_t namelen, const char *v,
+static int set_handler_key(ps_config *cfg, const char *name, size_t namelen, const char *v,
                                size_t len, const char *origin, char *reason, size_t reasonlen)
 {
     char shown[PS__SHOW_BUF];
     ps__show(shown, name, namelen);
     bool ok = namelen > 0 && namelen < PS_CONFIG_KEY_MAX;
     for (size_t i = 0; ok && i < namelen; i++)
-        ok = ps__is_key_char(name[i]);
+        ok = is_key_char(name[i]);
     if (!ok) {
         ps__set_err(reason, reasonlen,
                     "handler.%s: a key is 1 to %d letters, digits, '_' or '-'", shown,
@@ -501,7 +501,7 @@ static int ps__set_handler_key(ps_config *cfg, const char *name, size_t namelen,
         return -1;
     }
     size_t i = 0;
-    while (i < cfg->handler_nkeys && !ps__eq(name, namelen, cfg->handler_keys[i].key))
+    while (i < cfg->handler_nkeys && !equals(name, namelen, cfg->handler_keys[i].key))
         i++;
     if (i == cfg->handler_nkeys) {
         if (i == PS_CONFIG_HANDLER_KEYS) {
@@ -522,7 +522,7 @@ static int ps__set_handler_key(ps_config *cfg, const char *name, size_t namelen,
 
 /* ---- loading -------------------------------------------------------------- */
 
-typedef struct ps__load {
+typedef struct load {
     ps_config *cfg;
     FILE *fp;           /* the source: a file, or */
     const char *text;   /* a string (advanced as it is read) */
@@ -533,11 +533,11 @@ typedef struct ps__load {
     int first_line[PS__NKEYS]; /* where each key was set, 0 = not yet */
     int handler_first_line[PS_CONFIG_HANDLER_KEYS]; /* the same for the handler's keys */
     const char *name;   /* of the source, for origins */
-} ps__load;
+} load;
 
-static void ps__fail(ps__load *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(load *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static void ps__fail(ps__load *ld, const char *fmt, ...)
+static void fail(load *ld, const char *fmt, ...)
 {
     if (ld->err_line)
         return; /* the first error is the one reported */
@@ -548,7 +548,7 @@ static void ps__fail(ps__load *ld, const char *fmt, ...)
     va_end(ap);
 }
 
-static int ps__next_char(ps__load *ld)
+static int next_char(load *ld)
 {
     if (ld->fp) {
         int c = getc(ld->fp);
@@ -562,43 +562,43 @@ static int ps__next_char(ps__load *ld)
 }
 
 /* Checks a "[section]" line (already left-trimmed). */
-static void ps__check_section_line(ps__load *ld, const char *line)
+static void check_section_line(load *ld, const char *line)
 {
     char shown[PS__SHOW_BUF];
     const char *close = strchr(line + 1, ']');
     if (!close) {
-        ps__fail(ld, "syntax error (expected \"[section]\", no closing ']')");
+        fail(ld, "syntax error (expected \"[section]\", no closing ']')");
         return;
     }
     size_t namelen = (size_t)(close - line - 1);
     ps__show(shown, line + 1, namelen);
     const char *rest = close + 1;
-    while (ps__is_space(*rest))
+    while (is_space(*rest))
         rest++;
     if (*rest != '\0' && *rest != ';' && *rest != '#') {
-        ps__fail(ld, "syntax error (text after [%s])", shown);
+        fail(ld, "syntax error (text after [%s])", shown);
         return;
     }
-    if (!ps__section_known(line + 1, namelen))
-        ps__fail(ld, "unknown section [%s]", shown);
+    if (!section_known(line + 1, namelen))
+        fail(ld, "unknown section [%s]", shown);
 }
 
 /* inih's fgets-like reader: hands inih one physical line at a time, without
  * its newline and leading whitespace, so inih's line count is ours. */
-static char *ps__read_line(char *buf, int num, void *stream)
+static char *read_line(char *buf, int num, void *stream)
 {
-    ps__load *ld = stream;
+    load *ld = stream;
     if (ld->err_line || ld->io_errno || num < 2)
         return NULL; /* stop at the first error we know of */
 
-    int c = ps__next_char(ld);
+    int c = next_char(ld);
     if (c == EOF)
         return NULL;
     ld->line++;
 
     size_t cap = (size_t)num - 1, len = 0, total = 0;
     bool nul = false;
-    for (; c != EOF && c != '\n'; c = ps__next_char(ld), total++) {
+    for (; c != EOF && c != '\n'; c = next_char(ld), total++) {
         if (c == '\0')
             nul = true;
         if (len < cap)
@@ -614,41 +614,41 @@ static char *ps__read_line(char *buf, int num, void *stream)
         total -= 3;
     }
     size_t skip = 0;
-    while (skip < len && ps__is_space(buf[skip]))
+    while (skip < len && is_space(buf[skip]))
         skip++;
     memmove(buf, buf + skip, len - skip + 1);
 
     if (nul)
-        ps__fail(ld, "syntax error (NUL byte: not a text file?)");
+        fail(ld, "syntax error (NUL byte: not a text file?)");
     else if (ld->line == 1 && len - skip >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
         /* inih would strip this one too, and with it our view of the line. */
-        ps__fail(ld, "syntax error (a second byte order mark, or one after blanks)");
+        fail(ld, "syntax error (a second byte order mark, or one after blanks)");
     else if (total > cap)
-        ps__fail(ld, "line too long (%zu characters, at most %zu)", total, cap);
+        fail(ld, "line too long (%zu characters, at most %zu)", total, cap);
     else if (buf[0] == '[')
-        ps__check_section_line(ld, buf);
+        check_section_line(ld, buf);
     if (ld->err_line)
         buf[0] = '\0'; /* inih sees a blank line; the next read stops it */
     return buf;
 }
 
 /* inih's handler: one call per "key = value" line. */
-static int ps__on_key(void *user, const char *section, const char *name, const char *value)
+static int on_key(void *user, const char *section, const char *name, const char *value)
 {
-    ps__load *ld = user;
+    load *ld = user;
     char shown[PS__SHOW_BUF];
     if (ld->err_line)
         return 0;
     if (section[0] == '\0') {
         ps__show(shown, name, strlen(name));
-        ps__fail(ld, "key \"%s\" before any [section] line", shown);
+        fail(ld, "key \"%s\" before any [section] line", shown);
         return 0;
     }
 
     char reason[PS__REASON_MAX];
-    int i = ps__find_key(section, strlen(section), name, strlen(name), reason, sizeof(reason));
+    int i = find_key(section, strlen(section), name, strlen(name), reason, sizeof(reason));
     if (i == -1) {
-        ps__fail(ld, "%s", reason);
+        fail(ld, "%s", reason);
         return 0;
     }
 
@@ -656,38 +656,38 @@ static int ps__on_key(void *user, const char *section, const char *name, const c
      * comment at the beginning of a line. */
     size_t len = strlen(value);
     for (size_t j = 1; j < len; j++) {
-        if (value[j] == '#' && ps__is_space(value[j - 1])) {
+        if (value[j] == '#' && is_space(value[j - 1])) {
             len = j;
             break;
         }
     }
-    const char *v = ps__trim(value, &len);
+    const char *v = trim(value, &len);
     if (i == PS__HANDLER_OWN) {
         char origin[PS_CONFIG_ORIGIN_MAX];
         snprintf(origin, sizeof origin, "%s:%d", ld->name, ld->line);
         size_t before = ld->cfg->handler_nkeys;
-        int h = ps__set_handler_key(ld->cfg, name, strlen(name), v, len, origin, reason,
+        int h = set_handler_key(ld->cfg, name, strlen(name), v, len, origin, reason,
                                     sizeof reason);
         if (h < 0) {
-            ps__fail(ld, "%s", reason);
+            fail(ld, "%s", reason);
             return 0;
         }
         if (ld->handler_first_line[h] && (size_t)h < before) {
-            ps__fail(ld, "handler.%s given twice (first on line %d)", ld->cfg->handler_keys[h].key,
+            fail(ld, "handler.%s given twice (first on line %d)", ld->cfg->handler_keys[h].key,
                      ld->handler_first_line[h]);
             return 0;
         }
         ld->handler_first_line[h] = ld->line;
         return 1;
     }
-    const ps__key *k = &ps__keys[i];
+    const key_spec *k = &key_specs[i];
     if (ld->first_line[i]) {
-        ps__fail(ld, "%s.%s given twice (first on line %d)", k->section, k->name, ld->first_line[i]);
+        fail(ld, "%s.%s given twice (first on line %d)", k->section, k->name, ld->first_line[i]);
         return 0;
     }
     ld->first_line[i] = ld->line;
-    if (ps__set_key(ld->cfg, k, v, len, reason, sizeof(reason)) != 0) {
-        ps__fail(ld, "%s", reason);
+    if (set_key(ld->cfg, k, v, len, reason, sizeof(reason)) != 0) {
+        fail(ld, "%s", reason);
         return 0;
     }
     return 1;
@@ -695,12 +695,12 @@ static int ps__on_key(void *user, const char *section, const char *name, const c
 
 /* Runs inih over ld's source into a copy of *cfg, committed only when the
  * whole source is valid. */
-static int ps__load_run(ps__load *ld, ps_config *cfg, const char *name, char *err, size_t errlen)
+static int load_run(load *ld, ps_config *cfg, const char *name, char *err, size_t errlen)
 {
     ps_config tmp = *cfg;
     ld->cfg = &tmp;
     ld->name = name;
-    int rc = ini_parse_stream(ps__read_line, ld, ps__on_key, ld);
+    int rc = ini_parse_stream(read_line, ld, on_key, ld);
     if (ld->io_errno) {
         ps__set_err(err, errlen, "%s: %s", name, ps_strerror(-ld->io_errno));
         return PS_ECONFIG;
@@ -726,7 +726,7 @@ static int ps__load_run(ps__load *ld, ps_config *cfg, const char *name, char *er
         return PS_ECONFIG;
     }
     *cfg = tmp;
-    ps__clear_err(err, errlen);
+    clear_err(err, errlen);
     return 0;
 }
 
@@ -762,7 +762,7 @@ void ps_config_defaults(ps_config *cfg)
 /* True when fp is a regular file of at most PS__FILE_MAX bytes: a device
  * (/dev/zero) or a FIFO never ends, and nothing sane is a megabyte of
  * settings. Otherwise says why in err. */
-static bool ps__readable_file(FILE *fp, const char *path, char *err, size_t errlen)
+static bool readable_file(FILE *fp, const char *path, char *err, size_t errlen)
 {
     struct stat st;
     if (fstat(fileno(fp), &st) != 0)
@@ -785,18 +785,18 @@ int ps_config_load_file(ps_config *cfg, const char *path, char *err, size_t errl
         ps__set_err(err, errlen, "ps_config_load_file: invalid argument");
         return -EINVAL;
     }
-    ps__load ld;
+    load ld;
     memset(&ld, 0, sizeof(ld));
     ld.fp = fopen(path, "r");
     if (!ld.fp) {
         ps__set_err(err, errlen, "%s: %s", path, ps_strerror(-errno));
         return PS_ECONFIG;
     }
-    if (!ps__readable_file(ld.fp, path, err, errlen)) {
+    if (!readable_file(ld.fp, path, err, errlen)) {
         fclose(ld.fp);
         return PS_ECONFIG;
     }
-    int rc = ps__load_run(&ld, cfg, path, err, errlen);
+    int rc = load_run(&ld, cfg, path, err, errlen);
     fclose(ld.fp); /* read-only: nothing to lose on close */
     return rc;
 }
@@ -808,10 +808,10 @@ int ps_config_load_string(ps_config *cfg, const char *name, const char *text,
         ps__set_err(err, errlen, "ps_config_load_string: invalid argument");
         return -EINVAL;
     }
-    ps__load ld;
+    load ld;
     memset(&ld, 0, sizeof(ld));
     ld.text = text;
-    return ps__load_run(&ld, cfg, name ? name : "<string>", err, errlen);
+    return load_run(&ld, cfg, name ? name : "<string>", err, errlen);
 }
 
 int ps_config_set(ps_config *cfg, const char *section, const char *key,
@@ -821,23 +821,23 @@ int ps_config_set(ps_config *cfg, const char *section, const char *key,
         ps__set_err(err, errlen, "ps_config_set: invalid argument");
         return -EINVAL;
     }
-    int i = ps__find_key(section, strlen(section), key, strlen(key), err, errlen);
+    int i = find_key(section, strlen(section), key, strlen(key), err, errlen);
     if (i == PS__HANDLER_OWN) {
         char origin[PS_CONFIG_ORIGIN_MAX];
         char shown[PS__SHOW_BUF];
         ps__show(shown, key, strlen(key));
         snprintf(origin, sizeof origin, "handler.%.200s", shown);
-        if (ps__set_handler_key(cfg, key, strlen(key), value, strlen(value), origin, err,
+        if (set_handler_key(cfg, key, strlen(key), value, strlen(value), origin, err,
                                 errlen) < 0)
             return PS_ECONFIG;
-        ps__clear_err(err, errlen);
+        clear_err(err, errlen);
         return 0;
     }
     if (i < 0)
         return PS_ECONFIG;
-    int rc = ps__set_key(cfg, &ps__keys[i], value, strlen(value), err, errlen);
+    int rc = set_key(cfg, &key_specs[i], value, strlen(value), err, errlen);
     if (rc == 0)
-        ps__clear_err(err, errlen);
+        clear_err(err, errlen);
     return rc;
 }
 
@@ -852,7 +852,7 @@ int ps_config_override(ps_config *cfg, const char *spec, char *err, size_t errle
 
     const char *eq = strchr(spec, '=');
     size_t keylen = eq ? (size_t)(eq - spec) : 0;
-    const char *keyspec = ps__trim(spec, &keylen);
+    const char *keyspec = trim(spec, &keylen);
     const char *dot = eq ? memchr(keyspec, '.', keylen) : NULL;
     if (!dot || dot == keyspec || dot == keyspec + keylen - 1) {
         ps__set_err(err, errlen, "-o %s: expected section.key=value", shown);
@@ -861,35 +861,35 @@ int ps_config_override(ps_config *cfg, const char *spec, char *err, size_t errle
     size_t seclen = (size_t)(dot - keyspec);
     size_t namelen = keylen - seclen - 1;
     size_t vallen = strlen(eq + 1);
-    const char *val = ps__trim(eq + 1, &vallen);
+    const char *val = trim(eq + 1, &vallen);
 
     char reason[PS__REASON_MAX];
-    int i = ps__find_key(keyspec, seclen, dot + 1, namelen, reason, sizeof(reason));
+    int i = find_key(keyspec, seclen, dot + 1, namelen, reason, sizeof(reason));
     if (i == PS__HANDLER_OWN) {
         char origin[PS_CONFIG_ORIGIN_MAX];
         snprintf(origin, sizeof origin, "-o %.240s", shown);
-        if (ps__set_handler_key(cfg, dot + 1, namelen, val, vallen, origin, reason,
+        if (set_handler_key(cfg, dot + 1, namelen, val, vallen, origin, reason,
                                 sizeof reason) < 0) {
             ps__set_err(err, errlen, "-o %s: %s", shown, reason);
             return PS_ECONFIG;
         }
-        ps__clear_err(err, errlen);
+        clear_err(err, errlen);
         return 0;
     }
-    if (i < 0 || ps__set_key(cfg, &ps__keys[i], val, vallen, reason, sizeof(reason)) != 0) {
+    if (i < 0 || set_key(cfg, &key_specs[i], val, vallen, reason, sizeof(reason)) != 0) {
         ps__set_err(err, errlen, "-o %s: %s", shown, reason);
         return PS_ECONFIG;
     }
-    ps__clear_err(err, errlen);
+    clear_err(err, errlen);
     return 0;
 }
 
 /* Writes key k's current value in cfg as its INI text; false when the field
  * holds something no text can express (unterminated string, bad enum). */
-static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, size_t outlen)
+static bool format_key(const ps_config *cfg, const key_spec *k, char *out, size_t outlen)
 {
     const char *field = (const char *)cfg + k->offset;
-    const ps__enum_kind *e = ps__enum_of(k->kind);
+    const enum_kind *e = enum_of(k->kind);
     if (e != NULL) {
         int m = (int)*(const ps_dispatch_mode *)(const void *)field;
         if (m < 0 || m >= e->count)
@@ -931,7 +931,7 @@ static bool ps__format_key(const ps_config *cfg, const ps__key *k, char *out, si
  * same address, or a wildcard covering the other (0.0.0.0 covers IPv4; ::
  * covers everything on a dual-stack socket). Names are compared as text, not
  * resolved: "localhost" vs "127.0.0.1" is left to bind() to catch. */
-static bool ps__hosts_overlap(const char *a, const char *b)
+static bool hosts_overlap(const char *a, const char *b)
 {
     static const unsigned char zero[sizeof(struct in6_addr)];
     unsigned char aa[sizeof(struct in6_addr)], ab[sizeof(struct in6_addr)];
@@ -967,14 +967,14 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
      * in by code rather than loaded gets the same ranges. */
     ps_config scratch = *cfg;
     for (size_t i = 0; i < PS__NKEYS; i++) {
-        const ps__key *k = &ps__keys[i];
+        const key_spec *k = &key_specs[i];
         char text[PS_CONFIG_GREETING_MAX];
-        if (!ps__format_key(cfg, k, text, sizeof(text))) {
+        if (!format_key(cfg, k, text, sizeof(text))) {
             ps__set_err(err, errlen, "%s.%s: invalid value in the configuration structure",
                         k->section, k->name);
             return PS_ECONFIG;
         }
-        int rc = ps__set_key(&scratch, k, text, strlen(text), err, errlen);
+        int rc = set_key(&scratch, k, text, strlen(text), err, errlen);
         if (rc != 0)
             return rc;
     }
@@ -988,7 +988,7 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
         char reason[PS__REASON_MAX];
         if (!memchr(hk->key, '\0', sizeof hk->key) || !memchr(hk->value, '\0', sizeof hk->value) ||
             !memchr(hk->origin, '\0', sizeof hk->origin) ||
-            ps__set_handler_key(&scratch, hk->key, strlen(hk->key), hk->value, strlen(hk->value),
+            set_handler_key(&scratch, hk->key, strlen(hk->key), hk->value, strlen(hk->value),
                                 hk->origin, reason, sizeof reason) < 0) {
             ps__set_err(err, errlen, "handler key %zu: invalid in the configuration structure", i);
             return PS_ECONFIG;
@@ -996,23 +996,23 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
     }
 
     if (cfg->admin_enabled && cfg->admin_port != 0 && cfg->admin_port == cfg->port &&
-        ps__hosts_overlap(cfg->bind, cfg->admin_bind)) {
+        hosts_overlap(cfg->bind, cfg->admin_bind)) {
         ps__set_err(err, errlen,
                     "admin.port: admin %s:%u clashes with the data listener %s:%u "
                     "(use another admin.port, 0 for any, or admin.enabled = false)",
                     cfg->admin_bind, (unsigned)cfg->admin_port, cfg->bind, (unsigned)cfg->port);
         return PS_ECONFIG;
     }
-    ps__clear_err(err, errlen);
+    clear_err(err, errlen);
     return 0;
 }
 
 void ps__config_copy_section(ps_config *dst, const ps_config *src, const char *section)
 {
     for (size_t i = 0; i < PS__NKEYS; i++)
-        if (strcmp(ps__keys[i].section, section) == 0)
-            memcpy((char *)dst + ps__keys[i].offset, (const char *)src + ps__keys[i].offset,
-                   ps__keys[i].size);
+        if (strcmp(key_specs[i].section, section) == 0)
+            memcpy((char *)dst + key_specs[i].offset, (const char *)src + key_specs[i].offset,
+                   key_specs[i].size);
 }
 
 bool ps__config_handler_keys_equal(const ps_config *a, const ps_config *b)
@@ -1033,8 +1033,8 @@ int ps__config_diff(const ps_config *a, const ps_config *b,
     int n = 0;
     char ta[PS_CONFIG_MODULE_MAX + 1], tb[PS_CONFIG_MODULE_MAX + 1], key[64];
     for (size_t i = 0; i < PS__NKEYS; i++) {
-        const ps__key *k = &ps__keys[i];
-        if (!ps__format_key(a, k, ta, sizeof ta) || !ps__format_key(b, k, tb, sizeof tb) ||
+        const key_spec *k = &key_specs[i];
+        if (!format_key(a, k, ta, sizeof ta) || !format_key(b, k, tb, sizeof tb) ||
             strcmp(ta, tb) != 0) {
             snprintf(key, sizeof key, "%s.%s", k->section, k->name);
             changed(key, ta, tb, arg);
@@ -1052,27 +1052,27 @@ int ps__config_diff(const ps_config *a, const ps_config *b,
 const char *ps_handler_name(ps_handler_kind kind)
 {
     if ((unsigned)kind < 2)
-        return ps__handler_names[kind];
+        return handler_names[kind];
     return "unknown";
 }
 
 const char *ps_proxy_mode_name(ps_proxy_mode mode)
 {
     if ((unsigned)mode < 4)
-        return ps__proxy_names[mode];
+        return proxy_names[mode];
     return "unknown";
 }
 
 const char *ps_dispatch_name(ps_dispatch_mode mode)
 {
     if ((unsigned)mode < 3)
-        return ps__dispatch_names[mode];
+        return dispatch_names[mode];
     return "unknown";
 }
 
 const char *ps_log_level_name(ps_log_level level)
 {
     if ((unsigned)level < 4)
-        return ps__log_level_names[level];
+        return log_level_names[level];
     return "unknown";
 }

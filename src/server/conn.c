@@ -21,10 +21,10 @@
 
 /* A worker's scratch buffers (event mode), lent to the connection it
  * serves. Allocated on a thread's first use and freed when it exits. */
-typedef struct ps__scratch {
+typedef struct scratch_bufs {
     char in[PS__READ_CHUNK];
     char out[PS__READ_CHUNK];
-} ps__scratch;
+} scratch_bufs;
 
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
@@ -36,15 +36,15 @@ static void scratch_key_init(void)
 }
 
 /* The calling thread's scratch buffers, or NULL (then nothing is lent). */
-static ps__scratch *scratch(void)
+static scratch_bufs *scratch(void)
 {
-    static _Thread_local ps__scratch *mine;
+    static _Thread_local scratch_bufs *mine;
     if (mine != NULL)
         return mine;
     pthread_once(&scratch_once, scratch_key_init);
     if (!scratch_ok)
         return NULL;
-    ps__scratch *s = malloc(sizeof *s);
+    scratch_bufs *s = malloc(sizeof *s);
     if (s != NULL && pthread_setspecific(scratch_key, s) != 0) {
         free(s);
         s = NULL;
@@ -59,7 +59,7 @@ static void borrow(const ps_conn *c, ps__buf *buf, bool input)
 {
     if (buf->data != NULL || !c->borrow)
         return;
-    ps__scratch *s = scratch();
+    scratch_bufs *s = scratch();
     if (s != NULL)
         ps__buf_lend(buf, input ? s->in : s->out, PS__READ_CHUNK);
 }

@@ -29,14 +29,14 @@
 /* How often the send queues are looked at. */
 #define PS__LINGER_TICK_MS 50
 
-typedef struct ps__lingering {
+typedef struct lingering_socket {
     int fd;
     int64_t deadline_ms;
-} ps__lingering;
+} lingering_socket;
 
 struct ps__linger {
     pthread_mutex_t lock;
-    ps__lingering items[PS__LINGER_MAX]; /* guarded by lock */
+    lingering_socket items[PS__LINGER_MAX]; /* guarded by lock */
     int count;
     bool stopping;
     int wake_fd;
@@ -98,7 +98,7 @@ static void *linger_main(void *arg)
         int64_t stop_deadline = atomic_load(&srv->stop_deadline_ms);
         ps__lock(&l->lock);
         for (int i = n - 1; i >= 0; i--) {
-            ps__lingering *it = &l->items[i];
+            lingering_socket *it = &l->items[i];
             bool late = now >= it->deadline_ms || (l->stopping && now >= stop_deadline);
             if (late || drained(it->fd)) {
                 close(it->fd);
@@ -148,7 +148,7 @@ void ps__linger_close(ps_server *srv, int fd)
     }
     ps__lock(&l->lock);
     if (l->count < PS__LINGER_MAX) {
-        l->items[l->count++] = (ps__lingering){
+        l->items[l->count++] = (lingering_socket){
             .fd = fd,
             .deadline_ms = ps__now_ms() + (int64_t)PS__LIMIT(srv, send_timeout) * 1000,
         };

@@ -10,35 +10,35 @@
 
 #include "poolsrv/log.h"
 
-static atomic_int ps__log_level = PS_LOG_INFO;
-static _Atomic(ps_log_sink) ps__log_sink;
-static _Atomic(void *) ps__log_sink_arg;
+static atomic_int log_level = PS_LOG_INFO;
+static _Atomic(ps_log_sink) log_sink;
+static _Atomic(void *) log_sink_arg;
 
 void ps_log_set_sink(ps_log_sink sink, void *arg)
 {
-    atomic_store_explicit(&ps__log_sink_arg, arg, memory_order_relaxed);
-    atomic_store_explicit(&ps__log_sink, sink, memory_order_release);
+    atomic_store_explicit(&log_sink_arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&log_sink, sink, memory_order_release);
 }
 
 void ps_log_set_level(ps_log_level level)
 {
-    atomic_store_explicit(&ps__log_level, (int)level, memory_order_relaxed);
+    atomic_store_explicit(&log_level, (int)level, memory_order_relaxed);
 }
 
 ps_log_level ps_log_get_level(void)
 {
-    return (ps_log_level)atomic_load_explicit(&ps__log_level, memory_order_relaxed);
+    return (ps_log_level)atomic_load_explicit(&log_level, memory_order_relaxed);
 }
 
-static void ps__log_v(ps_log_level level, const char *fmt, va_list ap)
+static void log_v(ps_log_level level, const char *fmt, va_list ap)
 {
     static const char *const names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
     char line[1024];
-    ps_log_sink sink = atomic_load_explicit(&ps__log_sink, memory_order_acquire);
+    ps_log_sink sink = atomic_load_explicit(&log_sink, memory_order_acquire);
     if (sink != NULL) {
         vsnprintf(line, sizeof line, fmt, ap);
-        sink(level, line, atomic_load_explicit(&ps__log_sink_arg, memory_order_relaxed));
+        sink(level, line, atomic_load_explicit(&log_sink_arg, memory_order_relaxed));
         return;
     }
     struct timespec ts;
@@ -71,11 +71,11 @@ static void ps__log_v(ps_log_level level, const char *fmt, va_list ap)
 
 void ps_log(ps_log_level level, const char *fmt, ...)
 {
-    if ((int)level > atomic_load_explicit(&ps__log_level, memory_order_relaxed))
+    if ((int)level > atomic_load_explicit(&log_level, memory_order_relaxed))
         return;
     va_list ap;
     va_start(ap, fmt);
-    ps__log_v(level, fmt, ap);
+    log_v(level, fmt, ap);
     va_end(ap);
 }
 
@@ -83,6 +83,6 @@ void ps_log_always(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    ps__log_v(PS_LOG_INFO, fmt, ap);
+    log_v(PS_LOG_INFO, fmt, ap);
     va_end(ap);
 }

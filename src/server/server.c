@@ -175,24 +175,24 @@ static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t 
 /* How often the waiting connections look for a slot. */
 #define PS__SLOT_TICK_MS 1
 
-typedef struct ps__slot_waiter {
+typedef struct slot_waiter {
     int fd;
     int64_t deadline_ms;
     struct sockaddr_storage peer;
-} ps__slot_waiter;
+} slot_waiter;
 
-typedef struct ps__slot_queue {
-    ps__slot_waiter items[PS__SLOT_WAITERS];
+typedef struct slot_queue {
+    slot_waiter items[PS__SLOT_WAITERS];
     unsigned head, count;
-} ps__slot_queue;
+} slot_queue;
 
 /* Serves the waiting connections that now have a slot and refuses those
  * whose wait is over; oldest first. */
-static void slot_queue_run(ps_server *srv, ps__slot_queue *q)
+static void slot_queue_run(ps_server *srv, slot_queue *q)
 {
     int64_t now = ps__now_ms();
     while (q->count > 0) {
-        ps__slot_waiter *w = &q->items[q->head];
+        slot_waiter *w = &q->items[q->head];
         uint64_t active = count_in(srv);
         if (active > 0)
             serve(srv, w->fd, (struct sockaddr *)&w->peer, active);
@@ -206,7 +206,7 @@ static void slot_queue_run(ps_server *srv, ps__slot_queue *q)
 }
 
 /* Takes one accepted socket: serves it, queues it for a slot, or refuses it. */
-static void take_connection(ps_server *srv, ps__slot_queue *q, int fd,
+static void take_connection(ps_server *srv, slot_queue *q, int fd,
                             const struct sockaddr_storage *peer)
 {
     int one = 1;
@@ -222,7 +222,7 @@ static void take_connection(ps_server *srv, ps__slot_queue *q, int fd,
         return;
     }
     atomic_fetch_add_explicit(&srv->c.slot_waits, 1, memory_order_relaxed);
-    ps__slot_waiter *w = &q->items[(q->head + q->count) % PS__SLOT_WAITERS];
+    slot_waiter *w = &q->items[(q->head + q->count) % PS__SLOT_WAITERS];
     w->fd = fd;
     w->deadline_ms = ps__now_ms() + PS__LIMIT(srv, max_connections_wait_ms);
     w->peer = *peer;
@@ -230,7 +230,7 @@ static void take_connection(ps_server *srv, ps__slot_queue *q, int fd,
 }
 
 /* At stop, the connections still waiting for a slot are told. */
-static void slot_queue_drop(ps_server *srv, ps__slot_queue *q)
+static void slot_queue_drop(ps_server *srv, slot_queue *q)
 {
     for (; q->count > 0; q->count--, q->head = (q->head + 1) % PS__SLOT_WAITERS)
         refuse(srv, q->items[q->head].fd, &srv->c.rejected_shutdown,
@@ -242,7 +242,7 @@ static void *acceptor_main(void *arg)
     ps_server *srv = arg;
     int64_t paused_until = 0;
     int64_t last_fd_warning = -1000; /* the first one is always logged */
-    ps__slot_queue *slots = calloc(1, sizeof *slots);
+    slot_queue *slots = calloc(1, sizeof *slots);
     if (slots == NULL) {
         ps_log_error("acceptor: out of memory");
         return NULL;

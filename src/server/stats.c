@@ -8,14 +8,14 @@
 
 #include "internal.h"
 
-static atomic_uint ps__stripe_next;
+static atomic_uint stripe_next;
 
 ps__stripe *ps__stripe_of(ps_server *srv)
 {
     /* Threads take stripes in turn, once: workers spread over them. */
     static _Thread_local unsigned idx = UINT_MAX;
     if (idx == UINT_MAX)
-        idx = atomic_fetch_add_explicit(&ps__stripe_next, 1, memory_order_relaxed) % PS__STRIPES;
+        idx = atomic_fetch_add_explicit(&stripe_next, 1, memory_order_relaxed) % PS__STRIPES;
     return &srv->c.stripes[idx];
 }
 

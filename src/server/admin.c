@@ -97,7 +97,7 @@ static void add_stats(ps_server *srv, reply *r)
     ps_server_get_pool_stats(srv, &ps);
     add(r, "STAT pid %ld\r\n", (long)getpid());
     add(r, "STAT uptime %llu\r\n", (unsigned long long)s.uptime_seconds);
-    add(r, "STAT dispatch %s\r\n", ps_dispatch_name(srv->cfg.dispatch));
+    add(r, "STAT dispatch %s\r\n", ps__server_mode_name(srv));
     add(r, "STAT curr_connections %llu\r\n", (unsigned long long)s.curr_connections);
     add(r, "STAT total_connections %llu\r\n", (unsigned long long)s.total_connections);
     add(r, "STAT rejected_connections %llu\r\n", (unsigned long long)s.rejected_connections);
@@ -121,8 +121,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT slow_handlers %llu\r\n", (unsigned long long)s.slow_handlers);
     add(r, "STAT parked_connections %llu\r\n",
         (unsigned long long)s.parked_connections);
-    if (srv->dispatch->add_stats != NULL)
-        srv->dispatch->add_stats(srv, add_stat, r);
+    ps__server_mode_stats(srv, add_stat, r);
     add(r, "STAT jobs_submitted %llu\r\n", (unsigned long long)ps.submitted);
     add(r, "STAT jobs_completed %llu\r\n", (unsigned long long)ps.completed);
     add(r, "STAT jobs_rejected %llu\r\n", (unsigned long long)ps.rejected);
@@ -194,8 +193,7 @@ static bool add_conn(const ps_conn *c, void *arg)
         w->omitted++;
         return true;
     }
-    bool (*parked)(const ps_conn *) = w->srv->dispatch->is_parked;
-    const char *state = parked != NULL && parked(c) ? "parked" : "serving";
+    const char *state = ps__server_conn_parked(w->srv, c) ? "parked" : "serving";
     int64_t last = atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
     add(w->r, "CONN %llu %s age=%lld idle=%lld state=%s lines=%llu\r\n",
         (unsigned long long)c->id, c->peer, (long long)(w->now - c->created_ms) / 1000,
@@ -229,7 +227,7 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
     while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
         len--;
 
-    atomic_fetch_add_explicit(&srv->c.admin_commands, 1, memory_order_relaxed);
+    ps__server_count_admin_command(srv);
     if (is_command(line, len, "threads")) {
         add_threads(srv, &r);
         add(&r, "END\r\n");
@@ -287,7 +285,7 @@ static bool http_line(ps_server *srv, admin_client *ac, const ps_line *line, cha
         size_t plen = end != NULL ? (size_t)(end - path) : line->len - 4;
         ac->http = true;
         ac->http_metrics = plen == 8 && memcmp(path, "/metrics", 8) == 0;
-        atomic_fetch_add_explicit(&srv->c.admin_commands, 1, memory_order_relaxed);
+        ps__server_count_admin_command(srv);
         return true;
     }
     if (line->len > 0)

@@ -210,6 +210,15 @@ typedef enum ps__readiness {
     PS__NOT_READY_FULL,     /* every worker busy, clients waiting, for PS__SATURATED_MS */
 } ps__readiness;
 ps__readiness ps__server_readiness(const ps_server *srv);
+/* What the admin port reports of the server beyond ps_server_get_stats and
+ * ps_server_get_pool_stats: the dispatch mode's name, its own counters,
+ * whether a connection waits with nothing holding it; and the counting of
+ * its commands. */
+const char *ps__server_mode_name(const ps_server *srv);
+void ps__server_mode_stats(const ps_server *srv, ps__stat_fn emit, void *arg);
+bool ps__server_conn_parked(const ps_server *srv, const ps_conn *conn);
+void ps__server_count_admin_command(ps_server *srv);
+
 /* Samples whether every worker is busy with clients waiting (the admin
  * thread, a few times a second): the clock PS__NOT_READY_FULL reads. */
 void ps__server_watch_saturation(ps_server *srv, int64_t now);

@@ -99,3 +99,24 @@ void ps__server_watch_saturation(ps_server *srv, int64_t now)
     else if (!full && since != 0)
         atomic_store_explicit(&srv->saturated_since_ms, 0, memory_order_relaxed);
 }
+
+const char *ps__server_mode_name(const ps_server *srv)
+{
+    return ps_dispatch_name(srv->cfg.dispatch);
+}
+
+void ps__server_mode_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
+{
+    if (srv->dispatch->add_stats != NULL)
+        srv->dispatch->add_stats(srv, emit, arg);
+}
+
+bool ps__server_conn_parked(const ps_server *srv, const ps_conn *conn)
+{
+    return srv->dispatch->is_parked != NULL && srv->dispatch->is_parked(conn);
+}
+
+void ps__server_count_admin_command(ps_server *srv)
+{
+    atomic_fetch_add_explicit(&srv->c.admin_commands, 1, memory_order_relaxed);
+}

@@ -116,6 +116,25 @@ static void test_keep_lets_go_of_lent_memory(void **state)
     ps__buf_free(&b);
 }
 
+static void test_shed_frees_large_empty_memory(void **state)
+{
+    (void)state;
+    ps__buf b = {0};
+    assert_int_equal(ps__buf_append(&b, "x", 1, 1024), 0);
+    ps__buf_shed(&b, 512); /* holds a byte: kept */
+    assert_non_null(b.data);
+    ps__buf_consume(&b, 1);
+    ps__buf_shed(&b, 1024); /* not over the bound: kept */
+    assert_non_null(b.data);
+    ps__buf_shed(&b, 512);
+    assert_null(b.data);
+    assert_int_equal(b.cap, 0);
+    char mem[2048];
+    ps__buf_lend(&b, mem, sizeof mem);
+    ps__buf_shed(&b, 512); /* lent: not its own to free */
+    assert_ptr_equal(b.data, mem);
+}
+
 static void test_resize_keeps_the_bytes(void **state)
 {
     (void)state;
@@ -177,6 +196,7 @@ int main(void)
         cmocka_unit_test(test_consume_and_compact),
         cmocka_unit_test(test_lent_memory_is_left_when_growing),
         cmocka_unit_test(test_keep_lets_go_of_lent_memory),
+        cmocka_unit_test(test_shed_frees_large_empty_memory),
         cmocka_unit_test(test_resize_keeps_the_bytes),
         cmocka_unit_test(test_write_to_a_socket),
     };

@@ -99,6 +99,12 @@ int ps__buf_keep(ps__buf *b)
     return b->lent ? ps__buf_resize(b, ps__buf_size(b)) : 0;
 }
 
+void ps__buf_shed(ps__buf *b, size_t most)
+{
+    if (ps__buf_size(b) == 0 && !b->lent && b->cap > most)
+        ps__buf_free(b);
+}
+
 void ps__buf_free(ps__buf *b)
 {
     if (!b->lent)

@@ -52,6 +52,11 @@ ssize_t ps__buf_write(ps__buf *b, int fd);
  * -ENOMEM (the buffer still uses the lent memory). */
 int ps__buf_keep(ps__buf *b);
 
+/* An empty buffer whose own memory is over most bytes frees it, so that
+ * one large block or reply does not keep its memory for the rest of a
+ * session. */
+void ps__buf_shed(ps__buf *b, size_t most);
+
 /* Frees the buffer's own memory and empties it. */
 void ps__buf_free(ps__buf *b);
 

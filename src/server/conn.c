@@ -18,6 +18,8 @@
 
 #define PS__READ_CHUNK 16384
 #define PS__OUT_HIGH_WATER (256 * 1024)
+/* An emptied buffer over this size is freed (a large block or reply). */
+#define PS__BUF_IDLE_MAX (4 * PS__READ_CHUNK)
 
 /* A worker's scratch buffers (event mode), lent to the connection it
  * serves. Allocated on a thread's first use and freed when it exits. */
@@ -377,6 +379,7 @@ int ps__conn_process(ps_conn *c)
         atomic_fetch_add_explicit(&ps__stripe_of(srv)->lines, lines, memory_order_relaxed);
         atomic_fetch_add_explicit(&c->lines, lines, memory_order_relaxed);
     }
+    ps__buf_shed(&c->in, PS__BUF_IDLE_MAX);
     return rc;
 }
 
@@ -393,7 +396,10 @@ int ps__conn_flush(ps_conn *c)
     if (w > 0)
         atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
                                   memory_order_relaxed);
-    return ps__buf_size(&c->out) == 0 ? 0 : -EAGAIN;
+    if (ps__buf_size(&c->out) > 0)
+        return -EAGAIN;
+    ps__buf_shed(&c->out, PS__BUF_IDLE_MAX);
+    return 0;
 }
 
 /* The earlier of two deadlines; -1 is none. */

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "buf.h"
-#include "internal.h"
 #include "net.h"
 
 void ps__buf_lend(ps__buf *b, char *mem, size_t cap)

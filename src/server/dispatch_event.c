@@ -1088,11 +1088,9 @@ static void close_all(ps_server *srv)
     event_state *ev = ev_of(srv);
     /* Single-threaded now: every worker is gone, every connection parked
      * (or claimed by a finished reply and not served: on the list too). */
-    if (ev != NULL) {
-        ps__lock(&ev->woken_lock);
-        ev->woken_head = ev->woken_tail = NULL;
-        ps__unlock(&ev->woken_lock);
-    }
+    ps__lock(&ev->woken_lock);
+    ev->woken_head = ev->woken_tail = NULL;
+    ps__unlock(&ev->woken_lock);
     while (ev->conns != NULL) {
         ps_conn *c = ev->conns;
         list_unlink(srv, c);

@@ -137,10 +137,16 @@ static void thread_teardown(ps_server *srv)
     srv->mode = NULL;
 }
 
+/* Threads serving a connection now (0 before start and after stop). */
+static unsigned live_threads(const ps_server *srv)
+{
+    return ts_of(srv) != NULL ? atomic_load(&ts_of(srv)->live) : 0;
+}
+
 /* No pool: a thread per connection, up to max_connections. */
 static void thread_pool_stats(const ps_server *srv, ps_pool_stats *st)
 {
-    unsigned busy = ts_of(srv) != NULL ? atomic_load(&ts_of(srv)->live) : 0;
+    unsigned busy = live_threads(srv);
     st->max_threads = PS__LIMIT(srv, max_connections);
     st->busy_threads = busy;
     st->available_threads = st->max_threads > busy ? st->max_threads - busy : 0;
@@ -148,7 +154,7 @@ static void thread_pool_stats(const ps_server *srv, ps_pool_stats *st)
 
 static void thread_add_stats(const ps_server *srv, ps__stat_fn emit, void *arg)
 {
-    emit(arg, "connection_threads", ts_of(srv) != NULL ? atomic_load(&ts_of(srv)->live) : 0);
+    emit(arg, "connection_threads", live_threads(srv));
 }
 
 /* No pool: a thread per connection, joined by the acceptor once a second

@@ -70,7 +70,6 @@ static void check_config(const ps_config *cfg)
     FUZZ_CHECK((unsigned)cfg->log_level <= PS_LOG_DEBUG);
 }
 
-/* Field by field: struct assignment need not copy padding. */
 /* The handler's own keys, in order, with their values. */
 static bool same_handler_keys(const ps_config *a, const ps_config *b)
 {
@@ -83,6 +82,7 @@ static bool same_handler_keys(const ps_config *a, const ps_config *b)
     return true;
 }
 
+/* Field by field: struct assignment need not copy padding. */
 static bool config_equal(const ps_config *a, const ps_config *b)
 {
     return strcmp(a->bind, b->bind) == 0 && a->port == b->port && a->backlog == b->backlog &&

@@ -82,6 +82,7 @@ typedef struct ps_config {
     unsigned max_connections_wait_ms; /* a client over the limit waits this long for a slot */
     size_t max_line;              /* 16..16777216 bytes, line ending excluded */
     size_t max_block;             /* ps_conn_read_bytes: 1..1073741824 bytes */
+    size_t max_output;            /* copied bytes queued for one client: 65536..1073741824 */
     unsigned idle_timeout;        /* seconds, 0 = never; <= 86400 */
     unsigned send_timeout;        /* seconds, 1..3600 */
     unsigned shutdown_timeout;    /* seconds to finish on SIGTERM, 1..3600 */

@@ -41,8 +41,32 @@ typedef struct ps_handler {
     void (*on_close)(ps_conn *conn, void *ud);
 } ps_handler;
 
-/* Queues bytes for the client (copied). Returns 0 or -ENOMEM. */
+/* Queues bytes for the client (copied). Returns 0, -ENOMEM, or -ENOBUFS
+ * when the copies queued for the client would pass limits.max_output:
+ * then nothing more is written to it, not even what was queued before,
+ * and the connection closes once the callback returns (counted in
+ * output_overflows), so that the client never reads a reply cut short as
+ * whole. A connection whose queued output (copies and references) passes
+ * 256 KiB answers no more lines until its client reads. */
 int ps_conn_send(ps_conn *conn, const void *data, size_t len);
+
+/* Queues len bytes at data for the client without copying them (a cache's
+ * values): data must stay valid and unchanged until release(arg) is
+ * called, exactly once, by the thread that wrote them or let them go (the
+ * connection closed), or before this returns when it fails. Referenced
+ * bytes are not copies: they count toward the 256 KiB that pauses reading,
+ * not toward limits.max_output. Behind a deferred reply not yet written
+ * they are copied (as ps_conn_send). Returns 0, -ENOMEM or -ENOBUFS (as
+ * ps_conn_send). */
+int ps_conn_send_ref(ps_conn *conn, const void *data, size_t len, void (*release)(void *arg),
+                     void *arg);
+
+/* Takes back everything the running callback of conn has sent so far
+ * (copies and references), so that a reply that fails halfway can be
+ * replaced by an error: a client must never read a reply cut short.
+ * Returns 0, or -EBUSY when the callback deferred a reply meanwhile
+ * (nothing taken back: close the connection). */
+int ps_conn_unsend(ps_conn *conn);
 
 /* A number unique to the connection for the life of the server. */
 uint64_t ps_conn_id(const ps_conn *conn);
@@ -86,7 +110,10 @@ int ps_conn_read_bytes(ps_conn *conn, size_t n, ps_bytes_fn fn);
  * ps_reply_send appends to the reply and ps_reply_done finishes it; both
  * may be called from any thread at any time: also after the connection
  * has closed, while the server stops and after it is destroyed (then they
- * return PS_ECLOSED and send nothing). ps_reply_done frees the reply: do
+ * return PS_ECLOSED and send nothing). ps_reply_send returns -ENOBUFS when
+ * the bytes of the connection's deferred replies would pass
+ * limits.max_output: the connection then closes when this reply's turn
+ * comes, writing nothing of it (counted in output_overflows). ps_reply_done frees the reply: do
  * not use it after. With action PS_CLOSE the connection closes after the
  * reply. A connection that is closing (its client's stream ended, or a
  * callback returned PS_CLOSE) stays until its deferred replies are done and
@@ -104,7 +131,9 @@ int ps_reply_done(ps_reply *reply, int action);
  * ps_conn_ref_send queues bytes for the client from any thread and returns
  * 0, PS_ECLOSED once the connection has closed, or -ENOBUFS while 256 KiB
  * sent this way still wait for a client that does not read (the bytes are
- * dropped). They go out as soon as the connection's owner gets to them,
+ * refused, counted in sends_refused; the sender decides: drop, retry or
+ * evict). They wait there while the client has 256 KiB of output unread
+ * (in every dispatch mode), so memory stays bounded. They go out as soon as the connection's owner gets to them,
  * between its own replies, never inside one. ps_conn_ref_release, from any
  * thread, gives the handle back; every handle must be released once.
  */
@@ -125,6 +154,8 @@ typedef struct ps_server_stats {
     uint64_t reloads;              /* ps_server_reload that applied */
     uint64_t reload_errors;        /* ... that found the configuration broken */
     uint64_t proxy_errors;         /* PROXY header missing, malformed, late or untrusted */
+    uint64_t output_overflows;     /* closed: queued output passed limits.max_output */
+    uint64_t sends_refused;        /* ps_conn_ref_send refused: 256 KiB already waiting */
     uint64_t lines;
     uint64_t blocks;               /* ps_conn_read_bytes blocks given whole */
     uint64_t bytes_in;

@@ -57,6 +57,13 @@ int ps__buf_keep(ps__buf *b);
  * session. */
 void ps__buf_shed(ps__buf *b, size_t most);
 
+/* Keeps only the first size bytes held (a reply taken back). */
+static inline void ps__buf_truncate(ps__buf *b, size_t size)
+{
+    if (size < ps__buf_size(b))
+        b->len = b->off + size;
+}
+
 /* Frees the buffer's own memory and empties it. */
 void ps__buf_free(ps__buf *b);
 

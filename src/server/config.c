@@ -93,6 +93,7 @@ static const key_spec key_specs[] = {
     PS__UINT("limits", "max_connections_wait_ms", max_connections_wait_ms, PS__W_UNSIGNED, 0, 60000),
     PS__UINT("limits", "max_line", max_line, PS__W_SIZE, 16, 16777216),
     PS__UINT("limits", "max_block", max_block, PS__W_SIZE, 1, 1073741824),
+    PS__UINT("limits", "max_output", max_output, PS__W_SIZE, 65536, 1073741824),
     PS__UINT("limits", "idle_timeout", idle_timeout, PS__W_UNSIGNED, 0, 86400),
     PS__UINT("limits", "send_timeout", send_timeout, PS__W_UNSIGNED, 1, 3600),
     PS__UINT("limits", "shutdown_timeout", shutdown_timeout, PS__W_UNSIGNED, 1, 3600),
@@ -749,6 +750,7 @@ void ps_config_defaults(ps_config *cfg)
     cfg->max_connections_wait_ms = 100;
     cfg->max_line = 8192;
     cfg->max_block = 2 * 1024 * 1024;
+    cfg->max_output = 16 * 1024 * 1024;
     cfg->idle_timeout = 300;
     cfg->send_timeout = 10;
     cfg->shutdown_timeout = 5;

@@ -17,7 +17,6 @@
 #include "reply.h"
 
 #define PS__READ_CHUNK 16384
-#define PS__OUT_HIGH_WATER (256 * 1024)
 /* An emptied buffer over this size is freed (a large block or reply). */
 #define PS__BUF_IDLE_MAX (4 * PS__READ_CHUNK)
 
@@ -99,13 +98,21 @@ static int64_t handler_ended(ps_conn *c, int64_t began, const char *what)
     return now;
 }
 
+/* Notes where the output of the handler call about to begin starts. */
+static void mark_call(ps_conn *c)
+{
+    c->mark.out = ps__buf_size(&c->out);
+    c->mark.refs = c->refs.n;
+    c->mark.tail = NULL;
+    if (c->replies != NULL)
+        c->mark.tail = ps__conn_hold_mark(c, &c->mark.held);
+}
+
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
 {
     ps_conn *c = calloc(1, sizeof *c + srv->dispatch->conn_size);
-    if (c == NULL) {
-        close(fd);
-        return NULL;
-    }
+    if (c == NULL)
+        return NULL; /* fd stays the caller's */
     c->srv = srv;
     c->fd = fd;
     c->id = atomic_fetch_add_explicit(&srv->next_conn_id, 1, memory_order_relaxed) + 1;
@@ -132,6 +139,7 @@ int ps__conn_open(ps_conn *c)
         return PS_CONTINUE;
     int64_t began = ps__now_us();
     handler_started(began);
+    mark_call(c);
     int rc = h->on_open(c, c->srv->ud);
     handler_ended(c, began, "on_open");
     return rc;
@@ -181,6 +189,7 @@ void ps__conn_end(ps_conn *c)
     }
 
     ps__conn_replies_close(c);
+    ps__outrefs_free(&c->refs); /* the spans not written go back now */
     ps__linger_close(srv, c->fd);
 
     uint64_t left = atomic_fetch_sub_explicit(&srv->c.curr_connections, 1,
@@ -197,15 +206,22 @@ void ps__conn_close(ps_conn *c)
     free(c);
 }
 
-/* Appends to the output (lent a scratch buffer when it has none). */
+/* Appends to the output (lent a scratch buffer when it has none), within
+ * limits.max_output. */
 static int out_append(ps_conn *c, const void *data, size_t len)
 {
+    if (ps__buf_size(&c->out) + len > PS__LIMIT(c->srv, max_output)) {
+        c->overflow = true;
+        return -ENOBUFS;
+    }
     borrow(c, &c->out, false);
     return ps__buf_append(&c->out, data, len, PS__OUT_MIN);
 }
 
 int ps_conn_send(ps_conn *c, const void *data, size_t len)
 {
+    if (c->overflow)
+        return -ENOBUFS;
     if (c->replies != NULL) {
         int rc = ps__conn_hold(c, data, len);
         if (rc <= 0)
@@ -214,11 +230,43 @@ int ps_conn_send(ps_conn *c, const void *data, size_t len)
     return out_append(c, data, len);
 }
 
+int ps_conn_send_ref(ps_conn *c, const void *data, size_t len, void (*release)(void *arg),
+                     void *arg)
+{
+    int rc = 0;
+    if (c->overflow)
+        rc = -ENOBUFS;
+    else if (len == 0)
+        rc = 0;
+    else if (c->replies != NULL && ps__conn_replies_pending(c))
+        rc = ps_conn_send(c, data, len); /* held behind a reply: a copy */
+    else if (ps__outrefs_add(&c->refs, &c->out, data, len, release, arg) == 0)
+        return 0;
+    else
+        rc = -ENOMEM;
+    if (release != NULL)
+        release(arg);
+    return rc;
+}
+
+int ps_conn_unsend(ps_conn *c)
+{
+    if (c->replies != NULL) {
+        size_t held;
+        if (ps__conn_hold_mark(c, &held) != c->mark.tail)
+            return -EBUSY; /* a reply was deferred meanwhile */
+        if (c->mark.tail != NULL)
+            return ps__conn_hold_truncate(c, c->mark.held);
+    }
+    ps__buf_truncate(&c->out, c->mark.out);
+    ps__outrefs_truncate(&c->refs, c->mark.refs);
+    return 0;
+}
+
 uint64_t ps_conn_id(const ps_conn *c) { return c->id; }
 const char *ps_conn_peer(const ps_conn *c) { return c->peer; }
 void ps_conn_set_data(ps_conn *c, void *data) { c->data = data; }
 void *ps_conn_get_data(const ps_conn *c) { return c->data; }
-size_t ps__conn_pending_output(const ps_conn *c) { return ps__buf_size(&c->out); }
 
 ssize_t ps__conn_read(ps_conn *c)
 {
@@ -310,6 +358,7 @@ static int take_block(ps_conn *c, int *rc, int64_t *began)
     if (*began == 0)
         *began = ps__now_us();
     handler_started(*began);
+    mark_call(c);
     *rc = fn(c, data, n, c->srv->ud);
     *began = handler_ended(c, *began, "on_bytes");
     return 1;
@@ -324,7 +373,7 @@ int ps__conn_process(ps_conn *c)
     int64_t began = 0; /* of the next handler call; one clock read per call */
     ps__hist *hist = NULL; /* this thread's handler time, found once */
 
-    while (ps__buf_size(&c->out) < PS__OUT_HIGH_WATER) {
+    while (ps__conn_pending_output(c) < PS__OUT_HIGH_WATER && !c->overflow) {
         if (c->block_want > 0) {
             int r = PS_CONTINUE;
             if (!take_block(c, &r, &began))
@@ -358,6 +407,7 @@ int ps__conn_process(ps_conn *c)
         if (began == 0)
             began = ps__now_us();
         handler_started(began);
+        mark_call(c);
         int r = h->on_line(c, &line, srv->ud);
         int64_t ended = handler_ended(c, began, "on_line");
         if (hist == NULL)
@@ -383,21 +433,47 @@ int ps__conn_process(ps_conn *c)
     return rc;
 }
 
+/* A connection past limits.max_output: counted and logged once; nothing
+ * more of its output is written (a reply cut short must never be read as
+ * whole, nor a later one as its answer). */
+static int overflowed(ps_conn *c)
+{
+    if (!c->overflow_told) {
+        c->overflow_told = true;
+        atomic_fetch_add_explicit(&c->srv->c.output_overflows, 1, memory_order_relaxed);
+        ps_log_warn("connection %llu from %s: output over limits.max_output (%zu bytes), "
+                    "closing", (unsigned long long)c->id, c->peer,
+                    PS__LIMIT(c->srv, max_output));
+    }
+    return -ENOBUFS;
+}
+
 int ps__conn_flush(ps_conn *c)
 {
-    if (c->replies != NULL) {
-        borrow(c, &c->out, false);
-        if (ps__conn_promote(c) < 0)
-            return -ENOMEM;
+    for (;;) {
+        int waiting = 0;
+        if (c->replies != NULL) {
+            borrow(c, &c->out, false);
+            waiting = ps__conn_promote(c);
+            if (waiting < 0)
+                return -ENOMEM;
+        }
+        if (c->overflow)
+            return overflowed(c);
+        ssize_t w = c->refs.n > 0 ? ps__outrefs_write(&c->refs, &c->out, c->fd)
+                                  : ps__buf_write(&c->out, c->fd);
+        if (w < 0)
+            return (int)w;
+        if (w > 0)
+            atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
+                                      memory_order_relaxed);
+        if (ps__conn_pending_output(c) > 0)
+            return -EAGAIN;
+        /* All written: bytes from other threads that waited for room go
+         * now (a second round at most: the output is empty). */
+        if (waiting == 0)
+            break;
     }
-    ssize_t w = ps__buf_write(&c->out, c->fd);
-    if (w < 0)
-        return (int)w;
-    if (w > 0)
-        atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_out, (uint64_t)w,
-                                  memory_order_relaxed);
-    if (ps__buf_size(&c->out) > 0)
-        return -EAGAIN;
     ps__buf_shed(&c->out, PS__BUF_IDLE_MAX);
     return 0;
 }

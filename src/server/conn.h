@@ -13,8 +13,13 @@
 #include "poolsrv/server.h"
 #include "buf.h"
 #include "net.h"
+#include "outref.h"
 
 #define PS__OUT_MIN 4096 /* the least a connection's output buffer grows to */
+/* Output waiting (copies and references) past which a connection answers
+ * no more lines, and takes no bytes sent from other threads, until its
+ * client reads: the client is paced, not buffered for. */
+#define PS__OUT_HIGH_WATER (256 * 1024)
 
 /* One client connection. Fields are owned by the thread serving it. */
 struct ps_conn {
@@ -47,6 +52,15 @@ struct ps_conn {
     bool borrow;
     ps__buf in;  /* unframed input */
     ps__buf out; /* output queued for the client */
+    ps__outrefs refs; /* ... and spans of the handler's memory among it */
+    /* Its queued output would have passed limits.max_output: nothing more
+     * is written, the connection closes (told: logged and counted once). */
+    bool overflow, overflow_told;
+    /* Where the current handler call's output began (ps_conn_unsend). */
+    struct {
+        size_t out, refs, held;
+        const void *tail;
+    } mark;
 
     /* Deferred replies (reply.c); NULL until the first ps_reply_defer. */
     struct ps__replies *replies;
@@ -56,8 +70,9 @@ struct ps_conn {
 };
 
 
-/* Creates the connection object for an accepted socket (owns fd from now
- * on, closing it on failure). Returns NULL on ENOMEM. */
+/* Creates the connection object for an accepted socket, which owns fd from
+ * then on. Returns NULL on ENOMEM: fd is still the caller's to close (one
+ * close only: a second could hit a descriptor another thread just got). */
 ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer);
 
 /* A connection closed for a timeout: counted in idle_timeouts or
@@ -110,8 +125,12 @@ int ps__conn_flush(ps_conn *conn);
  * negative errno (-ETIMEDOUT) when not all of it went. */
 int ps__conn_flush_all(ps_conn *conn);
 
-/* Bytes queued for the client and not yet written. */
-size_t ps__conn_pending_output(const ps_conn *conn);
+/* Bytes queued for the client and not yet written, copied or referenced
+ * (not those held behind deferred replies). */
+static inline size_t ps__conn_pending_output(const ps_conn *c)
+{
+    return ps__buf_size(&c->out) + c->refs.bytes;
+}
 
 
 /* Called before the serving thread lets go of the connection: frees the

@@ -55,6 +55,8 @@ typedef struct ps__counters {
     atomic_uint_fast64_t admin_commands;
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
+    atomic_uint_fast64_t output_overflows; /* closed past limits.max_output */
+    atomic_uint_fast64_t sends_refused; /* ps_conn_ref_send's -ENOBUFS */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];
@@ -131,6 +133,7 @@ typedef struct ps__limits {
     _Atomic unsigned max_connections, max_connections_wait_ms;
     _Atomic size_t max_line;
     _Atomic size_t max_block;
+    _Atomic size_t max_output;
     _Atomic unsigned idle_timeout, send_timeout, shutdown_timeout, slow_handler_ms;
 } ps__limits;
 #define PS__LIMIT(srv, key) atomic_load_explicit(&(srv)->limits.key, memory_order_relaxed)

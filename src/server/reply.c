@@ -32,6 +32,7 @@ struct ps__replies {
     int wake_fd;         /* connection and thread modes; -1 in event mode */
     char *other;         /* ps_conn_ref_send's bytes, not yet in the output */
     size_t other_len, other_cap;
+    size_t held;         /* bytes of every reply's buf and after */
 };
 
 /* What ps_conn_ref_send may leave waiting for a connection that does not
@@ -42,6 +43,8 @@ struct ps_reply {
     ps__replies *rs;
     ps_reply *next;
     bool done, close_after;
+    bool overflow;       /* a send passed limits.max_output: the connection
+                            closes when this reply's turn comes */
     char *buf;           /* the reply */
     size_t len, cap;
     char *after;         /* what the connection sent after it was deferred */
@@ -68,6 +71,7 @@ static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t
 
 static void reply_free(ps_reply *r)
 {
+    r->rs->held -= r->len + r->after_len;
     free(r->buf);
     free(r->after);
     free(r);
@@ -147,11 +151,28 @@ ps_reply *ps_reply_defer(ps_conn *c)
     return r;
 }
 
+/* Whether len more held bytes stay within limits.max_output. Under
+ * rs->lock, with rs->conn set. */
+static bool may_hold(const ps__replies *rs, size_t len)
+{
+    return rs->held + len <= PS__LIMIT(rs->conn->srv, max_output);
+}
+
 int ps_reply_send(ps_reply *r, const void *data, size_t len)
 {
     ps__replies *rs = r->rs;
     ps__lock(&rs->lock);
-    int rc = rs->conn == NULL ? PS_ECLOSED : append(&r->buf, &r->len, &r->cap, data, len);
+    int rc;
+    if (rs->conn == NULL) {
+        rc = PS_ECLOSED;
+    } else if (r->overflow || !may_hold(rs, len)) {
+        r->overflow = true;
+        rc = -ENOBUFS;
+    } else {
+        rc = append(&r->buf, &r->len, &r->cap, data, len);
+        if (rc == 0)
+            rs->held += len;
+    }
     ps__unlock(&rs->lock);
     return rc;
 }
@@ -204,9 +225,10 @@ int ps_conn_ref_send(ps_conn_ref *ref, const void *data, size_t len)
     int rc;
     if (rs->conn == NULL)
         rc = PS_ECLOSED;
-    else if (rs->other_len + len > PS__OTHER_MAX)
-        rc = -ENOBUFS; /* the client is not reading: drop, do not grow */
-    else
+    else if (rs->other_len + len > PS__OTHER_MAX) {
+        rc = -ENOBUFS; /* the client is not reading: refuse, do not grow */
+        atomic_fetch_add_explicit(&rs->conn->srv->c.sends_refused, 1, memory_order_relaxed);
+    } else
         rc = append(&rs->other, &rs->other_len, &rs->other_cap, data, len);
     if (rc == 0 && rs->other_len == len)
         wake(rs); /* the first bytes waiting: the owner comes for them */
@@ -228,10 +250,42 @@ int ps__conn_hold(ps_conn *c, const void *data, size_t len)
     ps__replies *rs = c->replies;
     ps__lock(&rs->lock);
     int rc = 1;
-    if (rs->tail != NULL) /* behind a reply not written yet */
-        rc = append(&rs->tail->after, &rs->tail->after_len, &rs->tail->after_cap, data, len);
+    if (rs->tail != NULL) { /* behind a reply not written yet */
+        if (!may_hold(rs, len)) {
+            c->overflow = true;
+            rc = -ENOBUFS;
+        } else {
+            rc = append(&rs->tail->after, &rs->tail->after_len, &rs->tail->after_cap, data,
+                        len);
+            if (rc == 0)
+                rs->held += len;
+        }
+    }
     ps__unlock(&rs->lock);
     return rc;
+}
+
+const void *ps__conn_hold_mark(ps_conn *c, size_t *held)
+{
+    ps__replies *rs = c->replies;
+    ps__lock(&rs->lock);
+    const ps_reply *tail = rs->tail;
+    *held = tail != NULL ? tail->after_len : 0;
+    ps__unlock(&rs->lock);
+    return tail;
+}
+
+int ps__conn_hold_truncate(ps_conn *c, size_t held)
+{
+    ps__replies *rs = c->replies;
+    ps__lock(&rs->lock);
+    ps_reply *tail = rs->tail;
+    if (tail != NULL && held < tail->after_len) {
+        rs->held -= tail->after_len - held;
+        tail->after_len = held;
+    }
+    ps__unlock(&rs->lock);
+    return 0;
 }
 
 int ps__conn_promote(ps_conn *c)
@@ -246,14 +300,27 @@ int ps__conn_promote(ps_conn *c)
     int rc = 0;
     ps__lock(&rs->lock);
     /* Bytes sent from other threads go out as soon as they can: they answer
-     * none of this client's lines. */
-    if (rs->other_len > 0) {
+     * none of this client's lines. Not past the high-water mark: a client
+     * that does not read keeps them waiting where ps_conn_ref_send bounds
+     * them, instead of the output growing at each wake. */
+    if (rs->other_len > 0 && ps__conn_pending_output(c) >= PS__OUT_HIGH_WATER) {
+        rc = 1;
+    } else if (rs->other_len > 0) {
         if (ps__buf_append(&c->out, rs->other, rs->other_len, PS__OUT_MIN) < 0)
             rc = -ENOMEM;
         rs->other_len = 0;
+        if (rs->other_cap > PS__OUT_MIN * 4) { /* one burst keeps no memory */
+            free(rs->other);
+            rs->other = NULL;
+            rs->other_cap = 0;
+        }
     }
     while (rs->head != NULL && rs->head->done) {
         ps_reply *r = rs->head;
+        if (r->overflow) {
+            c->overflow = true; /* nothing of it, nor after it, is written */
+            break;
+        }
         /* Straight into the output: nothing is held behind it any more. */
         if (ps__buf_append(&c->out, r->buf, r->len, PS__OUT_MIN) < 0 ||
             ps__buf_append(&c->out, r->after, r->after_len, PS__OUT_MIN) < 0)
@@ -299,6 +366,7 @@ void ps__conn_replies_close(ps_conn *c)
     rs->other_len = rs->other_cap = 0;
     /* What the connection sent behind the pending replies goes nowhere. */
     for (ps_reply *r = rs->head; r != NULL; r = r->next) {
+        rs->held -= r->after_len;
         free(r->after);
         r->after = NULL;
         r->after_len = r->after_cap = 0;

@@ -53,6 +53,7 @@ static void set_limits(ps_server *srv, const ps_config *cfg)
                           memory_order_relaxed);
     atomic_store_explicit(&l->max_line, cfg->max_line, memory_order_relaxed);
     atomic_store_explicit(&l->max_block, cfg->max_block, memory_order_relaxed);
+    atomic_store_explicit(&l->max_output, cfg->max_output, memory_order_relaxed);
     atomic_store_explicit(&l->idle_timeout, cfg->idle_timeout, memory_order_relaxed);
     atomic_store_explicit(&l->send_timeout, cfg->send_timeout, memory_order_relaxed);
     atomic_store_explicit(&l->shutdown_timeout, cfg->shutdown_timeout, memory_order_relaxed);
@@ -143,11 +144,12 @@ static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint6
     ps_log_info("connection %llu from %s (%llu active)",
                 (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
                 (unsigned long long)active);
-    if (srv->dispatch->take(srv, c) != 0) {
+    int rc = srv->dispatch->take(srv, c);
+    if (rc != 0) {
         atomic_fetch_add_explicit(&srv->c.rejected_busy, 1, memory_order_relaxed);
         ps__write_best_effort(fd, "ERROR server busy\r\n");
-        ps_log_info("connection %llu rejected: %s", (unsigned long long)ps_conn_id(c),
-                    srv->dispatch->busy_why);
+        ps_log_info("connection %llu rejected: %s (%s)", (unsigned long long)ps_conn_id(c),
+                    srv->dispatch->busy_why, ps_strerror(rc));
         ps__conn_close(c);
     }
 }

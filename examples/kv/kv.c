@@ -66,12 +66,26 @@ static int send_str(ps_conn *conn, const char *text)
     return send_text(conn, text, strlen(text));
 }
 
-/* Sends and empties the connection's reply buffer. */
+/* The most the reply buffer keeps between commands (a 4,000-key get of
+ * short values grows it to a few MiB once). */
+#define KV_OUT_KEEP 65536
+
+/* Sends and empties the connection's reply buffer: 0 or ps_conn_send's
+ * error. */
+static int flush_out(ps_conn *conn, kv_conn *kc)
+{
+    int rc = kc->out.len > 0 ? ps_conn_send(conn, kc->out.data, kc->out.len) : 0;
+    kc->out.len = 0;
+    if (kc->out.cap > KV_OUT_KEEP)
+        kv_buf_free(&kc->out);
+    return rc;
+}
+
+/* As flush_out, for a whole reply: PS_CONTINUE, or PS_CLOSE when it could
+ * not be queued. */
 static int send_out(ps_conn *conn, kv_conn *kc)
 {
-    int rc = send_text(conn, kc->out.data, kc->out.len);
-    kc->out.len = 0;
-    return rc;
+    return flush_out(conn, kc) == 0 ? PS_CONTINUE : PS_CLOSE;
 }
 
 static kv_conn *conn_state(ps_conn *conn)
@@ -139,17 +153,50 @@ static int storage(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
     return send_str(conn, kv_proto_result_line(cmd->type, a));
 }
 
-/* get/gets/gat/gats: every key, batch after batch, then END. */
+/* One batch of a retrieval's keys into the reply: short values copied,
+ * long ones sent by reference (the item held until they are written, as
+ * memcached does), so that a reply of many large values costs the server
+ * its VALUE lines, not copies. 0 or a negative errno. */
+static int retrieve_keys(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
+{
+    for (size_t i = 0; i < cmd->nkeys; i++) {
+        kv_hit hit;
+        if (kv_proto_get_key(m->store, cmd, &cmd->keys[i], &kc->out, &hit) == KV_NO_MEMORY)
+            return -ENOMEM;
+        if (hit.item == NULL)
+            continue;
+        int rc = flush_out(conn, kc);
+        if (rc == 0)
+            rc = ps_conn_send_ref(conn, hit.value, hit.nbytes, kv_store_release, hit.item);
+        else
+            kv_store_release(hit.item);
+        if (rc == 0)
+            rc = kv_buf_append(&kc->out, "\r\n", 2);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* get/gets/gat/gats: every key, batch after batch, then END. A reply that
+ * fails halfway is taken back whole and replaced by memcached's error:
+ * the client never reads part of it, nor its rest as the next reply. */
 static int retrieval(ps_conn *conn, kv_module *m, kv_conn *kc, kv_cmd *cmd)
 {
-    do {
-        for (size_t i = 0; i < cmd->nkeys; i++)
-            if (kv_proto_get_key(m->store, cmd, &cmd->keys[i], &kc->out) == KV_NO_MEMORY)
-                return send_str(conn, "SERVER_ERROR out of memory writing get response\r\n");
-    } while (kv_proto_next_keys(cmd) > 0);
-    if (kv_buf_append(&kc->out, KV_REPLY_END, sizeof KV_REPLY_END - 1) != 0)
-        return PS_CLOSE;
-    return send_out(conn, kc);
+    int rc;
+    do
+        rc = retrieve_keys(conn, m, kc, cmd);
+    while (rc == 0 && kv_proto_next_keys(cmd) > 0);
+    if (rc == 0)
+        rc = kv_buf_append(&kc->out, KV_REPLY_END, sizeof KV_REPLY_END - 1);
+    if (rc == 0)
+        rc = flush_out(conn, kc);
+    if (rc == 0)
+        return PS_CONTINUE;
+    kc->out.len = 0;
+    if (rc == -ENOBUFS || ps_conn_unsend(conn) != 0)
+        return PS_CLOSE; /* past limits.max_output: the connection closes */
+    return send_str(conn, "SERVER_ERROR out of memory writing get response\r\n");
 }
 
 static int stats(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
@@ -167,8 +214,10 @@ static int stats(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
     e |= kv_proto_append_stat_u64(o, "pointer_size", 8 * sizeof(void *));
     e |= kv_proto_append_stats(o, &st);
     e |= kv_buf_append(o, KV_REPLY_END, sizeof KV_REPLY_END - 1);
-    if (e != 0)
+    if (e != 0) {
+        kc->out.len = 0;
         return PS_CLOSE;
+    }
     return send_out(conn, kc);
 }
 

@@ -402,28 +402,44 @@ int kv_proto_append_value_line(kv_buf *out, const kv_key *key, const kv_item_inf
 typedef struct get_ctx {
     kv_buf *out;
     const kv_key *key;
+    kv_hit *hit;
     bool with_cas;
     bool no_room;
 } get_ctx;
 
-/* Under the item's stripe lock: the whole VALUE block, in one reservation
- * so that it is never half written. */
+/* Under the item's stripe lock: the VALUE line, and the value copied or
+ * held, in one reservation so that it is never half written. */
 static void append_hit(void *arg, const kv_item_info *info, const char *value)
 {
     get_ctx *g = arg;
-    if (buf_reserve(g->out, VALUE_LINE_MAX + info->nbytes + 2) != 0) {
+    bool hold = info->nbytes >= KV_HOLD_MIN;
+    if (buf_reserve(g->out, VALUE_LINE_MAX + (hold ? 0 : info->nbytes + 2)) != 0) {
         g->no_room = true;
         return;
     }
+    if (hold && !kv_store_hold(info)) { /* held too often: a copy after all */
+        hold = false;
+        if (buf_reserve(g->out, VALUE_LINE_MAX + info->nbytes + 2) != 0) {
+            g->no_room = true;
+            return;
+        }
+    }
     char *p = put_value_line(g->out->data + g->out->len, g->key, info, g->with_cas);
-    memcpy(p, value, info->nbytes);
-    memcpy(p + info->nbytes, "\r\n", 2);
-    g->out->len = (size_t)(p + info->nbytes + 2 - g->out->data);
+    if (hold) {
+        *g->hit = (kv_hit){info->item, value, info->nbytes};
+    } else {
+        memcpy(p, value, info->nbytes);
+        memcpy(p + info->nbytes, "\r\n", 2);
+        p += info->nbytes + 2;
+    }
+    g->out->len = (size_t)(p - g->out->data);
 }
 
-kv_result kv_proto_get_key(kv_store *s, const kv_cmd *cmd, const kv_key *key, kv_buf *out)
+kv_result kv_proto_get_key(kv_store *s, const kv_cmd *cmd, const kv_key *key, kv_buf *out,
+                           kv_hit *hit)
 {
-    get_ctx g = {out, key, cmd->type == KV_CMD_GETS || cmd->type == KV_CMD_GATS, false};
+    *hit = (kv_hit){0};
+    get_ctx g = {out, key, hit, cmd->type == KV_CMD_GETS || cmd->type == KV_CMD_GATS, false};
     if (key->len == 0 || key->len > KV_KEY_MAX)
         return KV_NOT_FOUND;
     kv_result r = cmd->type == KV_CMD_GAT || cmd->type == KV_CMD_GATS

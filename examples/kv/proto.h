@@ -148,12 +148,27 @@ void kv_buf_free(kv_buf *b);
 int kv_proto_append_value_line(kv_buf *out, const kv_key *key, const kv_item_info *info,
                                bool with_cas);
 
+/* Values at least this long are sent by reference (the item held), shorter
+ * ones copied: a copy of a few hundred bytes costs less than a hold and an
+ * iovec, and copies stay within 4 MiB for the longest get line. */
+#define KV_HOLD_MIN 1024
+
+/* A hit whose value goes by reference: item NULL when there is none. */
+typedef struct kv_hit {
+    void *item;        /* held: kv_store_release it once the value is sent */
+    const char *value;
+    size_t nbytes;
+} kv_hit;
+
 /* Runs one key of cmd (get, gets, gat or gats) against the store and, on a
- * hit, appends the whole VALUE line, the data and its \r\n to out, copied
- * under the item's lock. Returns the store's result (KV_OK on a hit), or
- * KV_NO_MEMORY when out could not grow. The module ends the reply with
+ * hit, appends the VALUE line to out; a short value (under KV_HOLD_MIN) and
+ * its \r\n follow it there, copied under the item's lock, while a long one
+ * is held and given in *hit: send out, then the value, then \r\n. Returns
+ * the store's result (KV_OK on a hit), or KV_NO_MEMORY when out could not
+ * grow (nothing held). The module ends the reply with
  * KV_REPLY_END after the last key. */
-kv_result kv_proto_get_key(kv_store *s, const kv_cmd *cmd, const kv_key *key, kv_buf *out);
+kv_result kv_proto_get_key(kv_store *s, const kv_cmd *cmd, const kv_key *key, kv_buf *out,
+                           kv_hit *hit);
 
 /* "<value>\r\n", the reply of incr/decr. 0 or -ENOMEM. */
 int kv_proto_append_number(kv_buf *out, uint64_t value);

@@ -38,6 +38,10 @@ typedef struct kv_item {
     uint32_t nbytes;  /* value length */
     uint8_t nkey;     /* key length, 1..KV_KEY_MAX */
     uint8_t fetched;  /* read since stored (for *_unfetched) */
+    /* One for the table while linked, one per kv_store_hold: the last to
+     * let go frees it. Taken under the stripe's lock (a hit), dropped from
+     * any thread (kv_store_release). Fills what was padding. */
+    _Atomic uint16_t refs;
     char data[];      /* key, then value */
 } kv_item;
 
@@ -317,14 +321,38 @@ static void link_instead(stripe *st, kv_item **slot, kv_item *old, kv_item *nit)
     st->c.total_items++;
 }
 
-/* Unlinks it (found at slot) and frees it, uncharging its bytes. */
+/* Drops a reference: the table's (once unlinked) or a holder's. acq_rel:
+ * the thread that frees sees every other holder done with the value. */
+static void item_unref(kv_item *it)
+{
+    if (atomic_fetch_sub_explicit(&it->refs, 1, memory_order_acq_rel) == 1)
+        free(it);
+}
+
+bool kv_store_hold(const kv_item_info *info)
+{
+    kv_item *it = info->item;
+    /* Under the stripe's lock, so no other hold races this check. */
+    if (atomic_load_explicit(&it->refs, memory_order_relaxed) == UINT16_MAX)
+        return false;
+    atomic_fetch_add_explicit(&it->refs, 1, memory_order_relaxed);
+    return true;
+}
+
+void kv_store_release(void *item)
+{
+    item_unref(item);
+}
+
+/* Unlinks it (found at slot) and uncharges its bytes; it is freed now, or
+ * by its last holder. */
 static void unlink_free(kv_store *s, stripe *st, kv_item **slot, kv_item *it)
 {
     *slot = it->hnext;
     lru_unlink(st, it);
     st->count--;
     atomic_fetch_sub_explicit(&s->used, cost_of(it), memory_order_relaxed);
-    free(it);
+    item_unref(it);
 }
 
 /* Frees an item found dead (state EXPIRED or FLUSHED), counting why. */
@@ -433,6 +461,7 @@ static kv_item *item_new(uint32_t h, const char *key, size_t nkey, size_t nbytes
     if (it == NULL)
         return NULL;
     memset(it, 0, sizeof *it);
+    atomic_init(&it->refs, 1);
     it->hash = h;
     it->nkey = (uint8_t)nkey;
     it->nbytes = (uint32_t)nbytes;
@@ -548,7 +577,7 @@ static kv_result fetch(kv_store *s, const char *key, size_t nkey, bool touch, in
     it->fetched = 1;
     lru_bump(st, it);
     if (fn != NULL) {
-        kv_item_info info = {it->flags, it->cas, it->nbytes};
+        kv_item_info info = {it->flags, it->cas, it->nbytes, it};
         fn(arg, &info, it->data + it->nkey);
     }
     if (touch) {
@@ -693,7 +722,7 @@ kv_result kv_store_put(kv_store *s, const kv_put *p, uint64_t *cas_out)
     if (old != NULL) {
         link_instead(st, slot, old, nit);
         unreserve(s, old_cost + need - cost); /* old's charge, less what nit took over */
-        free(old);
+        item_unref(old);
     } else {
         link_new(st, nit);
     }
@@ -813,7 +842,8 @@ kv_result kv_store_arith(kv_store *s, const char *key, size_t nkey, bool incr, u
         text[sizeof text - ++n] = (char)('0' + x % 10);
     const char *digits = text + sizeof text - n;
     lru_bump(st, it);
-    if (n == it->nbytes) {
+    /* In place only while nobody holds the value to send it. */
+    if (n == it->nbytes && atomic_load_explicit(&it->refs, memory_order_acquire) == 1) {
         memcpy(it->data + nkey, digits, n);
         it->cas = next_cas(s, st);
         it->stored = now;
@@ -837,7 +867,7 @@ kv_result kv_store_arith(kv_store *s, const char *key, size_t nkey, bool incr, u
             link_instead(st, slot, it, nit);
             st->c.total_items--; /* not a store of the client's */
             unreserve(s, old_cost + need - cost);
-            free(it);
+            item_unref(it);
         }
     }
     unlock_or_die(&st->lock);

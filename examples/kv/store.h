@@ -72,12 +72,25 @@ typedef struct kv_item_info {
     uint32_t flags;
     uint64_t cas;
     size_t nbytes; /* value length */
+    void *item;    /* the item, for kv_store_hold during the callback */
 } kv_item_info;
 
 /* Called on a hit with the item's value, while the store holds the lock of
- * the item's stripe: copy what you need and return. It must not call into
- * the store (that would deadlock) and should not block. */
+ * the item's stripe: copy what you need, or hold the item, and return. It
+ * must not call into the store but for kv_store_hold (anything else would
+ * deadlock) and should not block. */
 typedef void kv_value_fn(void *arg, const kv_item_info *info, const char *value);
+
+/* From a kv_value_fn: keeps the item, and so the value fn was given,
+ * valid and unchanged after the callback, until kv_store_release(item) —
+ * to send a value by reference instead of copying it. An item replaced or
+ * deleted meanwhile is unlinked and uncharged at once and freed at its
+ * release: held items are outside the budget. Returns false when the item
+ * is held 65,535 times already (copy the value then). */
+bool kv_store_hold(const kv_item_info *info);
+
+/* Lets go of an item kv_store_hold kept; any thread, no lock. */
+void kv_store_release(void *item);
 
 /* get: KV_OK after fn (may be NULL) has seen the value; KV_NOT_FOUND. A hit
  * makes the item the most recently used one. */

@@ -492,7 +492,7 @@ static void test_value_and_simple_lines(void **state)
     (void)state;
     kv_buf b = {0};
     kv_key k = {"key", 3};
-    kv_item_info info = {4294967295u, 18446744073709551615ull, 12};
+    kv_item_info info = {4294967295u, 18446744073709551615ull, 12, NULL};
     assert_int_equal(kv_proto_append_value_line(&b, &k, &info, false), 0);
     assert_int_equal(kv_proto_append_value_line(&b, &k, &info, true), 0);
     assert_int_equal(kv_proto_append_number(&b, 0), 0);
@@ -520,6 +520,20 @@ static void test_value_and_simple_lines(void **state)
     kv_buf_free(&b); /* twice is fine */
 }
 
+/* kv_proto_get_key as the module uses it, for a whole reply in one
+ * buffer: a held value is appended (and released) after its VALUE line. */
+static kv_result get_key(kv_store *s, const kv_cmd *cmd, const kv_key *key, kv_buf *out)
+{
+    kv_hit hit;
+    kv_result r = kv_proto_get_key(s, cmd, key, out, &hit);
+    if (hit.item != NULL) {
+        kv_buf_append(out, hit.value, hit.nbytes);
+        kv_buf_append(out, "\r\n", 2);
+        kv_store_release(hit.item);
+    }
+    return r;
+}
+
 static void test_get_key_into_buffer(void **state)
 {
     (void)state;
@@ -534,7 +548,7 @@ static void test_get_key_into_buffer(void **state)
     kv_buf b = {0};
     kv_result r[3];
     for (size_t i = 0; i < cmd.nkeys; i++)
-        r[i] = kv_proto_get_key(s, &cmd, &cmd.keys[i], &b);
+        r[i] = get_key(s, &cmd, &cmd.keys[i], &b);
     assert_int_equal(r[0], KV_OK);
     assert_int_equal(r[1], KV_NOT_FOUND);
     assert_int_equal(r[2], KV_OK);
@@ -551,22 +565,39 @@ static void test_get_key_into_buffer(void **state)
     /* get: no cas; gat: the new expiry holds */
     b.len = 0;
     assert_int_equal(parse("get k", &cmd), 0);
-    assert_int_equal(kv_proto_get_key(s, &cmd, &cmd.keys[0], &b), KV_OK);
+    assert_int_equal(get_key(s, &cmd, &cmd.keys[0], &b), KV_OK);
     assert_memory_equal(b.data, "VALUE k 9 6\r\n", 13);
     assert_int_equal(parse("gat -1 k", &cmd), 0);
-    assert_int_equal(kv_proto_get_key(s, &cmd, &cmd.keys[0], &b), KV_OK);
-    assert_int_equal(kv_proto_get_key(s, &cmd, &cmd.keys[0], &b), KV_NOT_FOUND);
+    assert_int_equal(get_key(s, &cmd, &cmd.keys[0], &b), KV_OK);
+    assert_int_equal(get_key(s, &cmd, &cmd.keys[0], &b), KV_NOT_FOUND);
 
-    /* a large value grows the buffer in one step */
+    /* a large value is held, not copied: the buffer gets its VALUE line
+     * only, and the value outlives its replacement until released */
     static char big[1000000];
     memset(big, 'z', sizeof big);
     kv_put pb = {KV_SET, "big", 3, big, sizeof big, 0, 0, 0};
     assert_int_equal(kv_store_put(s, &pb, NULL), KV_OK);
     assert_int_equal(parse("get big", &cmd), 0);
     b.len = 0;
-    assert_int_equal(kv_proto_get_key(s, &cmd, &cmd.keys[0], &b), KV_OK);
-    assert_int_equal(b.len, strlen("VALUE big 0 1000000\r\n") + sizeof big + 2);
-    assert_memory_equal(b.data + b.len - 3, "z\r\n", 3);
+    kv_hit hit;
+    assert_int_equal(kv_proto_get_key(s, &cmd, &cmd.keys[0], &b, &hit), KV_OK);
+    assert_int_equal(b.len, strlen("VALUE big 0 1000000\r\n"));
+    assert_non_null(hit.item);
+    assert_int_equal(hit.nbytes, sizeof big);
+    memset(big, 'y', sizeof big);
+    assert_int_equal(kv_store_put(s, &pb, NULL), KV_OK); /* replaced while held */
+    assert_int_equal(kv_store_delete(s, "big", 3), KV_OK);
+    assert_int_equal(hit.value[0], 'z');
+    assert_int_equal(hit.value[sizeof big - 1], 'z');
+    kv_store_release(hit.item);
+    /* just under KV_HOLD_MIN: copied */
+    kv_put pm = {KV_SET, "mid", 3, big, KV_HOLD_MIN - 1, 0, 0, 0};
+    assert_int_equal(kv_store_put(s, &pm, NULL), KV_OK);
+    assert_int_equal(parse("get mid", &cmd), 0);
+    b.len = 0;
+    assert_int_equal(kv_proto_get_key(s, &cmd, &cmd.keys[0], &b, &hit), KV_OK);
+    assert_null(hit.item);
+    assert_int_equal(b.len, strlen("VALUE mid 0 1023\r\n") + KV_HOLD_MIN - 1 + 2);
     kv_buf_free(&b);
     kv_store_destroy(s);
 }
@@ -623,7 +654,7 @@ static size_t serve(kv_store *s, const char *in, size_t len, kv_buf *out)
     case KV_CMD_GET: case KV_CMD_GETS: case KV_CMD_GAT: case KV_CMD_GATS:
         do
             for (size_t i = 0; i < cmd.nkeys; i++)
-                kv_proto_get_key(s, &cmd, &cmd.keys[i], out);
+                get_key(s, &cmd, &cmd.keys[i], out);
         while (kv_proto_next_keys(&cmd) > 0);
         reply = KV_REPLY_END;
         break;

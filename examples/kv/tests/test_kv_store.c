@@ -1011,6 +1011,86 @@ typedef struct holder {
     _Atomic int phase; /* 1: holder inside the lock; 2: waiter about to call */
 } holder;
 
+/* --- holding items (values sent by reference) ----------------------------- */
+
+typedef struct held {
+    void *item;
+    const char *value;
+    bool ok;
+} held;
+
+static void hold_value(void *arg, const kv_item_info *info, const char *value)
+{
+    held *h = arg;
+    h->ok = kv_store_hold(info);
+    h->item = info->item;
+    h->value = value;
+}
+
+static void *release_elsewhere(void *item)
+{
+    kv_store_release(item);
+    return NULL;
+}
+
+static void test_hold_outlives_unlink(void **state)
+{
+    (void)state;
+    kv_store *s = make_store(1 << 20, 0, 1);
+    assert_int_equal(put(s, KV_SET, "k", "1234", 0, 0, 0, NULL), KV_OK);
+    held h;
+    assert_int_equal(kv_store_get(s, "k", 1, hold_value, &h), KV_OK);
+    assert_true(h.ok);
+    /* incr of a held value of the same length builds a new item: the
+     * holder's bytes do not change under it */
+    uint64_t v;
+    assert_int_equal(kv_store_arith(s, "k", 1, true, 1, &v), KV_OK);
+    assert_int_equal(v, 1235);
+    assert_memory_equal(h.value, "1234", 4);
+    got g;
+    assert_int_equal(get(s, "k", &g), KV_OK);
+    assert_memory_equal(g.data, "1235", 4);
+    /* replaced, deleted, evicted by flush: still readable until released,
+     * and uncharged at once */
+    held h2;
+    assert_int_equal(kv_store_get(s, "k", 1, hold_value, &h2), KV_OK);
+    assert_int_equal(put(s, KV_SET, "k", "other", 0, 0, 0, NULL), KV_OK);
+    kv_store_flush(s, 0);
+    kv_store_stats st;
+    kv_store_stats_get(s, &st);
+    assert_int_equal(st.bytes, 0);
+    assert_memory_equal(h2.value, "1235", 4);
+    /* released from another thread, as a connection's writer does */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_elsewhere, h2.item), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    kv_store_release(h.item);
+    kv_store_destroy(s);
+}
+
+static void test_hold_saturates(void **state)
+{
+    (void)state;
+    kv_store *s = make_store(1 << 20, 0, 1);
+    assert_int_equal(put(s, KV_SET, "k", "v", 0, 0, 0, NULL), KV_OK);
+    held h = {0};
+    unsigned n = 0;
+    while (n < 70000) {
+        assert_int_equal(kv_store_get(s, "k", 1, hold_value, &h), KV_OK);
+        if (!h.ok)
+            break;
+        n++;
+    }
+    assert_int_equal(n, 65534); /* the table holds one of 65,535 */
+    kv_store_release(h.item);
+    assert_int_equal(kv_store_get(s, "k", 1, hold_value, &h), KV_OK);
+    assert_true(h.ok);
+    for (unsigned i = 0; i < n; i++)
+        kv_store_release(h.item);
+    assert_int_equal(kv_store_delete(s, "k", 1), KV_OK); /* the last: freed (ASan: no leak) */
+    kv_store_destroy(s);
+}
+
 static void hold_lock(void *arg, const kv_item_info *info, const char *value)
 {
     (void)info;
@@ -1196,6 +1276,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_threads_consistent),
         cmocka_unit_test(test_threads_memory_bound),
         cmocka_unit_test(test_lock_waits_counted),
+        cmocka_unit_test(test_hold_outlives_unlink),
+        cmocka_unit_test(test_hold_saturates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

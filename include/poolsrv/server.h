@@ -134,6 +134,7 @@ typedef struct ps_server_stats {
     uint64_t send_timeouts;
     uint64_t accept_errors;
     uint64_t admin_commands;
+    uint64_t admin_refused;        /* admin clients told the admin port was full */
     uint64_t slow_handlers;        /* handler calls longer than slow_handler_ms */
     uint64_t parked_connections;   /* event mode: waiting in epoll */
     uint64_t uptime_seconds;

@@ -53,6 +53,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t send_timeouts;
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
+    atomic_uint_fast64_t admin_refused; /* admin clients refused: every slot busy */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
     /* Handler time per line, one histogram per stripe (as `stripes`):
@@ -213,11 +214,12 @@ ps__readiness ps__server_readiness(const ps_server *srv);
 /* What the admin port reports of the server beyond ps_server_get_stats and
  * ps_server_get_pool_stats: the dispatch mode's name, its own counters,
  * whether a connection waits with nothing holding it; and the counting of
- * its commands. */
+ * its commands and of the clients it refused. */
 const char *ps__server_mode_name(const ps_server *srv);
 void ps__server_mode_stats(const ps_server *srv, ps__stat_fn emit, void *arg);
 bool ps__server_conn_parked(const ps_server *srv, const ps_conn *conn);
 void ps__server_count_admin_command(ps_server *srv);
+void ps__server_count_admin_refused(ps_server *srv);
 
 /* Samples whether every worker is busy with clients waiting (the admin
  * thread, a few times a second): the clock PS__NOT_READY_FULL reads. */

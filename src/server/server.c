@@ -28,6 +28,11 @@
 #define PS__ACCEPT_PAUSE_MS 100
 /* Accepts per wake-up before the acceptor looks at the stop signal again. */
 #define PS__ACCEPT_BATCH 64
+/* The admin listener's backlog: a burst of probes beyond the admin
+ * thread's client slots waits there for one (admin.c), instead of having
+ * its handshakes dropped and retried a second later. The kernel caps it
+ * at net.core.somaxconn. */
+#define PS__ADMIN_BACKLOG 1024
 
 /* The one place that names the modes: no default, so that a mode added to
  * ps_dispatch_mode and not here is a compiler warning. */
@@ -346,8 +351,9 @@ static int open_listeners(ps_server *srv, char *err, size_t errlen)
         srv->admin_fd = srv->inherited_admin_fd;
         srv->inherited_admin_fd = -1;
     } else if (srv->cfg.admin_enabled) {
-        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, false, &srv->admin_fd,
-                        &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr, err, errlen);
+        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, PS__ADMIN_BACKLOG, false,
+                        &srv->admin_fd, &srv->admin_port, srv->admin_addr,
+                        sizeof srv->admin_addr, err, errlen);
         if (rc != 0) {
             /* Say which listener failed: prefix the message in place. */
             size_t len = strnlen(err, errlen - 1);

@@ -307,6 +307,58 @@ static void test_sigquit_drains(void **state)
     }
 }
 
+/* Probes during a SIGQUIT drain: every new admin connection, for the whole
+ * drain, is answered within a second, `ready` with NOT READY draining and
+ * `agent` with drain, so that a balancer sees the drain instead of a probe
+ * that hangs (before: `ready` got no reply in 5 s). */
+static void test_sigquit_drain_answers_probes(void **state)
+{
+    (void)state;
+    char *argv[] = {POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.port=0",
+                    "-o", dispatch_opt, "-o", "log.level=warn",
+                    "-o", "limits.shutdown_timeout=3", NULL};
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, argv, 0, true, START_MS), 0);
+    g_pid = p.pid;
+    int stays = t_connect_greeted(p.port, SESSION_MS); /* keeps the drain going */
+    assert_true(stays >= 0);
+    int64_t t0 = t_now_ms();
+    assert_int_equal(kill(p.pid, SIGQUIT), 0);
+    assert_true(t_proc_wait_log(&p, "draining: 1 connection open", START_MS));
+    /* Until half a second before the drain's end (3 s): the stop that
+     * follows may meet a probe on its way. */
+    int probes = 0;
+    long long worst = 0;
+    while (t_now_ms() - t0 < 2500) {
+        static const struct {
+            const char *request, *reply;
+        } probe[] = {{"ready\r\n", "NOT READY draining\r\n"}, {"agent\r\n", "drain\n"}};
+        char got[128] = "";
+        int64_t start = t_now_ms();
+        ssize_t n = t_admin_raw(p.admin_port, probe[probes % 2].request, true, got, sizeof got);
+        long long ms = t_now_ms() - start;
+        if (n <= 0)
+            fail_msg("probe %d (%.5s) got no reply (%zd) after %lld ms", probes,
+                     probe[probes % 2].request, n, ms);
+        assert_string_equal(got, probe[probes % 2].reply);
+        assert_true(ms < 1000);
+        worst = ms > worst ? ms : worst;
+        probes++;
+        /* A probe every 100 ms or so, while the staying client hears
+         * nothing: the drain leaves it be. */
+        assert_false(t_readable(stays, 100));
+    }
+    print_message("%s: %d probes during the drain, slowest %lld ms\n", mode_name, probes, worst);
+    assert_true(probes >= 10);
+    int rc = t_proc_stop(&p, 0, START_MS); /* signal 0: only waits */
+    g_pid = 0;
+    if (rc != 0)
+        fail_msg("exit %d; log:\n%s", rc, p.log);
+    assert_non_null(strstr(p.log, "drain: 1 connection still open after 3s"));
+    close(stays);
+    expect_clean_log(&p, NULL);
+}
+
 /* poolsrv under systemd's own launcher: systemd-socket-activate binds the
  * two sockets, starts poolsrv on the first connection with LISTEN_FDS and
  * LISTEN_FDNAMES, and poolsrv serves on them. */
@@ -383,6 +435,7 @@ int main(int argc, char **argv)
         cmocka_set_test_filter(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_sigquit_drains, teardown_kill),
+        cmocka_unit_test_teardown(test_sigquit_drain_answers_probes, teardown_kill),
         cmocka_unit_test_teardown(test_handover_loop, teardown_kill),
         cmocka_unit_test_teardown(test_handover_fails_then_succeeds, teardown_kill),
         cmocka_unit_test_teardown(test_socket_activated_restarts, teardown_kill),

@@ -211,10 +211,18 @@ int ps_server_admin_listen_fd(const ps_server *srv);
  * Any thread; idempotent. */
 void ps_server_announce_stop(ps_server *srv);
 
-/* A graceful end, before ps_server_stop: takes no new client (on either
- * listener; the listening sockets stay open until stop, so a process that
- * shares them takes the connections waiting there), serves the connected
- * clients until they leave, for at most cfg.shutdown_timeout seconds.
+/* Says that another process now accepts on this server's listeners (they
+ * were handed over, as poolsrv does on SIGUSR2): a drain then leaves new
+ * admin clients to it, as it leaves new data clients. From the thread that
+ * owns the server, before ps_server_drain. */
+void ps_server_handed_over(ps_server *srv);
+
+/* A graceful end, before ps_server_stop: takes no new data client (the
+ * listening sockets stay open until stop, so a process that shares them
+ * takes the connections waiting there), serves the connected clients
+ * until they leave, for at most cfg.shutdown_timeout seconds. The admin
+ * port goes on answering new clients (`ready`: NOT READY draining, `agent`:
+ * drain), unless ps_server_handed_over said another process takes them.
  * Returns how many connections are still open (0: all left). From the
  * thread that owns the server; the server is still to be stopped. */
 unsigned ps_server_drain(ps_server *srv);

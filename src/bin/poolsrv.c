@@ -258,6 +258,7 @@ static void finish(ps_server *srv, int sig, bool handed_over, const sigset_t *si
         announce_stop(srv, signals);
     if (handed_over) {
         ps_log_always("stopping after the hand-over: draining first");
+        ps_server_handed_over(srv); /* the new process answers probes */
         ps_server_drain(srv);
     } else {
         svc_notify("STOPPING=1");

@@ -55,7 +55,7 @@ struct ps__admin {
     ps_server *srv;
     int listen_fd;
     int stop_fd;  /* readable once the server stops: the thread ends */
-    int drain_fd; /* readable once it drains: no new client */
+    int drain_fd; /* readable once it drains: no new client after a hand-over */
     /* A descriptor given up to accept when none is left (accept_admin);
      * opened before the server says it is up, this thread's from then. */
     int reserve;
@@ -552,13 +552,17 @@ static void *admin_main(void *arg)
     ps__admin *a = arg;
     ps_server *srv = a->srv;
     admin_clients cs = {.n = 0, .full_since = -1, .last_warning = -1000, .last_refusal = -1000};
-    /* Draining, the listener is no longer polled (a negative fd is left
-     * out by poll): the clients connected go on being answered. */
-    bool listening = true;
+    /* Draining, new clients still get their answer (`ready`: NOT READY
+     * draining), since a balancer's probes must see the drain, unless the
+     * listener went over to another process (ps_server_handed_over): then
+     * the listener is no longer polled (a negative fd is left out by poll),
+     * the new process answers, and the clients connected here go on being
+     * answered. */
+    bool draining = false, listening = true;
     for (;;) {
         struct pollfd p[3 + PS__ADMIN_MAX_CLIENTS];
         p[0] = (struct pollfd){.fd = a->stop_fd, .events = POLLIN};
-        p[1] = (struct pollfd){.fd = listening ? a->drain_fd : -1, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = draining ? -1 : a->drain_fd, .events = POLLIN};
         /* Every slot taken: the listener is left out (its connections
          * wait in the backlog) until take_admin_client may take one. */
         bool take = listening && may_take_client(&cs, ps__now_ms());
@@ -578,7 +582,9 @@ static void *admin_main(void *arg)
         }
         if (p[0].revents)
             break;
-        if (p[1].revents) {
+        if (p[1].revents)
+            draining = true; /* readable for good: no longer polled */
+        if (draining && atomic_load_explicit(&srv->handed_over, memory_order_acquire)) {
             listening = false;
             p[2].revents = 0;
         }

@@ -161,10 +161,14 @@ struct ps_server {
     atomic_bool stopping;
     atomic_int_fast64_t stop_deadline_ms; /* monotonic; 0 = not stopping */
     /* ps_server_drain: like stop_fd, written once and never read; it tells
-     * the acceptor and the admin thread to take no new client while the
-     * connections already in go on being served. */
+     * the acceptor to take no new client while the connections already in
+     * go on being served (and the admin thread, after a hand-over). */
     int drain_fd;
     atomic_bool draining;
+    /* ps_server_handed_over: another process accepts on the listeners, so
+     * a drain leaves new admin clients to it too. Set by the owning
+     * thread, read by the admin thread. */
+    atomic_bool handed_over;
     /* What the admin port's `ready` and `agent` read: set once start is
      * done; set by ps_server_announce_stop; when every worker became busy
      * with clients waiting (0: not so), sampled by the admin thread. */

@@ -587,6 +587,12 @@ void ps_server_announce_stop(ps_server *srv)
         ps_log_always("announcing the stop: ready says NOT READY, agent says drain");
 }
 
+void ps_server_handed_over(ps_server *srv)
+{
+    if (srv != NULL)
+        atomic_store_explicit(&srv->handed_over, true, memory_order_release);
+}
+
 unsigned ps_server_drain(ps_server *srv)
 {
     if (srv == NULL || !srv->started || srv->stopped)

@@ -359,6 +359,56 @@ static void test_sigquit_drain_answers_probes(void **state)
     expect_clean_log(&p, NULL);
 }
 
+/* An operator's harsher signal after SIGQUIT (SIGTERM or SIGINT, as
+ * nginx's TERM after QUIT) ends the drain now: the ordinary stop follows,
+ * and the process exits within its bound, not at the drain's 20 s (before:
+ * 20.1 s). The same during the drain_delay before a drain. */
+static void test_signal_cuts_drain(void **state)
+{
+    (void)state;
+    static const struct {
+        int sig;
+        const char *delay, *wait_for, *said;
+    } cases[] = {
+        {SIGTERM, "limits.drain_delay=0", "draining: 1 connection open",
+         "SIGTERM during the drain: stopping now"},
+        {SIGINT, "limits.drain_delay=0", "draining: 1 connection open",
+         "SIGINT during the drain: stopping now"},
+        {SIGTERM, "limits.drain_delay=20", "drain_delay: serving 20 s more",
+         "drain_delay cut short by SIGTERM"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *argv[] = {POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.port=0",
+                        "-o", dispatch_opt, "-o", "log.level=info",
+                        "-o", "limits.shutdown_timeout=20", "-o", (char *)cases[k].delay, NULL};
+        t_proc p;
+        assert_int_equal(t_proc_start(&p, argv, 0, true, START_MS), 0);
+        g_pid = p.pid;
+        int stays = t_connect_greeted(p.port, SESSION_MS); /* would hold the drain 20 s */
+        assert_true(stays >= 0);
+        assert_int_equal(kill(p.pid, SIGQUIT), 0);
+        assert_true(t_proc_wait_log(&p, cases[k].wait_for, START_MS));
+        int64_t t0 = t_now_ms();
+        assert_int_equal(kill(p.pid, cases[k].sig), 0);
+        int rc = t_proc_stop(&p, 0, 5000); /* signal 0: only waits */
+        g_pid = 0;
+        long long ms = t_now_ms() - t0;
+        print_message("%s: \"%s\": exit %d %lld ms after the second signal\n", mode_name,
+                      cases[k].said, rc, ms);
+        if (rc != 0)
+            fail_msg("exit %d; log:\n%s", rc, p.log);
+        assert_true(ms < 5000);
+        assert_non_null(strstr(p.log, cases[k].said));
+        if (k < 2)
+            assert_non_null(strstr(p.log, "drain cut short: 1 connection still open"));
+        else
+            assert_null(strstr(p.log, "draining: ")); /* no drain after the delay */
+        assert_true(t_wait_eof(stays, SESSION_MS) >= 0); /* closed by the stop */
+        close(stays);
+        expect_clean_log(&p, NULL);
+    }
+}
+
 /* poolsrv under systemd's own launcher: systemd-socket-activate binds the
  * two sockets, starts poolsrv on the first connection with LISTEN_FDS and
  * LISTEN_FDNAMES, and poolsrv serves on them. */
@@ -436,6 +486,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_sigquit_drains, teardown_kill),
         cmocka_unit_test_teardown(test_sigquit_drain_answers_probes, teardown_kill),
+        cmocka_unit_test_teardown(test_signal_cuts_drain, teardown_kill),
         cmocka_unit_test_teardown(test_handover_loop, teardown_kill),
         cmocka_unit_test_teardown(test_handover_fails_then_succeeds, teardown_kill),
         cmocka_unit_test_teardown(test_socket_activated_restarts, teardown_kill),

@@ -1700,6 +1700,68 @@ static void test_drain_serves_then_stops(void **state)
     ps_server_destroy(srv);
 }
 
+/* The other thread of test_drain_cut: probes the admin port with new
+ * connections until one hears that the server drains, then cuts the
+ * drain. */
+typedef struct drain_cutter {
+    ps_server *srv;
+    uint16_t admin_port;
+    bool heard;  /* a new admin client was told NOT READY draining */
+    int failure; /* a probe's error (no reply): 0 = none */
+} drain_cutter;
+
+static void *drain_cutter_main(void *arg)
+{
+    drain_cutter *c = arg;
+    int64_t end = t_now_ms() + T_MS;
+    while (!c->heard && c->failure == 0 && t_now_ms() < end) {
+        char got[64] = "";
+        ssize_t n = t_admin_raw(c->admin_port, "ready\r\n", true, got, sizeof got);
+        if (n <= 0)
+            c->failure = n < 0 ? (int)n : -EPIPE;
+        c->heard = strcmp(got, "NOT READY draining\r\n") == 0;
+    }
+    ps_server_drain_cut(c->srv); /* in every case: the test must not wait 30 s */
+    return NULL;
+}
+
+/* ps_server_drain_cut: a drain with a client that stays and 30 s to wait
+ * returns at once when cut (meanwhile a new admin client hears that the
+ * server drains), and the stop closes the client; a cut before the drain
+ * makes the drain return at once. */
+static void test_drain_cut(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.shutdown_timeout = 30;
+    for (int before = 0; before < 2; before++) {
+        ps_server *srv = t_start_echo(&cfg);
+        assert_non_null(srv);
+        int stays = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(stays >= 0);
+        drain_cutter c = {.srv = srv, .admin_port = ps_server_admin_port(srv)};
+        pthread_t th;
+        if (before)
+            ps_server_drain_cut(srv);
+        else
+            assert_int_equal(pthread_create(&th, NULL, drain_cutter_main, &c), 0);
+        int64_t t0 = t_now_ms();
+        assert_int_equal(ps_server_drain(srv), 1);
+        int64_t ms = t_now_ms() - t0;
+        if (!before) {
+            pthread_join(th, NULL);
+            assert_int_equal(c.failure, 0);
+            assert_true(c.heard);
+        }
+        assert_true(ms < 2 * T_MS);
+        ps_server_stop(srv);
+        assert_true(t_wait_eof(stays, T_MS) >= 0);
+        close(stays);
+        ps_server_destroy(srv);
+    }
+}
+
 /* Connection mode: a client still in the queue when the server stops is
  * told so, and counted, instead of getting a bare FIN. */
 static void test_stop_tells_queued_clients(void **state)
@@ -2508,6 +2570,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_vanishing_clients),
         cmocka_unit_test(test_stop_closes_clients),
         cmocka_unit_test(test_drain_serves_then_stops),
+        cmocka_unit_test(test_drain_cut),
         cmocka_unit_test(test_stop_tells_queued_clients),
         cmocka_unit_test(test_admin_commands_sent_together),
         cmocka_unit_test(test_admin_burst_all_answered),

@@ -220,12 +220,21 @@ void ps_server_handed_over(ps_server *srv);
 /* A graceful end, before ps_server_stop: takes no new data client (the
  * listening sockets stay open until stop, so a process that shares them
  * takes the connections waiting there), serves the connected clients
- * until they leave, for at most cfg.shutdown_timeout seconds. The admin
- * port goes on answering new clients (`ready`: NOT READY draining, `agent`:
- * drain), unless ps_server_handed_over said another process takes them.
- * Returns how many connections are still open (0: all left). From the
- * thread that owns the server; the server is still to be stopped. */
+ * until they leave, for at most cfg.shutdown_timeout seconds, or until
+ * ps_server_drain_cut. The admin port goes on answering new clients
+ * (`ready`: NOT READY draining, `agent`: drain), unless
+ * ps_server_handed_over said another process takes them. Returns how many
+ * connections are still open (0: all left). From the thread that owns the
+ * server; the server is still to be stopped. */
 unsigned ps_server_drain(ps_server *srv);
+
+/* Ends a drain now, the one under way or one still to come: ps_server_drain
+ * returns within a few milliseconds (clients waiting for a slot at
+ * max_connections are told the server is shutting down), and the
+ * ps_server_stop that follows ends the connections within its own
+ * shutdown_timeout. What an operator's second, harsher signal asks for
+ * (SIGTERM after SIGQUIT). Any thread, also a signal handler. */
+void ps_server_drain_cut(ps_server *srv);
 
 /* Stops accepting, lets connections finish the lines they already read,
  * closes them, joins every thread. Waits at most cfg.shutdown_timeout

@@ -169,6 +169,9 @@ struct ps_server {
      * a drain leaves new admin clients to it too. Set by the owning
      * thread, read by the admin thread. */
     atomic_bool handed_over;
+    /* ps_server_drain_cut (any thread, a signal handler too): the drain
+     * ends now; read by ps_server_drain's wait and the acceptor. */
+    atomic_bool drain_cut;
     /* What the admin port's `ready` and `agent` read: set once start is
      * done; set by ps_server_announce_stop; when every worker became busy
      * with clients waiting (0: not so), sampled by the admin thread. */

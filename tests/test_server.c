@@ -1728,7 +1728,7 @@ static void *drain_cutter_main(void *arg)
 /* ps_server_drain_cut: a drain with a client that stays and 30 s to wait
  * returns at once when cut (meanwhile a new admin client hears that the
  * server drains), and the stop closes the client; a cut before the drain
- * makes the drain return at once. */
+ * makes the drain return at once. And ps_server_handed_over. */
 static void test_drain_cut(void **state)
 {
     (void)state;
@@ -1760,6 +1760,22 @@ static void test_drain_cut(void **state)
         close(stays);
         ps_server_destroy(srv);
     }
+
+    /* After a hand-over (ps_server_handed_over) the process that took the
+     * listeners answers new admin clients: a draining server leaves them
+     * in the backlog, for it. */
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    ps_server_handed_over(srv);
+    ps_server_drain_cut(srv);
+    assert_int_equal(ps_server_drain(srv), 0);
+    int probe = t_connect(ps_server_admin_port(srv));
+    assert_true(probe >= 0);
+    assert_int_equal(t_send_str(probe, "ready\r\n"), 0);
+    assert_false(t_readable(probe, 300));
+    ps_server_stop(srv);
+    close(probe);
+    ps_server_destroy(srv);
 }
 
 /* Connection mode: a client still in the queue when the server stops is

@@ -33,9 +33,10 @@
  * until the metrics table has a row for it. */
 static const ps_server_stats distinct_server = {
     1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011,
-    1012, 1013, 1014, 1015, 1016, 1017, 1018, 1019, 1020, 1021, 1022, 1023, 1024, 1025,
+    1012, 1013, 1014, 1015, 1016, 1017, 1018, 1019, 1020, 1021, 1022, 1023,
+    1024, 1025, 1026,
 };
-#define N_SERVER_VALUES 25
+#define N_SERVER_VALUES 26
 static const ps_pool_stats distinct_pool = {
     2001, 2002, 2003, 2004, 2005, 2006, 2007, 2008, 2009, 2010, 2011,
 };
@@ -313,10 +314,21 @@ static void test_render_every_field(void **state)
     /* A few by name, so the table's names are pinned too. */
     assert_non_null(strstr(text, "\npoolsrv_proxy_errors_total 1011\n"));
     assert_non_null(strstr(text, "\npoolsrv_curr_connections 1001\n"));
-    assert_non_null(strstr(text, "\npoolsrv_output_overflows_total 1012\n"));
-    assert_non_null(strstr(text, "\npoolsrv_sends_refused_total 1013\n"));
-    assert_non_null(strstr(text, "\npoolsrv_bytes_in_total 1016\n"));
-    assert_non_null(strstr(text, "\npoolsrv_uptime_seconds 1025\n"));
+    assert_non_null(strstr(text, "
+poolsrv_output_overflows_total 1012
+"));
+    assert_non_null(strstr(text, "
+poolsrv_sends_refused_total 1013
+"));
+    assert_non_null(strstr(text, "
+poolsrv_bytes_in_total 1016
+"));
+    assert_non_null(strstr(text, "
+poolsrv_admin_refused_total 1023
+"));
+    assert_non_null(strstr(text, "
+poolsrv_uptime_seconds 1026
+"));
     assert_non_null(strstr(text, "\npoolsrv_jobs_submitted_total 2001\n"));
     assert_non_null(strstr(text, "\npoolsrv_queue_capacity 2011\n"));
     free(text);

@@ -307,6 +307,108 @@ static void test_sigquit_drains(void **state)
     }
 }
 
+/* Probes during a SIGQUIT drain: every new admin connection, for the whole
+ * drain, is answered within a second, `ready` with NOT READY draining and
+ * `agent` with drain, so that a balancer sees the drain instead of a probe
+ * that hangs (before: `ready` got no reply in 5 s). */
+static void test_sigquit_drain_answers_probes(void **state)
+{
+    (void)state;
+    char *argv[] = {POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.port=0",
+                    "-o", dispatch_opt, "-o", "log.level=warn",
+                    "-o", "limits.shutdown_timeout=3", NULL};
+    t_proc p;
+    assert_int_equal(t_proc_start(&p, argv, 0, true, START_MS), 0);
+    g_pid = p.pid;
+    int stays = t_connect_greeted(p.port, SESSION_MS); /* keeps the drain going */
+    assert_true(stays >= 0);
+    int64_t t0 = t_now_ms();
+    assert_int_equal(kill(p.pid, SIGQUIT), 0);
+    assert_true(t_proc_wait_log(&p, "draining: 1 connection open", START_MS));
+    /* Until half a second before the drain's end (3 s): the stop that
+     * follows may meet a probe on its way. */
+    int probes = 0;
+    long long worst = 0;
+    while (t_now_ms() - t0 < 2500) {
+        static const struct {
+            const char *request, *reply;
+        } probe[] = {{"ready\r\n", "NOT READY draining\r\n"}, {"agent\r\n", "drain\n"}};
+        char got[128] = "";
+        int64_t start = t_now_ms();
+        ssize_t n = t_admin_raw(p.admin_port, probe[probes % 2].request, true, got, sizeof got);
+        long long ms = t_now_ms() - start;
+        if (n <= 0)
+            fail_msg("probe %d (%.5s) got no reply (%zd) after %lld ms", probes,
+                     probe[probes % 2].request, n, ms);
+        assert_string_equal(got, probe[probes % 2].reply);
+        assert_true(ms < 1000);
+        worst = ms > worst ? ms : worst;
+        probes++;
+        /* A probe every 100 ms or so, while the staying client hears
+         * nothing: the drain leaves it be. */
+        assert_false(t_readable(stays, 100));
+    }
+    print_message("%s: %d probes during the drain, slowest %lld ms\n", mode_name, probes, worst);
+    assert_true(probes >= 10);
+    int rc = t_proc_stop(&p, 0, START_MS); /* signal 0: only waits */
+    g_pid = 0;
+    if (rc != 0)
+        fail_msg("exit %d; log:\n%s", rc, p.log);
+    assert_non_null(strstr(p.log, "drain: 1 connection still open after 3s"));
+    close(stays);
+    expect_clean_log(&p, NULL);
+}
+
+/* An operator's harsher signal after SIGQUIT (SIGTERM or SIGINT, as
+ * nginx's TERM after QUIT) ends the drain now: the ordinary stop follows,
+ * and the process exits within its bound, not at the drain's 20 s (before:
+ * 20.1 s). The same during the drain_delay before a drain. */
+static void test_signal_cuts_drain(void **state)
+{
+    (void)state;
+    static const struct {
+        int sig;
+        const char *delay, *wait_for, *said;
+    } cases[] = {
+        {SIGTERM, "limits.drain_delay=0", "draining: 1 connection open",
+         "SIGTERM during the drain: stopping now"},
+        {SIGINT, "limits.drain_delay=0", "draining: 1 connection open",
+         "SIGINT during the drain: stopping now"},
+        {SIGTERM, "limits.drain_delay=20", "drain_delay: serving 20 s more",
+         "drain_delay cut short by SIGTERM"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *argv[] = {POOLSRV_BIN, "-o", "server.port=0", "-o", "admin.port=0",
+                        "-o", dispatch_opt, "-o", "log.level=info",
+                        "-o", "limits.shutdown_timeout=20", "-o", (char *)cases[k].delay, NULL};
+        t_proc p;
+        assert_int_equal(t_proc_start(&p, argv, 0, true, START_MS), 0);
+        g_pid = p.pid;
+        int stays = t_connect_greeted(p.port, SESSION_MS); /* would hold the drain 20 s */
+        assert_true(stays >= 0);
+        assert_int_equal(kill(p.pid, SIGQUIT), 0);
+        assert_true(t_proc_wait_log(&p, cases[k].wait_for, START_MS));
+        int64_t t0 = t_now_ms();
+        assert_int_equal(kill(p.pid, cases[k].sig), 0);
+        int rc = t_proc_stop(&p, 0, 5000); /* signal 0: only waits */
+        g_pid = 0;
+        long long ms = t_now_ms() - t0;
+        print_message("%s: \"%s\": exit %d %lld ms after the second signal\n", mode_name,
+                      cases[k].said, rc, ms);
+        if (rc != 0)
+            fail_msg("exit %d; log:\n%s", rc, p.log);
+        assert_true(ms < 5000);
+        assert_non_null(strstr(p.log, cases[k].said));
+        if (k < 2)
+            assert_non_null(strstr(p.log, "drain cut short: 1 connection still open"));
+        else
+            assert_null(strstr(p.log, "draining: ")); /* no drain after the delay */
+        assert_true(t_wait_eof(stays, SESSION_MS) >= 0); /* closed by the stop */
+        close(stays);
+        expect_clean_log(&p, NULL);
+    }
+}
+
 /* poolsrv under systemd's own launcher: systemd-socket-activate binds the
  * two sockets, starts poolsrv on the first connection with LISTEN_FDS and
  * LISTEN_FDNAMES, and poolsrv serves on them. */
@@ -383,6 +485,8 @@ int main(int argc, char **argv)
         cmocka_set_test_filter(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_sigquit_drains, teardown_kill),
+        cmocka_unit_test_teardown(test_sigquit_drain_answers_probes, teardown_kill),
+        cmocka_unit_test_teardown(test_signal_cuts_drain, teardown_kill),
         cmocka_unit_test_teardown(test_handover_loop, teardown_kill),
         cmocka_unit_test_teardown(test_handover_fails_then_succeeds, teardown_kill),
         cmocka_unit_test_teardown(test_socket_activated_restarts, teardown_kill),

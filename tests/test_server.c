@@ -24,6 +24,8 @@
 #include "support.h"
 
 #define T_MS 5000 /* generous bound for any single wait */
+/* Admin clients served at once (README, Admin commands). */
+#define ADMIN_SLOTS 64
 
 static const char greeting[] = "Welcome to my server\r\n";
 
@@ -1404,10 +1406,11 @@ static void test_admin_commands(void **state)
     close(fd);
     assert_true(t_admin(ap, "threads", reply, sizeof reply) > 0);
 
-    /* Idle admin connections beyond the limit cannot lock the operator out:
-     * the one silent the longest makes room. */
-    int idle[40];
-    for (int i = 0; i < 40; i++) {
+    /* Idle admin connections beyond the limit (ADMIN_SLOTS) cannot lock
+     * the operator out: once every slot is taken, the one silent the
+     * longest makes room. */
+    int idle[ADMIN_SLOTS + 6];
+    for (int i = 0; i < ADMIN_SLOTS + 6; i++) {
         idle[i] = t_connect(ap);
         assert_true(idle[i] >= 0);
         /* Taken in by the admin thread (or it has made room for it). */
@@ -1417,7 +1420,7 @@ static void test_admin_commands(void **state)
     }
     assert_true(t_admin(ap, "threads", reply, sizeof reply) > 0);
     assert_non_null(strstr(reply, "END\r\n"));
-    for (int i = 0; i < 40; i++)
+    for (int i = 0; i < ADMIN_SLOTS + 6; i++)
         close(idle[i]);
 
     /* Admin words on the data port are echoed, not answered. */
@@ -1697,6 +1700,84 @@ static void test_drain_serves_then_stops(void **state)
     ps_server_destroy(srv);
 }
 
+/* The other thread of test_drain_cut: probes the admin port with new
+ * connections until one hears that the server drains, then cuts the
+ * drain. */
+typedef struct drain_cutter {
+    ps_server *srv;
+    uint16_t admin_port;
+    bool heard;  /* a new admin client was told NOT READY draining */
+    int failure; /* a probe's error (no reply): 0 = none */
+} drain_cutter;
+
+static void *drain_cutter_main(void *arg)
+{
+    drain_cutter *c = arg;
+    int64_t end = t_now_ms() + T_MS;
+    while (!c->heard && c->failure == 0 && t_now_ms() < end) {
+        char got[64] = "";
+        ssize_t n = t_admin_raw(c->admin_port, "ready\r\n", true, got, sizeof got);
+        if (n <= 0)
+            c->failure = n < 0 ? (int)n : -EPIPE;
+        c->heard = strcmp(got, "NOT READY draining\r\n") == 0;
+    }
+    ps_server_drain_cut(c->srv); /* in every case: the test must not wait 30 s */
+    return NULL;
+}
+
+/* ps_server_drain_cut: a drain with a client that stays and 30 s to wait
+ * returns at once when cut (meanwhile a new admin client hears that the
+ * server drains), and the stop closes the client; a cut before the drain
+ * makes the drain return at once. And ps_server_handed_over. */
+static void test_drain_cut(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.shutdown_timeout = 30;
+    for (int before = 0; before < 2; before++) {
+        ps_server *srv = t_start_echo(&cfg);
+        assert_non_null(srv);
+        int stays = t_connect_greeted(ps_server_port(srv), T_MS);
+        assert_true(stays >= 0);
+        drain_cutter c = {.srv = srv, .admin_port = ps_server_admin_port(srv)};
+        pthread_t th;
+        if (before)
+            ps_server_drain_cut(srv);
+        else
+            assert_int_equal(pthread_create(&th, NULL, drain_cutter_main, &c), 0);
+        int64_t t0 = t_now_ms();
+        assert_int_equal(ps_server_drain(srv), 1);
+        int64_t ms = t_now_ms() - t0;
+        if (!before) {
+            pthread_join(th, NULL);
+            assert_int_equal(c.failure, 0);
+            assert_true(c.heard);
+        }
+        assert_true(ms < 2 * T_MS);
+        ps_server_stop(srv);
+        assert_true(t_wait_eof(stays, T_MS) >= 0);
+        close(stays);
+        ps_server_destroy(srv);
+    }
+
+    /* After a hand-over (ps_server_handed_over) the process that took the
+     * listeners answers new admin clients: a draining server leaves them
+     * in the backlog, for it. */
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    ps_server_handed_over(srv);
+    ps_server_drain_cut(srv);
+    assert_int_equal(ps_server_drain(srv), 0);
+    int probe = t_connect(ps_server_admin_port(srv));
+    assert_true(probe >= 0);
+    assert_int_equal(t_send_str(probe, "ready\r\n"), 0);
+    assert_false(t_readable(probe, 300));
+    ps_server_stop(srv);
+    close(probe);
+    ps_server_destroy(srv);
+}
+
 /* Connection mode: a client still in the queue when the server stops is
  * told so, and counted, instead of getting a bare FIN. */
 static void test_stop_tells_queued_clients(void **state)
@@ -1882,6 +1963,116 @@ static void test_admin_commands_sent_together(void **state)
             assert_int_equal(t_wait_eof(fd, T_MS), 0); /* then closed, nothing more */
         close(fd);
     }
+    ps_server_destroy(srv);
+}
+
+/* A burst of admin clients: every one connects, then every one sends
+ * `stats`, then each reads its reply and closes. All are answered: those
+ * beyond the admin slots wait in the backlog, none is taken in and closed
+ * unanswered (EOF before any byte: 135 of 200 were, when a full table
+ * closed the client silent the longest to make room). */
+static void test_admin_burst_all_answered(void **state)
+{
+    (void)state;
+    enum { N = 200 };
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    static int fd[N];
+    static char got[N][8192];
+    static size_t len[N];
+    struct pollfd p[N];
+    for (int i = 0; i < N; i++) {
+        len[i] = 0;
+        fd[i] = t_connect(ps_server_admin_port(srv));
+        assert_true(fd[i] >= 0);
+    }
+    for (int i = 0; i < N; i++)
+        assert_int_equal(t_send_str(fd[i], "stats\r\n"), 0);
+    int answered = 0, unanswered = 0;
+    int64_t end = t_now_ms() + 4 * T_MS;
+    while (answered + unanswered < N && t_now_ms() < end) {
+        for (int i = 0; i < N; i++)
+            p[i] = (struct pollfd){.fd = fd[i], .events = POLLIN};
+        if (poll(p, N, 100) <= 0)
+            continue;
+        for (int i = 0; i < N; i++) {
+            if (fd[i] < 0 || p[i].revents == 0)
+                continue;
+            ssize_t r = read(fd[i], got[i] + len[i], sizeof got[i] - 1 - len[i]);
+            if (r > 0) {
+                len[i] += (size_t)r;
+                got[i][len[i]] = '\0';
+                if (strstr(got[i], "END\r\n") == NULL)
+                    continue;
+                answered++;
+            } else {
+                unanswered++;
+            }
+            close(fd[i]);
+            fd[i] = -1;
+        }
+    }
+    for (int i = 0; i < N; i++)
+        if (fd[i] >= 0)
+            close(fd[i]);
+    print_message("%d admin clients at once: %d answered, %d closed unanswered\n", N, answered,
+                  unanswered);
+    assert_int_equal(unanswered, 0);
+    assert_int_equal(answered, N);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.admin_refused, 0);
+    ps_server_destroy(srv);
+}
+
+/* Every admin slot held by a client that keeps talking: a new one waits,
+ * then is told `ERROR too many admin clients` (counted in admin_refused),
+ * neither left hanging nor closed without a word. */
+static void test_admin_full_refuses(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    ps_server *srv = t_start_echo(&cfg);
+    assert_non_null(srv);
+    uint16_t ap = ps_server_admin_port(srv);
+    int busy[ADMIN_SLOTS];
+    char line[256];
+    for (int i = 0; i < ADMIN_SLOTS; i++) {
+        busy[i] = t_connect(ap);
+        assert_true(busy[i] >= 0);
+        assert_int_equal(t_send_str(busy[i], "ready\r\n"), 0);
+        assert_true(t_read_line(busy[i], line, sizeof line, T_MS) > 0);
+    }
+    int late = t_connect(ap);
+    assert_true(late >= 0);
+    int64_t t0 = t_now_ms();
+    /* The busy clients talk more often than a slot's idle limit (1 s) allows. */
+    bool told = false;
+    while (!told && t_now_ms() - t0 < T_MS) {
+        for (int i = 0; i < ADMIN_SLOTS; i++) {
+            assert_int_equal(t_send_str(busy[i], "ready\r\n"), 0);
+            assert_true(t_read_line(busy[i], line, sizeof line, T_MS) > 0);
+        }
+        told = t_readable(late, 100);
+    }
+    assert_true(told);
+    assert_true(t_read_line(late, line, sizeof line, T_MS) > 0);
+    assert_string_equal(line, "ERROR too many admin clients\r\n");
+    assert_true(t_now_ms() - t0 >= 900); /* it waited for a slot first */
+    assert_int_equal(t_wait_eof(late, T_MS), 0);
+    close(late);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.admin_refused, 1);
+    char reply[8192];
+    close(busy[0]); /* a slot frees: the next client is served */
+    assert_true(t_admin(ap, "stats", reply, sizeof reply) > 0);
+    assert_int_equal(t_stat(reply, "admin_refused"), 1);
+    for (int i = 1; i < ADMIN_SLOTS; i++)
+        close(busy[i]);
     ps_server_destroy(srv);
 }
 
@@ -2395,8 +2586,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_vanishing_clients),
         cmocka_unit_test(test_stop_closes_clients),
         cmocka_unit_test(test_drain_serves_then_stops),
+        cmocka_unit_test(test_drain_cut),
         cmocka_unit_test(test_stop_tells_queued_clients),
         cmocka_unit_test(test_admin_commands_sent_together),
+        cmocka_unit_test(test_admin_burst_all_answered),
+        cmocka_unit_test(test_admin_full_refuses),
         cmocka_unit_test(test_admin_ready_agent_metrics),
         cmocka_unit_test(test_start_failures),
         cmocka_unit_test(test_create_says_why),

@@ -165,6 +165,7 @@ typedef struct ps_server_stats {
     uint64_t send_timeouts;
     uint64_t accept_errors;
     uint64_t admin_commands;
+    uint64_t admin_refused;        /* admin clients told the admin port was full */
     uint64_t slow_handlers;        /* handler calls longer than slow_handler_ms */
     uint64_t parked_connections;   /* event mode: waiting in epoll */
     uint64_t uptime_seconds;
@@ -241,13 +242,30 @@ int ps_server_admin_listen_fd(const ps_server *srv);
  * Any thread; idempotent. */
 void ps_server_announce_stop(ps_server *srv);
 
-/* A graceful end, before ps_server_stop: takes no new client (on either
- * listener; the listening sockets stay open until stop, so a process that
- * shares them takes the connections waiting there), serves the connected
- * clients until they leave, for at most cfg.shutdown_timeout seconds.
- * Returns how many connections are still open (0: all left). From the
- * thread that owns the server; the server is still to be stopped. */
+/* Says that another process now accepts on this server's listeners (they
+ * were handed over, as poolsrv does on SIGUSR2): a drain then leaves new
+ * admin clients to it, as it leaves new data clients. From the thread that
+ * owns the server, before ps_server_drain. */
+void ps_server_handed_over(ps_server *srv);
+
+/* A graceful end, before ps_server_stop: takes no new data client (the
+ * listening sockets stay open until stop, so a process that shares them
+ * takes the connections waiting there), serves the connected clients
+ * until they leave, for at most cfg.shutdown_timeout seconds, or until
+ * ps_server_drain_cut. The admin port goes on answering new clients
+ * (`ready`: NOT READY draining, `agent`: drain), unless
+ * ps_server_handed_over said another process takes them. Returns how many
+ * connections are still open (0: all left). From the thread that owns the
+ * server; the server is still to be stopped. */
 unsigned ps_server_drain(ps_server *srv);
+
+/* Ends a drain now, the one under way or one still to come: ps_server_drain
+ * returns within a few milliseconds (clients waiting for a slot at
+ * max_connections are told the server is shutting down), and the
+ * ps_server_stop that follows ends the connections within its own
+ * shutdown_timeout. What an operator's second, harsher signal asks for
+ * (SIGTERM after SIGQUIT). Any thread, also a signal handler. */
+void ps_server_drain_cut(ps_server *srv);
 
 /* Stops accepting, lets connections finish the lines they already read,
  * closes them, joins every thread. Waits at most cfg.shutdown_timeout

@@ -2,7 +2,9 @@
 #include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: poolsrv [-c FILE] [-o SECTION.KEY=VALUE]... [-t]\n"
-            "signals: TERM, INT stop; QUIT drains, then stops; HUP reloads;\n"
+            "signals: TERM, INT stop (also cutting a drain short); QUIT drains, then stops;\n"
+            "         HUP reloads;\n"
             "         USR2 hands the listeners over to a new poolsrv, then drains\n"
             "  -c FILE   configuration file (INI); without it, built-in defaults\n"
             "  -o S.K=V  override one key, e.g. -o pool.workers=4 (repeatable)\n"
@@ -146,8 +149,9 @@ static bool hand_over(ps_server *srv)
 
 /* drain_delay: before a stop, `ready` says NOT READY and `agent` drain
  * while the server goes on serving, so that a load balancer sends new
- * clients elsewhere first. SIGINT (or the stop signal again) cuts it short. */
-static void announce_stop(ps_server *srv, const sigset_t *signals)
+ * clients elsewhere first. SIGINT (or the stop signal again) cuts it short.
+ * Returns the signal that did, or 0. */
+static int announce_stop(ps_server *srv, const sigset_t *signals)
 {
     svc_notify("STOPPING=1\nSTATUS=draining for %u s", drain_delay);
     ps_server_announce_stop(srv);
@@ -159,12 +163,12 @@ static void announce_stop(ps_server *srv, const sigset_t *signals)
         clock_gettime(CLOCK_MONOTONIC, &now);
         long long left_ns = (long long)(end.tv_sec - now.tv_sec) * 1000000000LL + (end.tv_nsec - now.tv_nsec);
         if (left_ns <= 0)
-            return;
+            return 0;
         struct timespec ts = {.tv_sec = (time_t)(left_ns / 1000000000LL), .tv_nsec = (long)(left_ns % 1000000000LL)};
         int sig = sigtimedwait(signals, NULL, &ts);
         if (sig == SIGINT || sig == SIGTERM || sig == SIGQUIT) {
             ps_log_always("drain_delay cut short by %s", sig == SIGINT ? "SIGINT" : sig == SIGQUIT ? "SIGQUIT" : "SIGTERM");
-            return;
+            return sig;
         }
     }
 }
@@ -250,23 +254,76 @@ static int run(ps_server *srv, const sigset_t *signals, bool *handed_over)
     return sig;
 }
 
+/* The signal thread while the main thread waits in a drain. */
+typedef struct drain_watch {
+    ps_server *srv;
+    const sigset_t *signals;
+    atomic_bool done; /* the drain is over: the watcher ends */
+} drain_watch;
+
+/* Takes the signals during a drain: SIGINT or SIGTERM, an operator's
+ * harsher word after SIGQUIT (nginx's TERM after QUIT), cuts it short, and
+ * the ordinary stop follows within its own shutdown_timeout. Others wait
+ * for the end (a reload or a hand-over while stopping means nothing). */
+static void *watch_drain(void *arg)
+{
+    drain_watch *w = arg;
+    bool cut = false;
+    while (!atomic_load(&w->done)) {
+        /* A second at most: drain_with_signals also wakes it (SIGUSR2). */
+        struct timespec ts = {.tv_sec = 1, .tv_nsec = 0};
+        int sig = sigtimedwait(w->signals, NULL, &ts);
+        if (!cut && (sig == SIGINT || sig == SIGTERM) && !atomic_load(&w->done)) {
+            cut = true;
+            svc_notify("STATUS=drain cut short by %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            ps_log_always("%s during the drain: stopping now",
+                          sig == SIGINT ? "SIGINT" : "SIGTERM");
+            ps_server_drain_cut(w->srv);
+        }
+    }
+    return NULL;
+}
+
+/* ps_server_drain, with a thread of its own taking the signals meanwhile:
+ * this one waits in the drain, and every thread keeps them blocked. */
+static void drain_with_signals(ps_server *srv, const sigset_t *signals)
+{
+    drain_watch w = {.srv = srv, .signals = signals};
+    pthread_t watcher;
+    int rc = pthread_create(&watcher, NULL, watch_drain, &w);
+    if (rc != 0)
+        ps_log_warn("drain: no thread for signals (%s): SIGTERM will not cut it short",
+                    strerror(rc));
+    ps_server_drain(srv);
+    if (rc != 0)
+        return;
+    atomic_store(&w.done, true);
+    /* Wakes its sigtimedwait; once it has ended, the signal goes nowhere
+     * (its id stays valid until the join). */
+    pthread_kill(watcher, SIGUSR2);
+    pthread_join(watcher, NULL);
+}
+
 /* The end: drain_delay, then a drain (SIGQUIT, after a hand-over) or not,
- * then the stop. */
+ * then the stop. SIGINT or SIGTERM during drain_delay or the drain stops
+ * at once. */
 static void finish(ps_server *srv, int sig, bool handed_over, const sigset_t *signals)
 {
+    int cut = 0;
     if ((sig == SIGTERM || sig == SIGQUIT) && drain_delay > 0)
-        announce_stop(srv, signals);
+        cut = announce_stop(srv, signals);
+    bool drain = (handed_over || sig == SIGQUIT) && cut != SIGINT && cut != SIGTERM;
     if (handed_over) {
-        ps_log_always("stopping after the hand-over: draining first");
-        ps_server_drain(srv);
+        ps_log_always("stopping after the hand-over%s", drain ? ": draining first" : "");
+        ps_server_handed_over(srv); /* the new process answers probes */
     } else {
         svc_notify("STOPPING=1");
         ps_log_always("stopping on %s%s",
                       sig == SIGINT ? "SIGINT" : sig == SIGQUIT ? "SIGQUIT" : "SIGTERM",
-                      sig == SIGQUIT ? ": draining first" : "");
-        if (sig == SIGQUIT)
-            ps_server_drain(srv);
+                      drain ? ": draining first" : "");
     }
+    if (drain)
+        drain_with_signals(srv, signals);
     ps_server_destroy(srv);
 }
 

@@ -22,7 +22,15 @@
 #include "linger.h"
 #include "net.h"
 
-#define PS__ADMIN_MAX_CLIENTS 32
+/* Admin clients served at once; more wait in the listen backlog for a
+ * slot (admin_main), each slot costs about 25 KiB while in use. */
+#define PS__ADMIN_MAX_CLIENTS 64
+/* All slots taken: a client silent this long with nothing left to answer
+ * or send gives its slot to a connection waiting in the backlog. */
+#define PS__ADMIN_EVICT_MS 1000
+/* All slots taken by clients still talking, for this long: the waiting
+ * connections get `ERROR too many admin clients` (admin_refused). */
+#define PS__ADMIN_FULL_WAIT_MS 1000
 #define PS__ADMIN_LINE_MAX 256
 #define PS__ADMIN_REPLY_MAX 16384 /* metrics: about 7 KiB */
 #define PS__ADMIN_IDLE_MS 60000
@@ -47,7 +55,7 @@ struct ps__admin {
     ps_server *srv;
     int listen_fd;
     int stop_fd;  /* readable once the server stops: the thread ends */
-    int drain_fd; /* readable once it drains: no new client */
+    int drain_fd; /* readable once it drains: no new client after a hand-over */
     /* A descriptor given up to accept when none is left (accept_admin);
      * opened before the server says it is up, this thread's from then. */
     int reserve;
@@ -120,6 +128,7 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT send_timeouts %llu\r\n", (unsigned long long)s.send_timeouts);
     add(r, "STAT accept_errors %llu\r\n", (unsigned long long)s.accept_errors);
     add(r, "STAT admin_commands %llu\r\n", (unsigned long long)s.admin_commands);
+    add(r, "STAT admin_refused %llu\r\n", (unsigned long long)s.admin_refused);
     add(r, "STAT slow_handlers %llu\r\n", (unsigned long long)s.slow_handlers);
     add(r, "STAT parked_connections %llu\r\n",
         (unsigned long long)s.parked_connections);
@@ -405,8 +414,47 @@ void ps__admin_client_close(ps_server *srv, admin_client *ac)
 typedef struct admin_clients {
     admin_client *list[PS__ADMIN_MAX_CLIENTS];
     int n;
+    int64_t full_since;   /* every slot taken since then; -1 = a slot is free */
     int64_t last_warning; /* of a failed accept, logged once a second */
+    int64_t last_refusal; /* of a refusal, logged once a second */
 } admin_clients;
+
+/* Whether the client may give its slot up: it has been silent a while and
+ * has no reply unsent and no command unanswered, so closing it loses
+ * nothing it asked for. */
+static bool client_evictable(const admin_client *ac, int64_t now)
+{
+    return now - ac->last_ms >= PS__ADMIN_EVICT_MS && ps__buf_size(&ac->out) == 0 &&
+           memchr(ps__buf_head(&ac->in), '\n', ps__buf_size(&ac->in)) == NULL;
+}
+
+/* The evictable client silent the longest, or -1. */
+static int idlest_client(const admin_clients *cs, int64_t now)
+{
+    int found = -1;
+    for (int i = 0; i < cs->n; i++)
+        if (client_evictable(cs->list[i], now) &&
+            (found < 0 || cs->list[i]->last_ms < cs->list[found]->last_ms))
+            found = i;
+    return found;
+}
+
+/* Whether a connection waiting in the backlog may be accepted now: a slot
+ * is free, a silent client can make room, or every slot has been busy for
+ * PS__ADMIN_FULL_WAIT_MS (the connection is then refused, not left to
+ * wait on clients that may talk for an hour). Until then the connection
+ * waits in the backlog: accepting it only to close it unanswered is what
+ * a burst of probes must never see. */
+static bool may_take_client(admin_clients *cs, int64_t now)
+{
+    if (cs->n < PS__ADMIN_MAX_CLIENTS) {
+        cs->full_since = -1;
+        return true;
+    }
+    if (cs->full_since < 0)
+        cs->full_since = now;
+    return now - cs->full_since >= PS__ADMIN_FULL_WAIT_MS || idlest_client(cs, now) >= 0;
+}
 
 /* Answers, flushes or drops each client by what poll saw (rev[i]). */
 static void serve_clients(ps_server *srv, admin_clients *cs, const struct pollfd *rev, int64_t now)
@@ -447,12 +495,30 @@ static int accept_admin(ps__admin *a)
     return fd;
 }
 
-/* A new admin client. Full: the client silent the longest makes room, so
- * idle connections can never lock the operator out. A failed accept
+/* Tells a connection that every admin slot stays busy, counts it and
+ * closes it. */
+static void refuse_admin(ps__admin *a, admin_clients *cs, int fd, int64_t now)
+{
+    /* Count first: whoever reads the refusal may look at the counter. */
+    ps__server_count_admin_refused(a->srv);
+    ps__write_best_effort(fd, "ERROR too many admin clients\r\n");
+    ps__linger_close(a->srv, fd); /* so the line is not lost to a reset */
+    if (now - cs->last_refusal >= 1000) {
+        cs->last_refusal = now;
+        ps_log_warn("admin: all %d client slots busy for %d ms: refusing new admin clients",
+                    PS__ADMIN_MAX_CLIENTS, PS__ADMIN_FULL_WAIT_MS);
+    }
+}
+
+/* A new admin client, when may_take_client allows one. Full: the silent
+ * client of idlest_client makes room, so idle connections can never lock
+ * the operator out; with none, the new one is refused. A failed accept
  * (EMFILE and the like) is logged once a second, and pauses so the pending
  * connection does not make the loop spin (the stop fd still wakes it). */
 static void take_admin_client(ps__admin *a, admin_clients *cs, int64_t now)
 {
+    if (!may_take_client(cs, now))
+        return; /* it waits in the backlog */
     int fd = accept_admin(a);
     if (fd < 0) {
         int e = -fd;
@@ -467,12 +533,14 @@ static void take_admin_client(ps__admin *a, admin_clients *cs, int64_t now)
         return;
     }
     if (cs->n == PS__ADMIN_MAX_CLIENTS) {
-        int oldest = 0;
-        for (int i = 1; i < cs->n; i++)
-            if (cs->list[i]->last_ms < cs->list[oldest]->last_ms)
-                oldest = i;
-        ps__admin_client_close(a->srv, cs->list[oldest]);
-        cs->list[oldest] = cs->list[--cs->n];
+        int idle = idlest_client(cs, now);
+        if (idle < 0) {
+            refuse_admin(a, cs, fd, now);
+            return;
+        }
+        ps__admin_client_close(a->srv, cs->list[idle]);
+        cs->list[idle] = cs->list[--cs->n];
+        cs->full_since = -1; /* a slot changed hands: the table is not stuck */
     }
     admin_client *ac = ps__admin_client_new(fd, now);
     if (ac == NULL)
@@ -485,15 +553,22 @@ static void *admin_main(void *arg)
 {
     ps__admin *a = arg;
     ps_server *srv = a->srv;
-    admin_clients cs = {.n = 0, .last_warning = -1000};
-    /* Draining, the listener is no longer polled (a negative fd is left
-     * out by poll): the clients connected go on being answered. */
-    bool listening = true;
+    admin_clients cs = {.n = 0, .full_since = -1, .last_warning = -1000, .last_refusal = -1000};
+    /* Draining, new clients still get their answer (`ready`: NOT READY
+     * draining), since a balancer's probes must see the drain, unless the
+     * listener went over to another process (ps_server_handed_over): then
+     * the listener is no longer polled (a negative fd is left out by poll),
+     * the new process answers, and the clients connected here go on being
+     * answered. */
+    bool draining = false, listening = true;
     for (;;) {
         struct pollfd p[3 + PS__ADMIN_MAX_CLIENTS];
         p[0] = (struct pollfd){.fd = a->stop_fd, .events = POLLIN};
-        p[1] = (struct pollfd){.fd = listening ? a->drain_fd : -1, .events = POLLIN};
-        p[2] = (struct pollfd){.fd = listening ? a->listen_fd : -1, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = draining ? -1 : a->drain_fd, .events = POLLIN};
+        /* Every slot taken: the listener is left out (its connections
+         * wait in the backlog) until take_admin_client may take one. */
+        bool take = listening && may_take_client(&cs, ps__now_ms());
+        p[2] = (struct pollfd){.fd = take ? a->listen_fd : -1, .events = POLLIN};
         for (int i = 0; i < cs.n; i++) {
             /* A client with a reply pending is not read until it takes it. */
             short ev = ps__admin_client_wants_write(cs.list[i]) ? POLLOUT : POLLIN;
@@ -509,7 +584,9 @@ static void *admin_main(void *arg)
         }
         if (p[0].revents)
             break;
-        if (p[1].revents) {
+        if (p[1].revents)
+            draining = true; /* readable for good: no longer polled */
+        if (draining && atomic_load_explicit(&srv->handed_over, memory_order_acquire)) {
             listening = false;
             p[2].revents = 0;
         }

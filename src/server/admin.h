@@ -10,7 +10,8 @@
 #include "poolsrv/server.h"
 
 /* Starts the thread that serves the admin listener until stop_fd becomes
- * readable (new clients until drain_fd does): NULL with -errno in *err
+ * readable (new clients until drain_fd does, when the listeners were handed
+ * over: ps_server_handed_over): NULL with -errno in *err
  * when it cannot. Join ends it and frees it; NULL is a no-op. */
 typedef struct ps__admin ps__admin;
 ps__admin *ps__admin_start(ps_server *srv, int listen_fd, int stop_fd, int drain_fd, int *err);

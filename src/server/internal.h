@@ -53,6 +53,7 @@ typedef struct ps__counters {
     atomic_uint_fast64_t send_timeouts;
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
+    atomic_uint_fast64_t admin_refused; /* admin clients refused: every slot busy */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
     atomic_uint_fast64_t output_overflows; /* closed past limits.max_output */
@@ -163,10 +164,17 @@ struct ps_server {
     atomic_bool stopping;
     atomic_int_fast64_t stop_deadline_ms; /* monotonic; 0 = not stopping */
     /* ps_server_drain: like stop_fd, written once and never read; it tells
-     * the acceptor and the admin thread to take no new client while the
-     * connections already in go on being served. */
+     * the acceptor to take no new client while the connections already in
+     * go on being served (and the admin thread, after a hand-over). */
     int drain_fd;
     atomic_bool draining;
+    /* ps_server_handed_over: another process accepts on the listeners, so
+     * a drain leaves new admin clients to it too. Set by the owning
+     * thread, read by the admin thread. */
+    atomic_bool handed_over;
+    /* ps_server_drain_cut (any thread, a signal handler too): the drain
+     * ends now; read by ps_server_drain's wait and the acceptor. */
+    atomic_bool drain_cut;
     /* What the admin port's `ready` and `agent` read: set once start is
      * done; set by ps_server_announce_stop; when every worker became busy
      * with clients waiting (0: not so), sampled by the admin thread. */
@@ -216,11 +224,12 @@ ps__readiness ps__server_readiness(const ps_server *srv);
 /* What the admin port reports of the server beyond ps_server_get_stats and
  * ps_server_get_pool_stats: the dispatch mode's name, its own counters,
  * whether a connection waits with nothing holding it; and the counting of
- * its commands. */
+ * its commands and of the clients it refused. */
 const char *ps__server_mode_name(const ps_server *srv);
 void ps__server_mode_stats(const ps_server *srv, ps__stat_fn emit, void *arg);
 bool ps__server_conn_parked(const ps_server *srv, const ps_conn *conn);
 void ps__server_count_admin_command(ps_server *srv);
+void ps__server_count_admin_refused(ps_server *srv);
 
 /* Samples whether every worker is busy with clients waiting (the admin
  * thread, a few times a second): the clock PS__NOT_READY_FULL reads. */

@@ -109,6 +109,8 @@ static const ps__metrics_field fields[] = {
         "Connections closed because a client did not read its replies in time."),
     SRV(accept_errors, "accept_errors_total", PS__COUNTER, "Failed accept calls."),
     SRV(admin_commands, "admin_commands_total", PS__COUNTER, "Commands on the admin port."),
+    SRV(admin_refused, "admin_refused_total", PS__COUNTER,
+        "Admin clients refused because every admin slot stayed busy."),
     SRV(slow_handlers, "slow_handlers_total", PS__COUNTER,
         "Handler calls that took longer than slow_handler_ms."),
     SRV(parked_connections, "parked_connections", PS__GAUGE,

@@ -28,6 +28,11 @@
 #define PS__ACCEPT_PAUSE_MS 100
 /* Accepts per wake-up before the acceptor looks at the stop signal again. */
 #define PS__ACCEPT_BATCH 64
+/* The admin listener's backlog: a burst of probes beyond the admin
+ * thread's client slots waits there for one (admin.c), instead of having
+ * its handshakes dropped and retried a second later. The kernel caps it
+ * at net.core.somaxconn. */
+#define PS__ADMIN_BACKLOG 1024
 
 /* The one place that names the modes: no default, so that a mode added to
  * ps_dispatch_mode and not here is a compiler warning. */
@@ -255,8 +260,9 @@ static void *acceptor_main(void *arg)
         /* Draining: no more accepts; the clients already waiting for a
          * slot still get theirs (or are refused when their wait ends). */
         bool draining = atomic_load_explicit(&srv->draining, memory_order_acquire);
-        if (draining && slots->count == 0)
-            break;
+        if (draining && (slots->count == 0 ||
+                         atomic_load_explicit(&srv->drain_cut, memory_order_acquire)))
+            break; /* cut short: the waiting ones are told (slot_queue_drop) */
         struct pollfd p[3] = {
             {.fd = srv->stop_fd, .events = POLLIN},
             {.fd = srv->drain_fd, .events = POLLIN},
@@ -348,8 +354,9 @@ static int open_listeners(ps_server *srv, char *err, size_t errlen)
         srv->admin_fd = srv->inherited_admin_fd;
         srv->inherited_admin_fd = -1;
     } else if (srv->cfg.admin_enabled) {
-        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, 64, false, &srv->admin_fd,
-                        &srv->admin_port, srv->admin_addr, sizeof srv->admin_addr, err, errlen);
+        rc = ps__listen(srv->cfg.admin_bind, srv->cfg.admin_port, PS__ADMIN_BACKLOG, false,
+                        &srv->admin_fd, &srv->admin_port, srv->admin_addr,
+                        sizeof srv->admin_addr, err, errlen);
         if (rc != 0) {
             /* Say which listener failed: prefix the message in place. */
             size_t len = strnlen(err, errlen - 1);
@@ -583,6 +590,24 @@ void ps_server_announce_stop(ps_server *srv)
         ps_log_always("announcing the stop: ready says NOT READY, agent says drain");
 }
 
+void ps_server_handed_over(ps_server *srv)
+{
+    if (srv != NULL)
+        atomic_store_explicit(&srv->handed_over, true, memory_order_release);
+}
+
+void ps_server_drain_cut(ps_server *srv)
+{
+    /* Only a lock-free store: safe in a signal handler. */
+    if (srv != NULL)
+        atomic_store_explicit(&srv->drain_cut, true, memory_order_release);
+}
+
+static bool drain_is_cut(const ps_server *srv)
+{
+    return atomic_load_explicit(&srv->drain_cut, memory_order_acquire);
+}
+
 unsigned ps_server_drain(ps_server *srv)
 {
     if (srv == NULL || !srv->started || srv->stopped)
@@ -604,14 +629,18 @@ unsigned ps_server_drain(ps_server *srv)
     ps_log_always("draining: %llu connection%s open; waiting up to %us for them to close",
                   (unsigned long long)left, left == 1 ? "" : "s", timeout);
     /* The connections end on their own, on whichever threads serve them;
-     * this thread only watches the count, a few times per 10 ms. */
-    while (left > 0 && ps__now_ms() < deadline) {
+     * this thread only watches the count and the cut, a few times per
+     * 10 ms. */
+    while (left > 0 && ps__now_ms() < deadline && !drain_is_cut(srv)) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 2 * 1000 * 1000};
         nanosleep(&ts, NULL);
         left = atomic_load_explicit(&srv->c.curr_connections, memory_order_relaxed);
     }
     if (left == 0)
         ps_log_always("drained: every connection closed");
+    else if (drain_is_cut(srv))
+        ps_log_always("drain cut short: %llu connection%s still open; stopping now",
+                      (unsigned long long)left, left == 1 ? "" : "s");
     else
         ps_log_warn("drain: %llu connection%s still open after %us; closing them",
                     (unsigned long long)left, left == 1 ? "" : "s", timeout);

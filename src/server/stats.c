@@ -61,6 +61,7 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->send_timeouts = atomic_load_explicit(&c->send_timeouts, memory_order_relaxed);
     st->accept_errors = atomic_load_explicit(&c->accept_errors, memory_order_relaxed);
     st->admin_commands = atomic_load_explicit(&c->admin_commands, memory_order_relaxed);
+    st->admin_refused = atomic_load_explicit(&c->admin_refused, memory_order_relaxed);
     st->slow_handlers = atomic_load_explicit(&c->slow_handlers, memory_order_relaxed);
     st->uptime_seconds = (uint64_t)(ps__now_ms() - srv->start_ms) / 1000;
 }
@@ -121,4 +122,9 @@ bool ps__server_conn_parked(const ps_server *srv, const ps_conn *conn)
 void ps__server_count_admin_command(ps_server *srv)
 {
     atomic_fetch_add_explicit(&srv->c.admin_commands, 1, memory_order_relaxed);
+}
+
+void ps__server_count_admin_refused(ps_server *srv)
+{
+    atomic_fetch_add_explicit(&srv->c.admin_refused, 1, memory_order_relaxed);
 }

@@ -74,11 +74,12 @@ typedef struct kv_cmd {
     size_t nkeys;
     size_t nkeys_total; /* of the whole line, every batch */
     uint32_t flags;     /* storage commands */
-    int64_t exptime;    /* storage commands, touch, gat/gats */
+    int64_t exptime;    /* storage commands, touch, gat/gats: as memcached
+                         * reads it, the low 32 bits as a signed number */
     size_t bytes;       /* storage commands: the data block's length */
     uint64_t cas;       /* cas */
     uint64_t delta;     /* incr/decr */
-    int64_t delay;      /* flush_all; 0 when none given */
+    int64_t delay;      /* flush_all; 0 when none given; 32 bits as exptime */
     uint32_t level;     /* verbosity */
     bool noreply;       /* send nothing back, errors included (memcached) */
     /* On an error: the whole reply line (with its \r\n) to send unless

@@ -192,6 +192,30 @@ def errors(port, c):
         check(f.readline() == b"VALUE ok 0 2\r\n", "after a too large value: next command")
 
 
+def exptimes(port):
+    # memcached 1.6.18 keeps an exptime's low 32 bits as a signed number:
+    # 99999999999 is an absolute time in 2008 and 2^63-1 is -1 (both gone at
+    # once), 2^32+100 is 100 seconds. Recorded from memcached, as these
+    # replies.
+    cases = [
+        (b"99999999999", b"END\r\n"),
+        (b"9223372036854775807", b"END\r\n"),
+        (b"4294967396", b"VALUE e 0 1\r\n"),
+    ]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rb")
+        for exptime, want in cases:
+            s.sendall(b"set e 0 " + exptime + b" 1\r\nx\r\nget e\r\n")
+            check(f.readline() == b"STORED\r\n", "set with exptime %s" % exptime.decode())
+            line = f.readline()
+            check(line == want, "exptime %s: get %r, memcached %r" % (exptime.decode(), line, want))
+            while line != b"END\r\n":
+                line = f.readline()
+        s.sendall(b"set t 0 0 1\r\nx\r\ntouch t 99999999999\r\nget t\r\n")
+        r = [f.readline() for _ in range(3)]
+        check(r == [b"STORED\r\n", b"TOUCHED\r\n", b"END\r\n"], "touch 99999999999: %r" % r)
+
+
 def memory(c, pid, sanitized):
     def rss_kb():
         for line in open("/proc/%d/status" % pid):
@@ -233,6 +257,7 @@ def main():
         c = Client(("127.0.0.1", port), timeout=10, connect_timeout=5)
         commands(c, port)
         errors(port, c)
+        exptimes(port)
         memory(c, p.pid, len(sys.argv) > 4 and sys.argv[4] == "sanitized")
         c.close()
     finally:

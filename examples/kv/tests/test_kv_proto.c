@@ -262,6 +262,50 @@ static void test_incr_decr_touch(void **state)
     assert_fails(line, KV_PROTO_EFORMAT, BAD_FORMAT);
 }
 
+/* memcached 1.6.18 reads an exptime with strtol into an int32_t: only the
+ * low 32 bits count, as a signed number. Each line's outcome was checked
+ * against it (a set, then a get: the item there or gone). */
+static void test_exptime_as_memcached(void **state)
+{
+    (void)state;
+    const struct {
+        const char *token;
+        int64_t exptime; /* what memcached goes on with */
+    } cases[] = {
+        {"99999999999", 1215752191},          /* an absolute time in 2008: gone */
+        {"9223372036854775807", -1},          /* 2^63-1: gone */
+        {"2147483648", -2147483647 - 1},      /* 2^31: gone */
+        {"4294967295", -1},                   /* gone */
+        {"4294967296", 0},                    /* 2^32: never expires */
+        {"4294967396", 100},                  /* 2^32+100: 100 seconds */
+        {"-2147483649", 2147483647},          /* there (until 2038) */
+        {"-9223372036854775808", 0},          /* -2^63: never expires */
+        {"2147483647", 2147483647},           /* in range: as given */
+        {"-1", -1},
+        {"2592000", 2592000},
+    };
+    const char *forms[] = {"set k 0 %s 1", "cas k 0 %s 1 1", "touch k %s", "gat %s k",
+                           "gats %s k", "flush_all %s"};
+    char line[96];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++) {
+            snprintf(line, sizeof line, forms[f], cases[i].token);
+            kv_cmd cmd;
+            assert_int_equal(parse(line, &cmd), 0);
+            int64_t got = cmd.type == KV_CMD_FLUSH_ALL ? cmd.delay : cmd.exptime;
+            if (got != cases[i].exptime) {
+                print_error("\"%s\": exptime %lld, memcached reads %lld\n", line, (long long)got,
+                            (long long)cases[i].exptime);
+                fail();
+            }
+        }
+    }
+    /* past 64 bits strtol fails, and memcached refuses the line */
+    assert_fails("set k 0 9223372036854775808 1", KV_PROTO_EFORMAT, BAD_FORMAT);
+    assert_fails("touch k 18446744073709551616", KV_PROTO_EEXPTIME,
+                 "CLIENT_ERROR invalid exptime argument\r\n");
+}
+
 static void test_other_commands(void **state)
 {
     (void)state;
@@ -737,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_noreply_token),
         cmocka_unit_test(test_delete_forms),
         cmocka_unit_test(test_incr_decr_touch),
+        cmocka_unit_test(test_exptime_as_memcached),
         cmocka_unit_test(test_other_commands),
         cmocka_unit_test(test_unknown_and_token_counts),
         cmocka_unit_test(test_bad_format),

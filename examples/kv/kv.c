@@ -215,6 +215,13 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
         }
         break;
     case KV_CMD_FLUSH_ALL:
+        /* A delay naming an absolute time from before the server started
+         * (99999999999 is read as 2008): memcached 1.6's realtime() makes
+         * it 1, which switches its flush off, every item kept. So here: any
+         * pending flush is replaced by one at the latest time the store
+         * keeps (2106). A flush already in force stays (see the README). */
+        if (cmd.delay > KV_RELATIVE_MAX && cmd.delay <= (int64_t)m->started)
+            cmd.delay = INT64_MAX;
         kv_store_flush(m->store, cmd.delay);
         return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
     case KV_CMD_VERBOSITY:

@@ -214,6 +214,17 @@ def exptimes(port):
         s.sendall(b"set t 0 0 1\r\nx\r\ntouch t 99999999999\r\nget t\r\n")
         r = [f.readline() for _ in range(3)]
         check(r == [b"STORED\r\n", b"TOUCHED\r\n", b"END\r\n"], "touch 99999999999: %r" % r)
+        # flush_all reads its delay the same way: 99999999999 is a time in
+        # 2008, before the server started, which memcached takes as no flush
+        # at all; 2^31 is negative: everything goes now.
+        s.sendall(b"set f 0 0 1\r\nx\r\nflush_all 99999999999\r\nget f\r\n")
+        r = [f.readline() for _ in range(3)]
+        check(r == [b"STORED\r\n", b"OK\r\n", b"VALUE f 0 1\r\n"],
+              "flush_all 99999999999 flushes nothing: %r" % r)
+        f.readline(), f.readline()
+        s.sendall(b"flush_all 2147483648\r\nget f\r\n")
+        r = [f.readline() for _ in range(2)]
+        check(r == [b"OK\r\n", b"END\r\n"], "flush_all 2147483648 flushes now: %r" % r)
 
 
 def memory(c, pid, sanitized):

@@ -54,6 +54,8 @@ typedef struct kv_conn {
     uint64_t cas;
     bool noreply;
     kv_buf out;
+    bool first_held; /* first: the connection's first byte, not yet */
+    char first;      /* put back in front of its first line */
 } kv_conn;
 
 static int send_text(ps_conn *conn, const char *text, size_t len)
@@ -243,6 +245,76 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
     return send_str(conn, kv_proto_result_line(cmd.type, r));
 }
 
+/* --- memcached's protocol negotiation ---------------------------------------
+ * memcached tells a binary client from a text one by the connection's first
+ * byte (0x80: binary). The connection layer frames lines, and a binary
+ * header has no line ending to wait for: so the first byte is asked for on
+ * its own, a binary request is answered with the binary protocol's "Not
+ * supported" and closed, and any other first byte is put back in front of
+ * the first line. */
+
+static int on_binary_header(ps_conn *conn, const void *data, size_t len, void *ud)
+{
+    (void)ud;
+    unsigned char req[KV_PROTO_BINARY_HEADER], reply[KV_PROTO_BINARY_ERROR_MAX];
+    req[0] = KV_PROTO_BINARY_MAGIC;
+    memcpy(req + 1, data, len < sizeof req - 1 ? len : sizeof req - 1);
+    send_text(conn, (const char *)reply, kv_proto_binary_error(req, reply));
+    return PS_CLOSE;
+}
+
+static int on_first_byte(ps_conn *conn, const void *data, size_t len, void *ud)
+{
+    (void)len;
+    kv_conn *kc = ps_conn_get_data(conn);
+    char b = *(const char *)data;
+    if ((unsigned char)b == KV_PROTO_BINARY_MAGIC)
+        return ps_conn_read_bytes(conn, KV_PROTO_BINARY_HEADER - 1, on_binary_header) == 0
+                   ? PS_CONTINUE
+                   : PS_CLOSE;
+    if (b == '\n') { /* the first line was empty */
+        ps_line empty = {"\n", 0, 1};
+        return kv_line(conn, &empty, ud);
+    }
+    kc->first = b;
+    kc->first_held = true;
+    return PS_CONTINUE;
+}
+
+static int kv_open(ps_conn *conn, void *ud)
+{
+    (void)ud;
+    if (conn_state(conn) == NULL)
+        return PS_CONTINUE; /* the first line answers out of memory */
+    return ps_conn_read_bytes(conn, 1, on_first_byte) == 0 ? PS_CONTINUE : PS_CLOSE;
+}
+
+/* Every line; the first with the connection's first byte in front. */
+static int kv_on_line(ps_conn *conn, const ps_line *line, void *ud)
+{
+    kv_conn *kc = ps_conn_get_data(conn);
+    if (kc == NULL || !kc->first_held)
+        return kv_line(conn, line, ud);
+    kc->first_held = false;
+    if (kc->first == '\r' && line->len == 0) { /* "\r\n": an empty line */
+        ps_line empty = {"\r\n", 0, 2};
+        return kv_line(conn, &empty, ud);
+    }
+    char small[256], *buf = small;
+    size_t n = 1 + line->len + line->eol_len;
+    if (n > sizeof small && (buf = malloc(n)) == NULL) {
+        send_str(conn, "SERVER_ERROR out of memory\r\n");
+        return PS_CLOSE;
+    }
+    buf[0] = kc->first;
+    memcpy(buf + 1, line->data, line->len + line->eol_len);
+    ps_line whole = {buf, 1 + line->len, line->eol_len};
+    int rc = kv_line(conn, &whole, ud);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
 static void kv_close(ps_conn *conn, void *ud)
 {
     (void)ud;
@@ -254,8 +326,8 @@ static void kv_close(ps_conn *conn, void *ud)
 }
 
 static const ps_handler kv_handler = {
-    .on_open = NULL, /* memcached greets nobody */
-    .on_line = kv_line,
+    .on_open = kv_open, /* greets nobody, as memcached: looks at the first byte */
+    .on_line = kv_on_line,
     .on_close = kv_close,
 };
 

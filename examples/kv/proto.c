@@ -309,6 +309,26 @@ size_t kv_proto_next_keys(kv_cmd *cmd)
     return n;
 }
 
+/* --- the binary protocol ----------------------------------------------------- */
+
+size_t kv_proto_binary_error(const unsigned char *req, unsigned char *out)
+{
+    static const char text[] = "Not supported";
+    const size_t n = sizeof text - 1;
+    memset(out, 0, KV_PROTO_BINARY_HEADER);
+    out[0] = 0x81;   /* a response */
+    out[1] = req[1]; /* the request's opcode */
+    out[6] = 0x00;   /* status 0x0083, big-endian */
+    out[7] = 0x83;
+    out[8] = (unsigned char)(n >> 24); /* total body length: the text */
+    out[9] = (unsigned char)(n >> 16);
+    out[10] = (unsigned char)(n >> 8);
+    out[11] = (unsigned char)n;
+    memcpy(out + 12, req + 12, 4); /* opaque, as the client gave it */
+    memcpy(out + KV_PROTO_BINARY_HEADER, text, n);
+    return KV_PROTO_BINARY_HEADER + n;
+}
+
 /* --- replies --------------------------------------------------------------- */
 
 const char *kv_proto_result_line(kv_cmd_type type, kv_result r)

@@ -111,6 +111,22 @@ int kv_proto_parse(const char *line, size_t len, kv_cmd *cmd);
  * by kv_proto_parse. */
 size_t kv_proto_next_keys(kv_cmd *cmd);
 
+/* --- the binary protocol ----------------------------------------------------- */
+
+/* memcached tells its two protocols apart by a connection's first byte: a
+ * binary request begins with this magic (no text command can), then the
+ * rest of its 24-byte header. The module does not serve the binary
+ * protocol; it answers the first request in it with an error and closes. */
+#define KV_PROTO_BINARY_MAGIC  0x80
+#define KV_PROTO_BINARY_HEADER 24
+#define KV_PROTO_BINARY_ERROR_MAX (KV_PROTO_BINARY_HEADER + 16)
+
+/* The binary reply to the request whose header is req[0..24): magic 0x81,
+ * the request's opcode and opaque, status 0x0083 ("Not supported"), and
+ * that text as its value, which is what a binary client shows. Writes it
+ * to out (KV_PROTO_BINARY_ERROR_MAX bytes) and returns its length. */
+size_t kv_proto_binary_error(const unsigned char *req, unsigned char *out);
+
 /* --- replies --------------------------------------------------------------- */
 
 #define KV_REPLY_STORED     "STORED\r\n"

@@ -227,6 +227,45 @@ def exptimes(port):
         check(r == [b"OK\r\n", b"END\r\n"], "flush_all 2147483648 flushes now: %r" % r)
 
 
+def first_byte(port):
+    # memcached tells the binary protocol by a connection's first byte
+    # (0x80). kv does not serve it: a binary request is answered, in the
+    # binary protocol, status 0x0083 "Not supported" with its opcode and
+    # opaque, and the connection closed (before: no reply at all, the
+    # header having no line ending to wait for).
+    header = bytes([0x80, 0x00, 0x00, 0x03, 0, 0, 0, 0, 0, 0, 0, 3]) + b"\xde\xad\xbe\xef" + bytes(8)
+    want = (bytes([0x81, 0x00, 0, 0, 0, 0, 0x00, 0x83, 0, 0, 0, 13]) + b"\xde\xad\xbe\xef" +
+            bytes(8) + b"Not supported")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(header + b"foo")
+        got = b""
+        try:
+            while True:
+                d = s.recv(4096)
+                if not d:
+                    break
+                got += d
+        except socket.timeout:
+            got += b" (no close within 5 s)"
+        check(got == want, "binary get: %r" % got)
+    # Any other first byte begins the first text line, however it arrives.
+    for chunks, want in [
+        ([b"g", b"et k1\r\nversion\r\n"], b"END\r\n"),
+        ([b"s", b"et one 0 0 1\r\n1\r\nversion\r\n"], b"STORED\r\n"),
+        ([b"\r", b"\nversion\r\n"], b"ERROR\r\n"),
+        ([b"\n", b"version\r\n"], b"ERROR\r\n"),
+        ([b" ", b"get k1\r\nversion\r\n"], b"END\r\n"),
+    ]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            f = s.makefile("rb")
+            for c in chunks:
+                s.sendall(c)
+                time.sleep(0.02)
+            r = [f.readline(), f.readline()]
+            check(r[0].startswith(want) and r[-1].startswith(b"VERSION "),
+                  "first line sent as %r: %r" % (chunks, r))
+
+
 def memory(c, pid, sanitized):
     def rss_kb():
         for line in open("/proc/%d/status" % pid):
@@ -269,6 +308,7 @@ def main():
         commands(c, port)
         errors(port, c)
         exptimes(port)
+        first_byte(port)
         memory(c, p.pid, len(sys.argv) > 4 and sys.argv[4] == "sanitized")
         c.close()
     finally:

@@ -615,6 +615,31 @@ static void test_get_key_into_buffer(void **state)
     kv_store_destroy(s);
 }
 
+/* A binary request gets the binary protocol's error: the layout memcached
+ * 1.6.18 answers an opcode it does not know with (0x81, opcode, opaque
+ * echoed), with status 0x0083 "Not supported". */
+static void test_binary_error(void **state)
+{
+    (void)state;
+    /* get "foo": magic, opcode 0x00, key length 3, body 3, opaque */
+    const unsigned char req[KV_PROTO_BINARY_HEADER] = {
+        0x80, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+        0xde, 0xad, 0xbe, 0xef, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+    };
+    const unsigned char want[] = {
+        0x81, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x83, 0x00, 0x00, 0x00, 0x0d,
+        0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        'N', 'o', 't', ' ', 's', 'u', 'p', 'p', 'o', 'r', 't', 'e', 'd',
+    };
+    unsigned char out[KV_PROTO_BINARY_ERROR_MAX];
+    memset(out, 0xff, sizeof out);
+    assert_int_equal(kv_proto_binary_error(req, out), sizeof want);
+    assert_memory_equal(out, want, sizeof want);
+    unsigned char version[KV_PROTO_BINARY_HEADER] = {0x80, 0x0b};
+    kv_proto_binary_error(version, out);
+    assert_int_equal(out[1], 0x0b); /* the request's opcode */
+}
+
 static void test_stats_lines(void **state)
 {
     (void)state;
@@ -789,6 +814,7 @@ int main(void)
         cmocka_unit_test(test_result_lines),
         cmocka_unit_test(test_value_and_simple_lines),
         cmocka_unit_test(test_get_key_into_buffer),
+        cmocka_unit_test(test_binary_error),
         cmocka_unit_test(test_stats_lines),
         cmocka_unit_test(test_transcript),
     };

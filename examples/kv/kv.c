@@ -7,6 +7,8 @@
  *   memory_mb = 64          ; the items' byte budget; LRU eviction past it
  *   item_size_max = 1048576 ; the largest item (header + key + value)
  *   stripes = 256           ; lock stripes of the store
+ *   [limits]
+ *   max_line = 1048576      ; get lines of thousands of keys (warned if less)
  *
  * A storage command is a line and then a data block of `bytes` + 2 bytes:
  * the line asks the connection layer for the block (ps_conn_read_bytes)
@@ -24,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <poolsrv/log.h>
 #include <poolsrv/module.h>
 #include <poolsrv/version.h>
 
@@ -32,6 +35,10 @@
 
 /* Items looked at per sweep, once a second. */
 #define KV_SWEEP_BATCH 10000
+
+/* The limits.max_line kv asks for (a warning at start when it is less):
+ * room for a get of about 4,000 keys of 250 bytes. */
+#define KV_GET_LINE_SUGGESTED (1024 * 1024)
 
 typedef struct kv_module {
     kv_store *store;
@@ -405,6 +412,16 @@ static int kv_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_
                  o.item_size_max, o.item_size_max + 2, cfg->max_block);
         return -1;
     }
+    /* memcached takes a get line of any length (multi-gets of thousands of
+     * keys); the server closes a connection whose line passes max_line.
+     * Up to the size of a value, a longer line holds no more of a
+     * connection's memory than a storage command's block already may. */
+    size_t line_ok = o.item_size_max < KV_GET_LINE_SUGGESTED ? o.item_size_max
+                                                             : KV_GET_LINE_SUGGESTED;
+    if (cfg->max_line < line_ok)
+        ps_log_warn("kv: limits.max_line is %zu: a get line longer than that closes the "
+                    "connection (memcached takes any length); %zu holds no more per "
+                    "connection than a value does", cfg->max_line, line_ok);
     kv_module *m = calloc(1, sizeof *m);
     if (m == NULL) {
         snprintf(err, errlen, "out of memory");

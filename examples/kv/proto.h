@@ -11,9 +11,11 @@
  * of tokens is "ERROR", a bad number or key "CLIENT_ERROR ...". A trailing
  * token where `noreply` may stand that is not "noreply" is ignored, as
  * memcached ignores it ("set k 0 0 5 noreplyx" is a set that replies).
- * Stricter than memcached: a key with a control character (bytes 0..31,
- * 127) is refused as protocol.txt says, and flags above 2^32-1 (which
- * memcached truncates) are refused.
+ * Numbers are read as memcached reads them (an exptime's low 32 bits),
+ * except where that would misread the client: flags above 2^32-1 and a
+ * bytes field of 2^32 or more (which memcached truncates) are refused, as
+ * is a NUL or CR in a key. The README's "Differences from memcached" lists
+ * every known difference and why.
  */
 
 #include <stdbool.h>

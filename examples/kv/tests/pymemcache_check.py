@@ -187,6 +187,22 @@ def errors(port, c):
             s.sendall(b"set ok 0 0 2\r\nok\r\n")
             check(f.readline() == b"STORED\r\n", "after %s the connection still works" % what)
     check(c.get("ok") == b"ok", "another client is served")
+    # The largest bytes memcached takes, 2147483645: too large for the
+    # store, answered so, and the next 2147483647 bytes are discarded, as
+    # memcached discards them ("version" is part of the block). memcached
+    # sends the same reply once the block has passed; kv at once.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rb")
+        s.sendall(b"set k 0 0 2147483645\r\n")
+        check(f.readline() == b"SERVER_ERROR object too large for cache\r\n",
+              "set of 2147483645 bytes")
+        s.sendall(b"version\r\n")
+        s.settimeout(0.5)
+        try:
+            r = s.recv(100)
+        except socket.timeout:
+            r = None
+        check(r is None, "a 2147483645-byte block is discarded, not read as commands: %r" % r)
     # A value larger than item_size_max: SERVER_ERROR, its bytes discarded.
     big = 2 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

@@ -392,6 +392,10 @@ static void test_bad_format(void **state)
         "set k 0 0 2147483646",            /* past INT_MAX - 2 */
         "set k 0 0 2147483648",            /* 2 GB */
         "set k 0 0 99999999999999999999999", /* past any integer */
+        /* memcached reads bytes into 32 bits: 4294967296 as 0, 4294967301
+         * as 5 (and stores the next 5 bytes). Refused here, as memcached
+         * refuses 2147483646..4294967295 (README, Differences). */
+        "set k 0 0 4294967296", "set k 0 0 4294967301",
         "set k 0 0 12x",                   /* trailing garbage */
         "set k 0 0 0x10",   "set k 0 0 +",  "set k 0 0 1.5",
         "set k x 0 1",      "set k -1 0 1", "set k 4294967296 0 1", /* flags past 32 bits */

@@ -7,6 +7,8 @@
  *   memory_mb = 64          ; the items' byte budget; LRU eviction past it
  *   item_size_max = 1048576 ; the largest item (header + key + value)
  *   stripes = 256           ; lock stripes of the store
+ *   [limits]
+ *   max_line = 1048576      ; get lines of thousands of keys (warned if less)
  *
  * A storage command is a line and then a data block of `bytes` + 2 bytes:
  * the line asks the connection layer for the block (ps_conn_read_bytes)
@@ -24,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <poolsrv/log.h>
 #include <poolsrv/module.h>
 #include <poolsrv/version.h>
 
@@ -32,6 +35,10 @@
 
 /* Items looked at per sweep, once a second. */
 #define KV_SWEEP_BATCH 10000
+
+/* The limits.max_line kv asks for (a warning at start when it is less):
+ * room for a get of about 4,000 keys of 250 bytes. */
+#define KV_GET_LINE_SUGGESTED (1024 * 1024)
 
 typedef struct kv_module {
     kv_store *store;
@@ -54,6 +61,8 @@ typedef struct kv_conn {
     uint64_t cas;
     bool noreply;
     kv_buf out;
+    bool first_held; /* first: the connection's first byte, not yet */
+    char first;      /* put back in front of its first line */
 } kv_conn;
 
 static int send_text(ps_conn *conn, const char *text, size_t len)
@@ -264,6 +273,13 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
         }
         break;
     case KV_CMD_FLUSH_ALL:
+        /* A delay naming an absolute time from before the server started
+         * (99999999999 is read as 2008): memcached 1.6's realtime() makes
+         * it 1, which switches its flush off, every item kept. So here: any
+         * pending flush is replaced by one at the latest time the store
+         * keeps (2106). A flush already in force stays (see the README). */
+        if (cmd.delay > KV_RELATIVE_MAX && cmd.delay <= (int64_t)m->started)
+            cmd.delay = INT64_MAX;
         kv_store_flush(m->store, cmd.delay);
         return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
     case KV_CMD_VERBOSITY:
@@ -285,6 +301,76 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
     return send_str(conn, kv_proto_result_line(cmd.type, r));
 }
 
+/* --- memcached's protocol negotiation ---------------------------------------
+ * memcached tells a binary client from a text one by the connection's first
+ * byte (0x80: binary). The connection layer frames lines, and a binary
+ * header has no line ending to wait for: so the first byte is asked for on
+ * its own, a binary request is answered with the binary protocol's "Not
+ * supported" and closed, and any other first byte is put back in front of
+ * the first line. */
+
+static int on_binary_header(ps_conn *conn, const void *data, size_t len, void *ud)
+{
+    (void)ud;
+    unsigned char req[KV_PROTO_BINARY_HEADER], reply[KV_PROTO_BINARY_ERROR_MAX];
+    req[0] = KV_PROTO_BINARY_MAGIC;
+    memcpy(req + 1, data, len < sizeof req - 1 ? len : sizeof req - 1);
+    send_text(conn, (const char *)reply, kv_proto_binary_error(req, reply));
+    return PS_CLOSE;
+}
+
+static int on_first_byte(ps_conn *conn, const void *data, size_t len, void *ud)
+{
+    (void)len;
+    kv_conn *kc = ps_conn_get_data(conn);
+    char b = *(const char *)data;
+    if ((unsigned char)b == KV_PROTO_BINARY_MAGIC)
+        return ps_conn_read_bytes(conn, KV_PROTO_BINARY_HEADER - 1, on_binary_header) == 0
+                   ? PS_CONTINUE
+                   : PS_CLOSE;
+    if (b == '\n') { /* the first line was empty */
+        ps_line empty = {"\n", 0, 1};
+        return kv_line(conn, &empty, ud);
+    }
+    kc->first = b;
+    kc->first_held = true;
+    return PS_CONTINUE;
+}
+
+static int kv_open(ps_conn *conn, void *ud)
+{
+    (void)ud;
+    if (conn_state(conn) == NULL)
+        return PS_CONTINUE; /* the first line answers out of memory */
+    return ps_conn_read_bytes(conn, 1, on_first_byte) == 0 ? PS_CONTINUE : PS_CLOSE;
+}
+
+/* Every line; the first with the connection's first byte in front. */
+static int kv_on_line(ps_conn *conn, const ps_line *line, void *ud)
+{
+    kv_conn *kc = ps_conn_get_data(conn);
+    if (kc == NULL || !kc->first_held)
+        return kv_line(conn, line, ud);
+    kc->first_held = false;
+    if (kc->first == '\r' && line->len == 0) { /* "\r\n": an empty line */
+        ps_line empty = {"\r\n", 0, 2};
+        return kv_line(conn, &empty, ud);
+    }
+    char small[256], *buf = small;
+    size_t n = 1 + line->len + line->eol_len;
+    if (n > sizeof small && (buf = malloc(n)) == NULL) {
+        send_str(conn, "SERVER_ERROR out of memory\r\n");
+        return PS_CLOSE;
+    }
+    buf[0] = kc->first;
+    memcpy(buf + 1, line->data, line->len + line->eol_len);
+    ps_line whole = {buf, 1 + line->len, line->eol_len};
+    int rc = kv_line(conn, &whole, ud);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
 static void kv_close(ps_conn *conn, void *ud)
 {
     (void)ud;
@@ -296,8 +382,8 @@ static void kv_close(ps_conn *conn, void *ud)
 }
 
 static const ps_handler kv_handler = {
-    .on_open = NULL, /* memcached greets nobody */
-    .on_line = kv_line,
+    .on_open = kv_open, /* greets nobody, as memcached: looks at the first byte */
+    .on_line = kv_on_line,
     .on_close = kv_close,
 };
 
@@ -375,6 +461,16 @@ static int kv_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_
                  o.item_size_max, o.item_size_max + 2, cfg->max_block);
         return -1;
     }
+    /* memcached takes a get line of any length (multi-gets of thousands of
+     * keys); the server closes a connection whose line passes max_line.
+     * Up to the size of a value, a longer line holds no more of a
+     * connection's memory than a storage command's block already may. */
+    size_t line_ok = o.item_size_max < KV_GET_LINE_SUGGESTED ? o.item_size_max
+                                                             : KV_GET_LINE_SUGGESTED;
+    if (cfg->max_line < line_ok)
+        ps_log_warn("kv: limits.max_line is %zu: a get line longer than that closes the "
+                    "connection (memcached takes any length); %zu holds no more per "
+                    "connection than a value does", cfg->max_line, line_ok);
     kv_module *m = calloc(1, sizeof *m);
     if (m == NULL) {
         snprintf(err, errlen, "out of memory");

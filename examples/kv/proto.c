@@ -89,6 +89,23 @@ static bool parse_i64(const kv_key *t, int64_t *out)
     return true;
 }
 
+/* An exptime (or flush_all delay) as memcached 1.6 reads it: strtol into a
+ * long, then kept in an int32_t, so that only its low 32 bits count, as a
+ * signed number. 99999999999 is 1215752191 (an absolute time in 2008:
+ * expired at once), 2^63-1 is -1 (expired), 2^31 is -2^31 (expired),
+ * 4294967396 is 100 (100 seconds). Copied because a client sees it: the
+ * same set is there or gone. Past 64 bits it is refused, as strtol's ERANGE
+ * makes memcached refuse it. */
+static bool parse_exptime(const kv_key *t, int64_t *out)
+{
+    int64_t v;
+    if (!parse_i64(t, &v))
+        return false;
+    uint32_t low = (uint32_t)(uint64_t)v;
+    *out = low > INT32_MAX ? (int64_t)low - ((int64_t)1 << 32) : (int64_t)low;
+    return true;
+}
+
 /* --- the parser ------------------------------------------------------------ */
 
 static const struct {
@@ -137,7 +154,7 @@ static int parse_get(kv_cmd *cmd, const char *p, const char *end)
     if (touch) {
         if (!next_token(&p, end, &t))
             return fail(cmd, KV_PROTO_EUNKNOWN);
-        if (!parse_i64(&t, &cmd->exptime))
+        if (!parse_exptime(&t, &cmd->exptime))
             return fail(cmd, KV_PROTO_EEXPTIME);
     }
     cmd->rest = p;
@@ -167,7 +184,7 @@ static int parse_storage(kv_cmd *cmd, const kv_key *t, size_t n)
     cmd->keys[0] = t[1];
     cmd->nkeys = cmd->nkeys_total = 1;
     if (!key_ok(&t[1]) || !parse_u64(&t[2], UINT32_MAX, &flags) ||
-        !parse_i64(&t[3], &cmd->exptime) || !parse_u64(&t[4], KV_PROTO_BYTES_MAX, &bytes) ||
+        !parse_exptime(&t[3], &cmd->exptime) || !parse_u64(&t[4], KV_PROTO_BYTES_MAX, &bytes) ||
         (cmd->type == KV_CMD_CAS && !parse_u64(&t[5], UINT64_MAX, &cmd->cas)))
         return fail(cmd, KV_PROTO_EFORMAT);
     cmd->flags = (uint32_t)flags;
@@ -202,7 +219,7 @@ static int parse_key_number(kv_cmd *cmd, const kv_key *t, size_t n)
     if (!key_ok(&t[1]))
         return fail(cmd, KV_PROTO_EFORMAT);
     if (cmd->type == KV_CMD_TOUCH)
-        return parse_i64(&t[2], &cmd->exptime) ? 0 : fail(cmd, KV_PROTO_EEXPTIME);
+        return parse_exptime(&t[2], &cmd->exptime) ? 0 : fail(cmd, KV_PROTO_EEXPTIME);
     return parse_u64(&t[2], UINT64_MAX, &cmd->delta) ? 0 : fail(cmd, KV_PROTO_EDELTA);
 }
 
@@ -212,7 +229,7 @@ static int parse_flush(kv_cmd *cmd, const kv_key *t, size_t n)
     if (n > 3)
         return fail(cmd, KV_PROTO_EUNKNOWN);
     cmd->noreply = n > 1 && token_is(&t[n - 1], "noreply");
-    if (n != (cmd->noreply ? 2u : 1u) && !parse_i64(&t[1], &cmd->delay))
+    if (n != (cmd->noreply ? 2u : 1u) && !parse_exptime(&t[1], &cmd->delay))
         return fail(cmd, KV_PROTO_EEXPTIME);
     return 0;
 }
@@ -290,6 +307,26 @@ size_t kv_proto_next_keys(kv_cmd *cmd)
     cmd->rest_len = (size_t)(end - p);
     cmd->nkeys = n;
     return n;
+}
+
+/* --- the binary protocol ----------------------------------------------------- */
+
+size_t kv_proto_binary_error(const unsigned char *req, unsigned char *out)
+{
+    static const char text[] = "Not supported";
+    const size_t n = sizeof text - 1;
+    memset(out, 0, KV_PROTO_BINARY_HEADER);
+    out[0] = 0x81;   /* a response */
+    out[1] = req[1]; /* the request's opcode */
+    out[6] = 0x00;   /* status 0x0083, big-endian */
+    out[7] = 0x83;
+    out[8] = (unsigned char)(n >> 24); /* total body length: the text */
+    out[9] = (unsigned char)(n >> 16);
+    out[10] = (unsigned char)(n >> 8);
+    out[11] = (unsigned char)n;
+    memcpy(out + 12, req + 12, 4); /* opaque, as the client gave it */
+    memcpy(out + KV_PROTO_BINARY_HEADER, text, n);
+    return KV_PROTO_BINARY_HEADER + n;
 }
 
 /* --- replies --------------------------------------------------------------- */

@@ -11,9 +11,11 @@
  * of tokens is "ERROR", a bad number or key "CLIENT_ERROR ...". A trailing
  * token where `noreply` may stand that is not "noreply" is ignored, as
  * memcached ignores it ("set k 0 0 5 noreplyx" is a set that replies).
- * Stricter than memcached: a key with a control character (bytes 0..31,
- * 127) is refused as protocol.txt says, and flags above 2^32-1 (which
- * memcached truncates) are refused.
+ * Numbers are read as memcached reads them (an exptime's low 32 bits),
+ * except where that would misread the client: flags above 2^32-1 and a
+ * bytes field of 2^32 or more (which memcached truncates) are refused, as
+ * is a NUL or CR in a key. The README's "Differences from memcached" lists
+ * every known difference and why.
  */
 
 #include <stdbool.h>
@@ -74,11 +76,12 @@ typedef struct kv_cmd {
     size_t nkeys;
     size_t nkeys_total; /* of the whole line, every batch */
     uint32_t flags;     /* storage commands */
-    int64_t exptime;    /* storage commands, touch, gat/gats */
+    int64_t exptime;    /* storage commands, touch, gat/gats: as memcached
+                         * reads it, the low 32 bits as a signed number */
     size_t bytes;       /* storage commands: the data block's length */
     uint64_t cas;       /* cas */
     uint64_t delta;     /* incr/decr */
-    int64_t delay;      /* flush_all; 0 when none given */
+    int64_t delay;      /* flush_all; 0 when none given; 32 bits as exptime */
     uint32_t level;     /* verbosity */
     bool noreply;       /* send nothing back, errors included (memcached) */
     /* On an error: the whole reply line (with its \r\n) to send unless
@@ -109,6 +112,22 @@ int kv_proto_parse(const char *line, size_t len, kv_cmd *cmd);
  * many keys it holds now, 0 when all were given. The keys were all checked
  * by kv_proto_parse. */
 size_t kv_proto_next_keys(kv_cmd *cmd);
+
+/* --- the binary protocol ----------------------------------------------------- */
+
+/* memcached tells its two protocols apart by a connection's first byte: a
+ * binary request begins with this magic (no text command can), then the
+ * rest of its 24-byte header. The module does not serve the binary
+ * protocol; it answers the first request in it with an error and closes. */
+#define KV_PROTO_BINARY_MAGIC  0x80
+#define KV_PROTO_BINARY_HEADER 24
+#define KV_PROTO_BINARY_ERROR_MAX (KV_PROTO_BINARY_HEADER + 16)
+
+/* The binary reply to the request whose header is req[0..24): magic 0x81,
+ * the request's opcode and opaque, status 0x0083 ("Not supported"), and
+ * that text as its value, which is what a binary client shows. Writes it
+ * to out (KV_PROTO_BINARY_ERROR_MAX bytes) and returns its length. */
+size_t kv_proto_binary_error(const unsigned char *req, unsigned char *out);
 
 /* --- replies --------------------------------------------------------------- */
 

@@ -262,6 +262,50 @@ static void test_incr_decr_touch(void **state)
     assert_fails(line, KV_PROTO_EFORMAT, BAD_FORMAT);
 }
 
+/* memcached 1.6.18 reads an exptime with strtol into an int32_t: only the
+ * low 32 bits count, as a signed number. Each line's outcome was checked
+ * against it (a set, then a get: the item there or gone). */
+static void test_exptime_as_memcached(void **state)
+{
+    (void)state;
+    const struct {
+        const char *token;
+        int64_t exptime; /* what memcached goes on with */
+    } cases[] = {
+        {"99999999999", 1215752191},          /* an absolute time in 2008: gone */
+        {"9223372036854775807", -1},          /* 2^63-1: gone */
+        {"2147483648", -2147483647 - 1},      /* 2^31: gone */
+        {"4294967295", -1},                   /* gone */
+        {"4294967296", 0},                    /* 2^32: never expires */
+        {"4294967396", 100},                  /* 2^32+100: 100 seconds */
+        {"-2147483649", 2147483647},          /* there (until 2038) */
+        {"-9223372036854775808", 0},          /* -2^63: never expires */
+        {"2147483647", 2147483647},           /* in range: as given */
+        {"-1", -1},
+        {"2592000", 2592000},
+    };
+    const char *forms[] = {"set k 0 %s 1", "cas k 0 %s 1 1", "touch k %s", "gat %s k",
+                           "gats %s k", "flush_all %s"};
+    char line[96];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++) {
+            snprintf(line, sizeof line, forms[f], cases[i].token);
+            kv_cmd cmd;
+            assert_int_equal(parse(line, &cmd), 0);
+            int64_t got = cmd.type == KV_CMD_FLUSH_ALL ? cmd.delay : cmd.exptime;
+            if (got != cases[i].exptime) {
+                print_error("\"%s\": exptime %lld, memcached reads %lld\n", line, (long long)got,
+                            (long long)cases[i].exptime);
+                fail();
+            }
+        }
+    }
+    /* past 64 bits strtol fails, and memcached refuses the line */
+    assert_fails("set k 0 9223372036854775808 1", KV_PROTO_EFORMAT, BAD_FORMAT);
+    assert_fails("touch k 18446744073709551616", KV_PROTO_EEXPTIME,
+                 "CLIENT_ERROR invalid exptime argument\r\n");
+}
+
 static void test_other_commands(void **state)
 {
     (void)state;
@@ -348,6 +392,10 @@ static void test_bad_format(void **state)
         "set k 0 0 2147483646",            /* past INT_MAX - 2 */
         "set k 0 0 2147483648",            /* 2 GB */
         "set k 0 0 99999999999999999999999", /* past any integer */
+        /* memcached reads bytes into 32 bits: 4294967296 as 0, 4294967301
+         * as 5 (and stores the next 5 bytes). Refused here, as memcached
+         * refuses 2147483646..4294967295 (README, Differences). */
+        "set k 0 0 4294967296", "set k 0 0 4294967301",
         "set k 0 0 12x",                   /* trailing garbage */
         "set k 0 0 0x10",   "set k 0 0 +",  "set k 0 0 1.5",
         "set k x 0 1",      "set k -1 0 1", "set k 4294967296 0 1", /* flags past 32 bits */
@@ -602,6 +650,31 @@ static void test_get_key_into_buffer(void **state)
     kv_store_destroy(s);
 }
 
+/* A binary request gets the binary protocol's error: the layout memcached
+ * 1.6.18 answers an opcode it does not know with (0x81, opcode, opaque
+ * echoed), with status 0x0083 "Not supported". */
+static void test_binary_error(void **state)
+{
+    (void)state;
+    /* get "foo": magic, opcode 0x00, key length 3, body 3, opaque */
+    const unsigned char req[KV_PROTO_BINARY_HEADER] = {
+        0x80, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+        0xde, 0xad, 0xbe, 0xef, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+    };
+    const unsigned char want[] = {
+        0x81, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x83, 0x00, 0x00, 0x00, 0x0d,
+        0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        'N', 'o', 't', ' ', 's', 'u', 'p', 'p', 'o', 'r', 't', 'e', 'd',
+    };
+    unsigned char out[KV_PROTO_BINARY_ERROR_MAX];
+    memset(out, 0xff, sizeof out);
+    assert_int_equal(kv_proto_binary_error(req, out), sizeof want);
+    assert_memory_equal(out, want, sizeof want);
+    unsigned char version[KV_PROTO_BINARY_HEADER] = {0x80, 0x0b};
+    kv_proto_binary_error(version, out);
+    assert_int_equal(out[1], 0x0b); /* the request's opcode */
+}
+
 static void test_stats_lines(void **state)
 {
     (void)state;
@@ -768,6 +841,7 @@ int main(void)
         cmocka_unit_test(test_noreply_token),
         cmocka_unit_test(test_delete_forms),
         cmocka_unit_test(test_incr_decr_touch),
+        cmocka_unit_test(test_exptime_as_memcached),
         cmocka_unit_test(test_other_commands),
         cmocka_unit_test(test_unknown_and_token_counts),
         cmocka_unit_test(test_bad_format),
@@ -775,6 +849,7 @@ int main(void)
         cmocka_unit_test(test_result_lines),
         cmocka_unit_test(test_value_and_simple_lines),
         cmocka_unit_test(test_get_key_into_buffer),
+        cmocka_unit_test(test_binary_error),
         cmocka_unit_test(test_stats_lines),
         cmocka_unit_test(test_transcript),
     };

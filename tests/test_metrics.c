@@ -314,21 +314,11 @@ static void test_render_every_field(void **state)
     /* A few by name, so the table's names are pinned too. */
     assert_non_null(strstr(text, "\npoolsrv_proxy_errors_total 1011\n"));
     assert_non_null(strstr(text, "\npoolsrv_curr_connections 1001\n"));
-    assert_non_null(strstr(text, "
-poolsrv_output_overflows_total 1012
-"));
-    assert_non_null(strstr(text, "
-poolsrv_sends_refused_total 1013
-"));
-    assert_non_null(strstr(text, "
-poolsrv_bytes_in_total 1016
-"));
-    assert_non_null(strstr(text, "
-poolsrv_admin_refused_total 1023
-"));
-    assert_non_null(strstr(text, "
-poolsrv_uptime_seconds 1026
-"));
+    assert_non_null(strstr(text, "\npoolsrv_output_overflows_total 1012\n"));
+    assert_non_null(strstr(text, "\npoolsrv_sends_refused_total 1013\n"));
+    assert_non_null(strstr(text, "\npoolsrv_bytes_in_total 1016\n"));
+    assert_non_null(strstr(text, "\npoolsrv_admin_refused_total 1023\n"));
+    assert_non_null(strstr(text, "\npoolsrv_uptime_seconds 1026\n"));
     assert_non_null(strstr(text, "\npoolsrv_jobs_submitted_total 2001\n"));
     assert_non_null(strstr(text, "\npoolsrv_queue_capacity 2011\n"));
     free(text);

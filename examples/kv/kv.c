@@ -219,7 +219,8 @@ static int stats(ps_conn *conn, kv_module *m, kv_conn *kc, const kv_cmd *cmd)
     int e = kv_proto_append_stat_u64(o, "pid", (uint64_t)getpid());
     e |= kv_proto_append_stat_u64(o, "uptime", (uint64_t)(now - m->started));
     e |= kv_proto_append_stat_u64(o, "time", (uint64_t)now);
-    e |= kv_proto_append_stat(o, "version", ps_version());
+    e |= kv_proto_append_stat(o, "version", KV_PROTOCOL_VERSION);
+    e |= kv_proto_append_stat(o, "kv_poolsrv_version", ps_version());
     e |= kv_proto_append_stat_u64(o, "pointer_size", 8 * sizeof(void *));
     e |= kv_proto_append_stats(o, &st);
     e |= kv_buf_append(o, KV_REPLY_END, sizeof KV_REPLY_END - 1);
@@ -285,7 +286,7 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
     case KV_CMD_VERBOSITY:
         return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
     case KV_CMD_VERSION:
-        if (kv_proto_append_version(&kc->out, ps_version()) != 0)
+        if (kv_proto_append_version(&kc->out, KV_PROTOCOL_VERSION) != 0)
             return PS_CLOSE;
         return send_out(conn, kc);
     case KV_CMD_STATS:

@@ -192,6 +192,13 @@ kv_result kv_proto_get_key(kv_store *s, const kv_cmd *cmd, const kv_key *key, kv
 /* "<value>\r\n", the reply of incr/decr. 0 or -ENOMEM. */
 int kv_proto_append_number(kv_buf *out, uint64_t value);
 
+/* The memcached release whose text protocol kv follows, reply for reply:
+ * what `version` and `stats` report as the version, so that clients that
+ * read it (libmemcached parses major.minor.patch; some enable features by
+ * it) take kv for that memcached. poolsrv's own version is in `stats` as
+ * kv_poolsrv_version. */
+#define KV_PROTOCOL_VERSION "1.6.18"
+
 /* "VERSION <version>\r\n". 0 or -ENOMEM. */
 int kv_proto_append_version(kv_buf *out, const char *version);
 

@@ -143,7 +143,7 @@ def commands(c, port):
         time.sleep(0.1)
     check(c.get("short") is None, "2 s item gone within 5 s")
     # version, verbosity, stats, flush_all
-    check(len(c.version()) > 0, "version")
+    check(c.version() == b"1.6.18", "version: memcached's major.minor.patch (%r)" % c.version())
     check(raw(port, b"verbosity 1\r\n") == [b"OK\r\n"], "verbosity")
     st = c.stats()
     for name in (b"curr_items", b"get_hits", b"get_misses", b"cmd_get", b"cmd_set",
@@ -349,6 +349,22 @@ def memory(c, pid, sanitized):
     check(c.get("flood%06d" % (i - 1)) == value, "the newest item is there")
 
 
+def libmemcached_tools(port):
+    """libmemcached's own tools parse the version: they must accept kv."""
+    tools = ["/usr/bin/memcping", "/usr/bin/memcstat"]
+    if not all(os.path.exists(t) for t in tools):
+        what = "libmemcached's memcping/memcstat are missing (Debian package libmemcached-tools)"
+        check(not os.environ.get("POOLSRV_REQUIRE_TOOLS"), what)
+        print("skipped:", what)
+        return
+    server = "--servers=127.0.0.1:%d" % port
+    r = subprocess.run([tools[0], server], capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0, "memcping accepts kv (%d: %s)" % (r.returncode, r.stderr.strip()))
+    r = subprocess.run([tools[1], server], capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0 and "version: 1.6.18" in r.stdout and "Failed" not in r.stdout + r.stderr,
+          "memcstat reads kv's stats (%d: %s)" % (r.returncode, (r.stdout + r.stderr)[:300]))
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -358,6 +374,7 @@ def main():
     try:
         c = Client(("127.0.0.1", port), timeout=10, connect_timeout=5)
         commands(c, port)
+        libmemcached_tools(port)
         errors(port, c)
         exptimes(port)
         first_byte(port)

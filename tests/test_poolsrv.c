@@ -77,6 +77,23 @@ static void test_check_only(void **state)
     assert_non_null(strstr(out, "/nonexistent/x.ini"));
 }
 
+/* The shipped configuration loads every module poolsrv ships, unedited:
+ * none of its [handler] keys is one handler's own. */
+static void test_shipped_conf_loads_every_module(void **state)
+{
+    (void)state;
+    const char *modules[] = {UPPER_MODULE, LOOKUP_MODULE, CHAT_MODULE, KV_MODULE};
+    for (size_t i = 0; i < sizeof modules / sizeof modules[0]; i++) {
+        char out[4096], opt[1024];
+        snprintf(opt, sizeof opt, "handler.module=%s", modules[i]);
+        int rc = t_run((char *[]){POOLSRV_BIN, "-c", conf_path, "-o", opt, "-t", NULL}, out,
+                       sizeof out, T_MS);
+        if (rc != 0)
+            print_message("%s with conf/server.ini: %d\n%s\n", modules[i], rc, out);
+        assert_int_equal(rc, 0);
+    }
+}
+
 static void test_overrides_are_validated(void **state)
 {
     (void)state;
@@ -930,6 +947,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_only),
+        cmocka_unit_test(test_shipped_conf_loads_every_module),
         cmocka_unit_test(test_overrides_are_validated),
         cmocka_unit_test(test_config_error_binds_nothing),
         cmocka_unit_test(test_serves_and_poolctl),

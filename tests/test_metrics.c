@@ -47,7 +47,7 @@ static const ps_pool_stats distinct_pool = {
 static unsigned ref_bucket(uint64_t v)
 {
     for (unsigned i = 0; i < PS__HIST_BOUNDS; i++)
-        if (v <= ps__hist_bounds_us[i])
+        if (v * 1000 <= ps__hist_bounds_ns[i])
             return i;
     return PS__HIST_BOUNDS;
 }
@@ -58,7 +58,7 @@ static unsigned observed_bucket(uint64_t v)
 {
     ps__hist h;
     ps__hist_init(&h);
-    ps__hist_observe(&h, v);
+    ps__hist_observe(&h, v > UINT64_MAX / 1000 ? v : v * 1000);
     ps__hist_snapshot s = {0};
     ps__hist_add(&s, &h);
     assert_int_equal(s.count, 1);
@@ -94,16 +94,16 @@ static void test_hist_layout(void **state)
     assert_int_equal(sizeof(ps__hist), 192);
     assert_int_equal(alignof(ps__hist), 64);
     for (unsigned i = 1; i < PS__HIST_BOUNDS; i++)
-        assert_true(ps__hist_bounds_us[i - 1] < ps__hist_bounds_us[i]);
-    assert_int_equal(ps__hist_bounds_us[0], 10);
-    assert_int_equal(ps__hist_bounds_us[PS__HIST_BOUNDS - 1], 10000000);
+        assert_true(ps__hist_bounds_ns[i - 1] < ps__hist_bounds_ns[i]);
+    assert_int_equal(ps__hist_bounds_ns[0], 10000);
+    assert_int_equal(ps__hist_bounds_ns[PS__HIST_BOUNDS - 1], 10000000000);
 }
 
 static void test_hist_bounds_are_le(void **state)
 {
     (void)state;
     for (unsigned i = 0; i < PS__HIST_BOUNDS; i++) {
-        uint64_t b = ps__hist_bounds_us[i];
+        uint64_t b = ps__hist_bounds_ns[i] / 1000;
         assert_int_equal(observed_bucket(b), i);         /* on the bound: its bucket */
         assert_int_equal(observed_bucket(b - 1), i);     /* just under it too */
         assert_int_equal(observed_bucket(b + 1), i + 1); /* just over: the next */
@@ -124,12 +124,12 @@ static void test_hist_zero_and_huge(void **state)
     ps__hist_init(&h);
     ps__hist_observe(&h, UINT64_MAX);
     ps__hist_observe(&h, UINT64_MAX);
-    ps__hist_observe(&h, PS__HIST_SUM_MAX_US - 1);
+    ps__hist_observe(&h, PS__HIST_SUM_MAX_NS - 1);
     ps__hist_snapshot s = {0};
     ps__hist_add(&s, &h);
     assert_int_equal(s.count, 3);
     assert_int_equal(s.bucket[PS__HIST_BOUNDS], 3);
-    assert_true(s.sum_us == 3 * PS__HIST_SUM_MAX_US - 1);
+    assert_true(s.sum_ns == 3 * PS__HIST_SUM_MAX_NS - 1);
 }
 
 static void test_hist_sum_count_and_stripes(void **state)
@@ -138,18 +138,31 @@ static void test_hist_sum_count_and_stripes(void **state)
     ps__hist a, b;
     ps__hist_init(&a);
     ps__hist_init(&b);
-    ps__hist_observe(&a, 5);       /* bucket 0 */
-    ps__hist_observe(&a, 300);     /* 500 us */
-    ps__hist_observe(&b, 300);     /* 500 us */
-    ps__hist_observe(&b, 2000000); /* 2.5 s */
+    ps__hist_observe(&a, 5000);       /* bucket 0 */
+    ps__hist_observe(&a, 300000);     /* 500 us */
+    ps__hist_observe(&b, 300000);     /* 500 us */
+    ps__hist_observe(&b, 2000000000); /* 2.5 s */
 
     ps__hist_snapshot s = {0};
     ps__hist_add(&s, &a);
     assert_int_equal(s.count, 2);
-    assert_int_equal(s.sum_us, 305);
+    assert_int_equal(s.sum_ns, 305000);
     ps__hist_add(&s, &b); /* summed into the same snapshot */
     assert_int_equal(s.count, 4);
-    assert_int_equal(s.sum_us, 2000605);
+    assert_int_equal(s.sum_ns, 2000605000);
+
+    /* Calls under a microsecond still add to the sum (a fast handler's
+     * mean is not 0), and render to the nanosecond. */
+    ps__hist f;
+    ps__hist_init(&f);
+    for (int i = 0; i < 3; i++)
+        ps__hist_observe(&f, 300);
+    ps__hist_snapshot fs = {0};
+    ps__hist_add(&fs, &f);
+    assert_int_equal(fs.sum_ns, 900);
+    char *text = render_big(&distinct_server, &distinct_pool, &fs);
+    assert_non_null(strstr(text, "\npoolsrv_handler_seconds_sum 0.0000009\n"));
+    free(text);
     assert_int_equal(s.bucket[0], 1);
     assert_int_equal(s.bucket[ref_bucket(300)], 2);
     assert_int_equal(s.bucket[ref_bucket(2000000)], 1);
@@ -186,7 +199,7 @@ static void *observe_main(void *arg)
     while (!atomic_load(&o->c->go))
         sched_yield();
     for (unsigned i = 0; i < PER_THREAD; i++)
-        ps__hist_observe(o->c->h, value_of(o->t, i));
+        ps__hist_observe(o->c->h, value_of(o->t, i) * 1000);
     return NULL;
 }
 
@@ -250,7 +263,7 @@ static void test_hist_concurrent_exact(void **state)
     ps__hist_snapshot s = {0};
     ps__hist_add(&s, &h);
     assert_int_equal(s.count, (uint64_t)OBSERVERS * PER_THREAD);
-    assert_true(s.sum_us == want_sum);
+    assert_true(s.sum_ns == want_sum * 1000);
     for (unsigned i = 0; i < PS__HIST_BUCKETS; i++) {
         assert_true(want[i] > 0); /* the values reach every bucket */
         assert_int_equal(s.bucket[i], want[i]);
@@ -329,11 +342,11 @@ static void test_render_histogram(void **state)
     (void)state;
     ps__hist h;
     ps__hist_init(&h);
-    ps__hist_observe(&h, 10);      /* le 0.00001 */
-    ps__hist_observe(&h, 11);      /* le 0.000025 */
-    ps__hist_observe(&h, 234556);  /* le 0.25 */
-    ps__hist_observe(&h, 1000000); /* le 1 */
-    ps__hist_observe(&h, 99999999); /* +Inf */
+    ps__hist_observe(&h, 10000);         /* le 0.00001 */
+    ps__hist_observe(&h, 10001);         /* le 0.000025 */
+    ps__hist_observe(&h, 234556000);     /* le 0.25 */
+    ps__hist_observe(&h, 1000000000);    /* le 1 */
+    ps__hist_observe(&h, 99999999000);   /* +Inf */
     ps__hist_snapshot s = {0};
     ps__hist_add(&s, &h);
 
@@ -349,7 +362,7 @@ static void test_render_histogram(void **state)
     assert_non_null(strstr(text, "\npoolsrv_handler_seconds_bucket{le=\"10\"} 4\n"));
     assert_non_null(strstr(text, "\npoolsrv_handler_seconds_bucket{le=\"+Inf\"} 5\n"));
     /* 10 + 11 + 234556 + 1000000 + 99999999 us, exactly, in seconds */
-    assert_non_null(strstr(text, "\npoolsrv_handler_seconds_sum 101.234576\n"));
+    assert_non_null(strstr(text, "\npoolsrv_handler_seconds_sum 101.234575001\n"));
     assert_non_null(strstr(text, "\npoolsrv_handler_seconds_count 5\n"));
 
     /* Every bucket, in order, each count >= the one before. */
@@ -522,7 +535,7 @@ static void test_render_well_formed(void **state)
     ps__hist h;
     ps__hist_init(&h);
     for (uint64_t v = 0; v < 20000000; v = v * 3 + 1)
-        ps__hist_observe(&h, v);
+        ps__hist_observe(&h, v * 1000);
     ps__hist_snapshot s = {0};
     ps__hist_add(&s, &h);
     char *text = render_big(&distinct_server, &distinct_pool, &s);
@@ -540,12 +553,12 @@ static void test_render_well_formed(void **state)
     memset(&big_hist, 0, sizeof big_hist);
     big_hist.bucket[PS__HIST_BOUNDS] = UINT64_MAX;
     big_hist.count = UINT64_MAX;
-    big_hist.sum_us = UINT64_MAX;
+    big_hist.sum_ns = UINT64_MAX;
     text = render_big(&big_server, &big_pool, &big_hist);
     check_well_formed(text);
     assert_non_null(strstr(text, "\npoolsrv_lines_total 18446744073709551615\n"));
     assert_non_null(strstr(text, "\npoolsrv_max_threads 4294967295\n"));
-    assert_non_null(strstr(text, "\npoolsrv_handler_seconds_sum 18446744073709.551615\n"));
+    assert_non_null(strstr(text, "\npoolsrv_handler_seconds_sum 18446744073.709551615\n"));
     /* What the admin port must make room for, at the most. */
     assert_true(strlen(text) < 8192);
     free(text);
@@ -575,7 +588,7 @@ static int emit(void)
     for (unsigned i = 0; i < 4; i++) {
         ps__hist_init(&stripes[i]);
         for (unsigned j = 0; j < 5000; j++)
-            ps__hist_observe(&stripes[i], (uint64_t)((j * 7919 + i) % 200) << (j % 16));
+            ps__hist_observe(&stripes[i], ((uint64_t)((j * 7919 + i) % 200) << (j % 16)) * 1000);
         ps__hist_add(&s, &stripes[i]);
     }
     int need = ps__metrics_render(NULL, 0, &st, &ps, &s);

@@ -129,7 +129,7 @@ static void test_serves_and_poolctl(void **state)
 {
     (void)state;
     t_proc p;
-    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=info", "-o", "server.dispatch=connection"),
+    assert_int_equal(t_proc_start(&p, POOLSRV("-o", "log.level=debug", "-o", "server.dispatch=connection"),
                                   0, true, T_MS), 0);
     int fd = t_connect(p.port);
     assert_true(fd >= 0);
@@ -552,20 +552,20 @@ static void test_sighup_reload(void **state)
     assert_true(fd >= 0);
     close(fd);
     t_proc_drain(&p);
-    assert_null(strstr(p.log, "connection 1 from")); /* info: not logged at warn */
+    assert_null(strstr(p.log, "connection 1 from")); /* debug: not logged at warn */
 
     FILE *f = fopen(ini_path, "w");
     assert_non_null(f);
-    fputs("[log]\nlevel = info\n[pool]\nworkers = 8\n[limits]\nmax_line = 16\n", f);
+    fputs("[log]\nlevel = debug\n[pool]\nworkers = 8\n[limits]\nmax_line = 16\n", f);
     fclose(f);
     kill(p.pid, SIGHUP);
     assert_true(t_proc_wait_log(
-        &p, "reloaded: log.level info and limits applied; 1 changed key needs a restart", T_MS));
+        &p, "reloaded: log.level debug and limits applied; 1 changed key needs a restart", T_MS));
     assert_non_null(strstr(p.log, "reload: pool.workers needs restart (stays 4)"));
     assert_non_null(strstr(p.log, "reload: limits.max_line 16 (was 8192)"));
     fd = t_connect_greeted(p.port, T_MS);
     assert_true(fd >= 0);
-    assert_true(t_proc_wait_log(&p, "connection 2 from", T_MS)); /* info now */
+    assert_true(t_proc_wait_log(&p, "connection 2 from", T_MS)); /* debug now */
     /* The new max_line holds for the next line. */
     assert_int_equal(t_send_str(fd, "sixteen bytes ok\nseventeen bytes!!\n"), 0);
     expect_line(fd, "sixteen bytes ok\n");

@@ -6,7 +6,8 @@
 
 #include <stdint.h>
 
-/* Microseconds and milliseconds on the monotonic clock. */
+/* Nanoseconds, microseconds and milliseconds on the monotonic clock. */
+int64_t ps__now_ns(void);
 int64_t ps__now_us(void);
 int64_t ps__now_ms(void);
 

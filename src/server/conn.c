@@ -73,27 +73,27 @@ void ps__conn_watch_handlers(_Atomic int64_t *since)
     handler_watch = since;
 }
 
-/* Marks the start of a handler call at `now` (us) for the watch. */
+/* Marks the start of a handler call at `now` (ns) for the watch (us). */
 static void handler_started(int64_t now)
 {
     if (handler_watch != NULL)
-        atomic_store_explicit(handler_watch, now, memory_order_relaxed);
+        atomic_store_explicit(handler_watch, now / 1000, memory_order_relaxed);
 }
 
-/* After a handler call that began at `began`: no call in progress for the
- * watch; a call past slow_handler_ms is logged and counted, once. Returns
- * the time it ended. */
+/* After a handler call that began at `began` (ns): no call in progress for
+ * the watch; a call past slow_handler_ms is logged and counted, once.
+ * Returns the time it ended (ns). */
 static int64_t handler_ended(ps_conn *c, int64_t began, const char *what)
 {
-    int64_t now = ps__now_us();
+    int64_t now = ps__now_ns();
     if (handler_watch != NULL)
         atomic_store_explicit(handler_watch, 0, memory_order_relaxed);
     unsigned slow_ms = PS__LIMIT(c->srv, slow_handler_ms);
-    if (slow_ms > 0 && now - began >= (int64_t)slow_ms * 1000) {
+    if (slow_ms > 0 && now - began >= (int64_t)slow_ms * 1000000) {
         atomic_fetch_add_explicit(&c->srv->c.slow_handlers, 1, memory_order_relaxed);
         ps_log_warn("connection %llu from %s: handler %s ran %lld ms (slow_handler_ms %u)",
                     (unsigned long long)c->id, c->peer, what,
-                    (long long)((now - began) / 1000), slow_ms);
+                    (long long)((now - began) / 1000000), slow_ms);
     }
     return now;
 }
@@ -137,7 +137,7 @@ int ps__conn_open(ps_conn *c)
     const ps_handler *h = c->srv->handler;
     if (h->on_open == NULL)
         return PS_CONTINUE;
-    int64_t began = ps__now_us();
+    int64_t began = ps__now_ns();
     handler_started(began);
     mark_call(c);
     int rc = h->on_open(c, c->srv->ud);
@@ -182,7 +182,7 @@ void ps__conn_end(ps_conn *c)
         c->reg_next->reg_prev = c->reg_prev;
     ps__unlock(&r->lock);
     if (c->opened && srv->handler->on_close) {
-        int64_t began = ps__now_us();
+        int64_t began = ps__now_ns();
         handler_started(began);
         srv->handler->on_close(c, srv->ud);
         handler_ended(c, began, "on_close");
@@ -194,7 +194,7 @@ void ps__conn_end(ps_conn *c)
 
     uint64_t left = atomic_fetch_sub_explicit(&srv->c.curr_connections, 1,
                                               memory_order_relaxed) - 1;
-    ps_log_info("connection %llu from %s closed (%llu active)",
+    ps_log_debug("connection %llu from %s closed (%llu active)",
                 (unsigned long long)c->id, c->peer, (unsigned long long)left);
     ps__buf_free(&c->in);
     ps__buf_free(&c->out);
@@ -356,7 +356,7 @@ static int take_block(ps_conn *c, int *rc, int64_t *began)
     ps__buf_consume(&c->in, n);
     atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->blocks, 1, memory_order_relaxed);
     if (*began == 0)
-        *began = ps__now_us();
+        *began = ps__now_ns();
     handler_started(*began);
     mark_call(c);
     *rc = fn(c, data, n, c->srv->ud);
@@ -405,7 +405,7 @@ int ps__conn_process(ps_conn *c)
         if (h->on_line == NULL)
             continue;
         if (began == 0)
-            began = ps__now_us();
+            began = ps__now_ns();
         handler_started(began);
         mark_call(c);
         int r = h->on_line(c, &line, srv->ud);
@@ -422,7 +422,7 @@ int ps__conn_process(ps_conn *c)
     if (lines > 0 || blocks > 0) {
         /* The last handler call's end, when there was one: no clock read.
          * A whole block restarts the idle clock as a line does. */
-        int64_t now_ms = began != 0 ? began / 1000 : ps__now_ms();
+        int64_t now_ms = began != 0 ? began / 1000000 : ps__now_ms();
         atomic_store_explicit(&c->last_line_ms, now_ms, memory_order_relaxed);
     }
     if (lines > 0) {

@@ -15,9 +15,10 @@
 #include "poolsrv/version.h"
 
 /* 1-2.5-5 steps: a handler's usual microseconds to a stuck one's seconds. */
-const uint64_t ps__hist_bounds_us[PS__HIST_BOUNDS] = {
-    10,     25,     50,      100,     250,     500,     1000,    2500,    5000,    10000,
-    25000,  50000,  100000,  250000,  500000,  1000000, 2500000, 5000000, 10000000,
+const uint64_t ps__hist_bounds_ns[PS__HIST_BOUNDS] = {
+    10000,      25000,      50000,      100000,     250000,     500000,     1000000,
+    2500000,    5000000,    10000000,   25000000,   50000000,   100000000,  250000000,
+    500000000,  1000000000, 2500000000, 5000000000, 10000000000,
 };
 
 _Static_assert(sizeof(ps__hist) % 64 == 0 && _Alignof(ps__hist) == 64,
@@ -27,26 +28,26 @@ void ps__hist_init(ps__hist *h)
 {
     for (int i = 0; i < PS__HIST_BUCKETS; i++)
         atomic_init(&h->bucket[i], 0);
-    atomic_init(&h->sum_us, 0);
+    atomic_init(&h->sum_ns, 0);
 }
 
-/* The index of the first bound >= usec, PS__HIST_BOUNDS for +Inf: the
- * number of bounds below usec. 19 compares without a branch, which the
+/* The index of the first bound >= nsec, PS__HIST_BOUNDS for +Inf: the
+ * number of bounds below nsec. 19 compares without a branch, which the
  * compiler unrolls or vectorizes; cheaper than a mispredicted search. */
-static unsigned bucket_of(uint64_t usec)
+static unsigned bucket_of(uint64_t nsec)
 {
     unsigned idx = 0;
     for (unsigned i = 0; i < PS__HIST_BOUNDS; i++)
-        idx += usec > ps__hist_bounds_us[i];
+        idx += nsec > ps__hist_bounds_ns[i];
     return idx;
 }
 
-void ps__hist_observe(ps__hist *h, uint64_t usec)
+void ps__hist_observe(ps__hist *h, uint64_t nsec)
 {
     /* Relaxed: each counter only ever grows and is read on its own; no
      * other memory is published through them. */
-    atomic_fetch_add_explicit(&h->bucket[bucket_of(usec)], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&h->sum_us, usec < PS__HIST_SUM_MAX_US ? usec : PS__HIST_SUM_MAX_US,
+    atomic_fetch_add_explicit(&h->bucket[bucket_of(nsec)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_ns, nsec < PS__HIST_SUM_MAX_NS ? nsec : PS__HIST_SUM_MAX_NS,
                               memory_order_relaxed);
 }
 
@@ -57,7 +58,7 @@ void ps__hist_add(ps__hist_snapshot *into, const ps__hist *h)
         into->bucket[i] += n;
         into->count += n;
     }
-    into->sum_us += atomic_load_explicit(&h->sum_us, memory_order_relaxed);
+    into->sum_ns += atomic_load_explicit(&h->sum_ns, memory_order_relaxed);
 }
 
 /* One row per field of ps_server_stats and ps_pool_stats: a field added to
@@ -178,13 +179,13 @@ static void put_u64(out *o, uint64_t v)
     put(o, tmp, (size_t)n);
 }
 
-/* Microseconds as decimal seconds, exactly, without trailing zeros:
- * 10 -> "0.00001", 2500000 -> "2.5", 0 -> "0". No float, so no NaN and no
+/* Nanoseconds as decimal seconds, exactly, without trailing zeros:
+ * 10000 -> "0.00001", 2500000000 -> "2.5", 0 -> "0". No float, so no NaN and no
  * rounding. */
-static void put_seconds(out *o, uint64_t us)
+static void put_seconds(out *o, uint64_t ns)
 {
     char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
+    int n = snprintf(tmp, sizeof tmp, "%" PRIu64 ".%09" PRIu64, ns / 1000000000, ns % 1000000000);
     while (tmp[n - 1] == '0')
         n--;
     if (tmp[n - 1] == '.')
@@ -229,7 +230,7 @@ static void put_histogram(out *o, const char *name, const char *help, const ps__
         put_str(o, name);
         put_str(o, "_bucket{le=\"");
         if (i < PS__HIST_BOUNDS)
-            put_seconds(o, ps__hist_bounds_us[i]);
+            put_seconds(o, ps__hist_bounds_ns[i]);
         else
             put_str(o, "+Inf");
         put_str(o, "\"} ");
@@ -238,7 +239,7 @@ static void put_histogram(out *o, const char *name, const char *help, const ps__
     }
     put_str(o, name);
     put_str(o, "_sum ");
-    put_seconds(o, h->sum_us);
+    put_seconds(o, h->sum_ns);
     put_str(o, "\n");
     put_str(o, name);
     put_str(o, "_count ");

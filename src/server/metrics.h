@@ -11,17 +11,17 @@
 #include "poolsrv/pool.h"
 #include "poolsrv/server.h"
 
-/* Bucket upper bounds, in microseconds: 10 us to 10 s in 1-2.5-5 steps
- * (ps__hist_bounds_us), then +Inf. A value equal to a bound counts in that
+/* Bucket upper bounds, in nanoseconds: 10 us to 10 s in 1-2.5-5 steps
+ * (ps__hist_bounds_ns), then +Inf. A value equal to a bound counts in that
  * bound's bucket (Prometheus `le`). */
 #define PS__HIST_BOUNDS 19
 #define PS__HIST_BUCKETS (PS__HIST_BOUNDS + 1) /* the last one is +Inf */
-extern const uint64_t ps__hist_bounds_us[PS__HIST_BOUNDS];
+extern const uint64_t ps__hist_bounds_ns[PS__HIST_BOUNDS];
 
 /* A value above this (about 11.6 days: no handler call, but what a clock
  * stepping back gives as a difference) counts in +Inf and adds only this
- * much to the sum, so one bad reading cannot wrap it. */
-#define PS__HIST_SUM_MAX_US UINT64_C(1000000000000)
+ * much to the sum, so one bad reading cannot wrap it. Nanoseconds. */
+#define PS__HIST_SUM_MAX_NS UINT64_C(1000000000000000)
 
 /* A histogram that many threads observe at once, without a lock: each
  * observation is two relaxed fetch_adds, one on its (non-cumulative) bucket
@@ -32,22 +32,22 @@ extern const uint64_t ps__hist_bounds_us[PS__HIST_BOUNDS];
  * Zeroed memory is not enough for C11 atomics: start with ps__hist_init. */
 typedef struct ps__hist {
     _Alignas(64) atomic_uint_fast64_t bucket[PS__HIST_BUCKETS];
-    atomic_uint_fast64_t sum_us;
+    atomic_uint_fast64_t sum_ns; /* nanoseconds: a fast handler's call adds more than 0 */
 } ps__hist;
 
 /* A plain copy of one or more histograms, summed; start from {0}. */
 typedef struct ps__hist_snapshot {
     uint64_t bucket[PS__HIST_BUCKETS]; /* non-cumulative, as in ps__hist */
-    uint64_t sum_us;
+    uint64_t sum_ns;
     uint64_t count; /* the sum of bucket[] */
 } ps__hist_snapshot;
 
 /* Sets every counter of h to 0. Not concurrent with anything on h. */
 void ps__hist_init(ps__hist *h);
 
-/* Counts one value of usec microseconds. Any thread, any number at once;
+/* Counts one value of nsec nanoseconds. Any thread, any number at once;
  * relaxed atomics, no lock, no allocation. */
-void ps__hist_observe(ps__hist *h, uint64_t usec);
+void ps__hist_observe(ps__hist *h, uint64_t nsec);
 
 /* Adds a snapshot of h to *into (sum the stripes by calling it for each).
  * Any thread, while others observe h: each counter is read atomically, but

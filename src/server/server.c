@@ -146,7 +146,7 @@ static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint6
         close(fd);
         return;
     }
-    ps_log_info("connection %llu from %s (%llu active)",
+    ps_log_debug("connection %llu from %s (%llu active)",
                 (unsigned long long)ps_conn_id(c), ps_conn_peer(c),
                 (unsigned long long)active);
     int rc = srv->dispatch->take(srv, c);

@@ -16,7 +16,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: poolctl [-H HOST] [-p PORT] [-t TIMEOUT_MS] COMMAND\n"
-            "  COMMAND   threads | stats | metrics | ready | agent | help\n"
+            "  COMMAND   threads | stats | \"stats conns\" | metrics | ready | agent | help\n"
             "            (ready: exit 1 unless the server answers READY)\n"
             "  -H HOST   admin address (default 127.0.0.1)\n"
             "  -p PORT   admin port (default 9051)\n"

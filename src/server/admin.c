@@ -226,6 +226,33 @@ static bool is_command(const char *line, size_t len, const char *name)
     return strlen(name) == len && strncasecmp(line, name, len) == 0;
 }
 
+/* The admin commands, in the order `help` lists them: the one list that
+ * the dispatch below, `help`, and the docs check (tests/docs/check.py)
+ * read. */
+enum { CMD_THREADS, CMD_STATS, CMD_STATS_CONNS, CMD_METRICS, CMD_READY, CMD_AGENT, CMD_HELP,
+       CMD_QUIT, CMD_NONE };
+static const struct {
+    const char *name, *help;
+} commands[CMD_NONE] = {
+    [CMD_THREADS] = {"threads", "max, available and busy workers; queue depth and capacity"},
+    [CMD_STATS] = {"stats", "every server and pool counter"},
+    [CMD_STATS_CONNS] = {"stats conns", "a line per connection: id, client, age, idle, state, lines"},
+    [CMD_METRICS] = {"metrics", "the counters in Prometheus text (also: GET /metrics HTTP/1.x)"},
+    [CMD_READY] = {"ready", "READY, or NOT READY and why (starting, draining, no worker free)"},
+    [CMD_AGENT] = {"agent", "an HAProxy agent-check reply, then the close: ready up N% (free "
+                            "workers), or drain"},
+    [CMD_HELP] = {"help", "this list"},
+    [CMD_QUIT] = {"quit", "close this connection"},
+};
+
+static int command_of(const char *line, size_t len)
+{
+    int i = 0;
+    while (i < CMD_NONE && !is_command(line, len, commands[i].name))
+        i++;
+    return i;
+}
+
 int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, size_t buflen)
 {
     reply r = {.buf = buf, .cap = buflen, .len = 0};
@@ -239,38 +266,36 @@ int ps__admin_command(ps_server *srv, const char *line, size_t len, char *buf, s
         len--;
 
     ps__server_count_admin_command(srv);
-    if (is_command(line, len, "threads")) {
+    switch (command_of(line, len)) {
+    case CMD_THREADS:
         add_threads(srv, &r);
-        add(&r, "END\r\n");
-    } else if (is_command(line, len, "stats")) {
+        break;
+    case CMD_STATS:
         add_stats(srv, &r);
-        add(&r, "END\r\n");
-    } else if (is_command(line, len, "stats conns")) {
+        break;
+    case CMD_STATS_CONNS:
         add_conns(srv, &r);
-        add(&r, "END\r\n");
-    } else if (is_command(line, len, "metrics")) {
+        break;
+    case CMD_METRICS:
         add_metrics(srv, &r);
-        add(&r, "END\r\n");
-    } else if (is_command(line, len, "ready")) {
+        break;
+    case CMD_READY:
         add(&r, "%s\r\n", readiness_text[ps__server_readiness(srv)]);
-    } else if (is_command(line, len, "agent")) {
+        return PS_CONTINUE;
+    case CMD_AGENT:
         add_agent(srv, &r);
         return PS_CLOSE; /* the agent protocol: one reply, then the close */
-    } else if (is_command(line, len, "help")) {
-        add(&r, "threads   max, available and busy workers; queue depth and capacity\r\n"
-                "stats     every server and pool counter\r\n"
-                "stats conns  a line per connection: id, client, age, idle, state, lines\r\n"
-                "metrics   the counters in Prometheus text (also: GET /metrics HTTP/1.x)\r\n"
-                "ready     READY, or NOT READY and why (starting, draining, no worker free)\r\n"
-                "agent     an HAProxy agent-check reply, then the close: ready up N%% (free workers), or drain\r\n"
-                "help      this list\r\n"
-                "quit      close this connection\r\n"
-                "END\r\n");
-    } else if (is_command(line, len, "quit")) {
+    case CMD_HELP:
+        for (int i = 0; i < CMD_NONE; i++)
+            add(&r, "%-9s %s\r\n", commands[i].name, commands[i].help);
+        break;
+    case CMD_QUIT:
         return PS_CLOSE;
-    } else {
+    default:
         add(&r, "ERROR unknown command\r\n");
+        return PS_CONTINUE;
     }
+    add(&r, "END\r\n");
     return PS_CONTINUE;
 }
 

@@ -54,7 +54,12 @@ typedef struct ps__counters {
     atomic_uint_fast64_t accept_errors;
     atomic_uint_fast64_t admin_commands;
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
-    atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
+    atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late, cut or untrusted */
+    /* Connections waiting for their PROXY header (a gauge): added by the
+     * acceptor, taken out by the stage (proxy_stage.c); the release of a
+     * served one's take-out pairs with the drain's acquire (server.c). */
+    atomic_uint_fast64_t proxy_pending;
+    atomic_uint_fast64_t rejected_proxy_pending; /* evicted at proxy_max_pending */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];

@@ -45,6 +45,9 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->reloads = atomic_load_explicit(&c->reloads, memory_order_relaxed);
     st->reload_errors = atomic_load_explicit(&c->reload_errors, memory_order_relaxed);
     st->proxy_errors = atomic_load_explicit(&c->proxy_errors, memory_order_relaxed);
+    st->proxy_pending = atomic_load_explicit(&c->proxy_pending, memory_order_relaxed);
+    st->rejected_proxy_pending =
+        atomic_load_explicit(&c->rejected_proxy_pending, memory_order_relaxed);
     st->rejected_connections = st->rejected_busy + st->rejected_max + st->rejected_shutdown;
     for (int i = 0; i < PS__STRIPES; i++) {
         st->lines += atomic_load_explicit(&c->stripes[i].lines, memory_order_relaxed);

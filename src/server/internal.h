@@ -56,8 +56,9 @@ typedef struct ps__counters {
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late, cut or untrusted */
     /* Connections waiting for their PROXY header (a gauge): added by the
-     * acceptor, taken out by the stage (proxy_stage.c); the release of a
-     * served one's take-out pairs with the drain's acquire (server.c). */
+     * acceptor, taken out by the stage (proxy_stage.c) or, once the header
+     * is read, by serve_proxied (server.c), whose release pairs with the
+     * drain's acquire in open_connections. */
     atomic_uint_fast64_t proxy_pending;
     atomic_uint_fast64_t rejected_proxy_pending; /* evicted at proxy_max_pending */
     /* Handler time per line, one histogram per stripe (as `stripes`):

@@ -176,11 +176,7 @@ static void on_input(ps__proxy_stage *st, waiting *w, uint32_t events)
     } else {
         const struct sockaddr *client =
             info.local ? (const struct sockaddr *)&w->peer : (const struct sockaddr *)&info.src;
-        /* The server counts it in as a client before it leaves
-         * proxy_pending, so a drain watching both never sees it in
-         * neither. */
-        st->serve(st->srv, w->fd, client);
-        atomic_fetch_sub_explicit(&st->srv->c.proxy_pending, 1, memory_order_release);
+        st->serve(st->srv, w->fd, client); /* counts it out of proxy_pending */
     }
     free(w);
 }

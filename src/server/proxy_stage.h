@@ -9,8 +9,9 @@
 #include "poolsrv/server.h"
 
 /* What the stage hands a connection to once its header is read: the
- * server, which counts it in at max_connections (or refuses it) and
- * dispatches it with the client's address from the header. */
+ * server, which counts it in at max_connections (or refuses it), counts it
+ * out of proxy_pending and dispatches it with the client's address from
+ * the header. */
 typedef void (*ps__serve_fn)(ps_server *srv, int fd, const struct sockaddr *peer);
 
 /* Starts the thread that reads PROXY headers (cfg.proxy_protocol on). 0, or

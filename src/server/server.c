@@ -158,6 +158,10 @@ static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint6
 static void serve_proxied(ps_server *srv, int fd, const struct sockaddr *peer)
 {
     uint64_t active = count_in(srv);
+    /* Out of proxy_pending once counted in (a drain watching both never
+     * sees it in neither: open_connections) and before it is served (a
+     * client that has its greeting is no longer pending). */
+    atomic_fetch_sub_explicit(&srv->c.proxy_pending, 1, memory_order_release);
     if (active > 0)
         serve_now(srv, fd, peer, active);
     else
@@ -590,9 +594,9 @@ void ps_server_announce_stop(ps_server *srv)
 }
 
 /* What a drain waits for: the clients, and the connections still sending
- * their PROXY header (they become clients or are closed soon). The stage
- * counts one in as a client before out of proxy_pending, so reading
- * proxy_pending first never misses one that moves between the two. */
+ * their PROXY header (they become clients or are closed soon).
+ * serve_proxied counts one in as a client before out of proxy_pending, so
+ * reading proxy_pending first never misses one that moves between the two. */
 static uint64_t open_connections(ps_server *srv)
 {
     uint64_t pending = atomic_load_explicit(&srv->c.proxy_pending, memory_order_acquire);

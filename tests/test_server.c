@@ -2519,6 +2519,105 @@ static void test_proxy_protocol(void **state)
     ps_server_destroy(srv);
 }
 
+/* A PROXY header cut by the peer's close ends the connection at once (not
+ * at proxy_timeout, holding a descriptor till then), counted in
+ * proxy_errors: bytes and FIN together, and the FIN after the bytes. */
+static void test_proxy_cut_header(void **state)
+{
+    (void)state;
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.proxy_protocol = PS_PROXY_ANY;
+    cfg.proxy_timeout = 30;
+    ps_server *srv = t_start(&cfg, &peer_handler);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+    static const char cut[] = "PROXY TCP4 1.2.";
+    int64_t t0 = t_now_ms();
+    for (int i = 0; i < 2; i++) {
+        int fd = t_connect(port);
+        assert_true(fd >= 0);
+        assert_int_equal(t_write_all(fd, cut, sizeof cut - 1), 0);
+        if (i == 1) /* the bytes seen alone first: "need more" */
+            assert_false(t_readable(fd, 50));
+        assert_int_equal(shutdown(fd, SHUT_WR), 0);
+        assert_true(t_wait_eof(fd, T_MS) >= 0);
+        close(fd);
+    }
+    assert_true(t_now_ms() - t0 < T_MS); /* far from proxy_timeout's 30 s */
+    assert_int_equal(wait_stat(srv, "stats", "proxy_errors", 2), 2);
+    assert_int_equal(wait_stat(srv, "stats", "proxy_pending", 0), 0);
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.curr_connections, 0);
+    ps_server_destroy(srv);
+}
+
+/* Connections still without a PROXY header are bounded by
+ * proxy_max_pending, not max_connections: while as many wait as may,
+ * clients whose header comes are served up to max_connections (and the one
+ * past it refused once its header is read); a connection arriving at the
+ * bound closes the oldest waiting one, counted in rejected_proxy_pending. */
+static void test_proxy_pending_bound(void **state)
+{
+    (void)state;
+    enum { MAXC = 3, PENDING = 6 };
+    ps_config cfg;
+    t_config(&cfg);
+    cfg.proxy_protocol = PS_PROXY_V1;
+    cfg.proxy_timeout = 30;
+    cfg.proxy_max_pending = PENDING;
+    cfg.max_connections = MAXC;
+    cfg.max_connections_wait_ms = 0;
+    ps_server *srv = t_start(&cfg, &peer_handler);
+    assert_non_null(srv);
+    uint16_t port = ps_server_port(srv);
+    int idle[PENDING + 2];
+    for (int i = 0; i < PENDING; i++) {
+        idle[i] = t_connect(port);
+        assert_true(idle[i] >= 0);
+        /* One at a time, so that idle[0] is the oldest. */
+        assert_int_equal(wait_stat(srv, "stats", "proxy_pending", i + 1), i + 1);
+    }
+    /* The first client's arrival makes room: idle[0] goes. */
+    static const char v1[] = "PROXY TCP4 203.0.113.7 192.0.2.1 40000 9050\r\n";
+    int served[MAXC];
+    for (int i = 0; i < MAXC; i++)
+        served[i] = proxied(port, v1, sizeof v1 - 1, 0, "peer 203.0.113.7:40000\r\n");
+    assert_true(t_wait_eof(idle[0], T_MS) >= 0);
+    int over = t_connect(port);
+    assert_true(over >= 0);
+    assert_int_equal(t_write_all(over, v1, sizeof v1 - 1), 0);
+    expect_line(over, "ERROR too many connections\r\n");
+    close(over);
+    assert_int_equal(wait_stat(srv, "stats", "rejected_max_connections", 1), 1);
+    assert_int_equal(wait_stat(srv, "stats", "proxy_pending", PENDING - 1), PENDING - 1);
+    assert_int_equal(wait_stat(srv, "stats", "rejected_proxy_pending", 1), 1);
+
+    /* Up to the bound again; one more closes the oldest left, idle[1]. */
+    idle[PENDING] = t_connect(port);
+    assert_true(idle[PENDING] >= 0);
+    assert_int_equal(wait_stat(srv, "stats", "proxy_pending", PENDING), PENDING);
+    idle[PENDING + 1] = t_connect(port);
+    assert_true(idle[PENDING + 1] >= 0);
+    assert_true(t_wait_eof(idle[1], T_MS) >= 0);
+    assert_int_equal(wait_stat(srv, "stats", "rejected_proxy_pending", 2), 2);
+    assert_int_equal(wait_stat(srv, "stats", "proxy_pending", PENDING), PENDING);
+    for (int i = 2; i < PENDING + 2; i++)
+        assert_false(t_readable(idle[i], 0));
+    ps_server_stats st;
+    ps_server_get_stats(srv, &st);
+    assert_int_equal(st.curr_connections, MAXC);
+    assert_int_equal(st.proxy_errors, 0);
+    for (int i = 0; i < PENDING + 2; i++)
+        close(idle[i]);
+    for (int i = 0; i < MAXC; i++)
+        close(served[i]);
+    assert_int_equal(wait_stat(srv, "stats", "proxy_pending", 0), 0);
+    assert_int_equal(wait_stat(srv, "stats", "curr_connections", 0), 0);
+    ps_server_destroy(srv);
+}
+
 static void test_ipv6_loopback(void **state)
 {
     (void)state;
@@ -2597,6 +2696,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_log_sink),
         cmocka_unit_test(test_ipv6_loopback),
         cmocka_unit_test(test_proxy_protocol),
+        cmocka_unit_test(test_proxy_cut_header),
+        cmocka_unit_test(test_proxy_pending_bound),
         cmocka_unit_test(test_admin_stats_conns),
         cmocka_unit_test(test_read_bytes_blocks),
     };

@@ -8,13 +8,22 @@
  * callback sends the reply, on the resolver's thread. Replies keep the
  * order of the lines even when lookups finish out of order.
  *
+ * The lookups waiting for a resolver are bounded ([handler] queue = N,
+ * default 1024). At the bound a line is answered at once with
+ * "NAME ERROR resolver queue full": the worker never waits for room (it
+ * begins with ps_future_try_begin), so slow lookups cannot take every
+ * worker of the server, and a client can tell a busy resolver from a name
+ * that does not resolve.
+ *
  *   [handler]
  *   module = /path/to/lookup.so
  *   resolvers = 4
+ *   queue = 1024
  */
 #define _POSIX_C_SOURCE 200809L /* getaddrinfo */
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -91,33 +100,53 @@ static int lookup_line(ps_conn *conn, const ps_line *line, void *ud)
         free(l);
         return PS_CLOSE;
     }
-    if (ps_future_begin(&f, resolvers, resolve, l, resolved, l) != 0) {
-        static const char busy[] = "ERROR resolver unavailable\r\n";
-        ps_reply_send(l->reply, busy, sizeof busy - 1);
+    int rc = ps_future_try_begin(&f, resolvers, resolve, l, resolved, l);
+    if (rc != 0) {
+        /* Answered now, in its turn among the deferred replies. */
+        int len = snprintf(l->answer, sizeof l->answer, "%s ERROR %s\r\n", l->name,
+                           rc == PS_EFULL ? "resolver queue full" : "resolver unavailable");
+        ps_reply_send(l->reply, l->answer, (size_t)len);
         ps_reply_done(l->reply, PS_CONTINUE);
         free(l);
     }
     return PS_CONTINUE;
 }
 
+/* One [handler] key into *resolvers or *queue; -1 with the reason in err. */
+static int parse_key(const ps_module_key *k, unsigned *resolvers, unsigned *queue, char *err,
+                     size_t errlen)
+{
+    unsigned *to = strcmp(k->key, "resolvers") == 0 ? resolvers
+                   : strcmp(k->key, "queue") == 0   ? queue
+                                                    : NULL;
+    unsigned long max = to == queue ? 1048576 : 256;
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(k->value, &end, 10);
+    if (to == NULL) {
+        snprintf(err, errlen, "unknown key (this handler takes: resolvers, queue)");
+        return -1;
+    }
+    if (errno != 0 || end == k->value || *end != '\0' || v < 1 || v > max) {
+        snprintf(err, errlen, "expected 1 to %lu", max);
+        return -1;
+    }
+    *to = (unsigned)v;
+    return 0;
+}
+
 static int lookup_init(void **ud, const ps_module_key *keys, size_t nkeys, const ps_config *cfg,
                        char *err, size_t errlen, size_t *bad)
 {
     (void)cfg;
-    unsigned resolvers = 4;
+    unsigned resolvers = 4, queue = 1024;
     for (size_t i = 0; i < nkeys; i++) {
-        char *end;
-        unsigned long v = strtoul(keys[i].value, &end, 10);
-        if (strcmp(keys[i].key, "resolvers") != 0 || *end != '\0' || v < 1 || v > 256) {
-            snprintf(err, errlen, strcmp(keys[i].key, "resolvers") != 0
-                                      ? "unknown key (this handler takes: resolvers)"
-                                      : "expected 1 to 256");
+        if (parse_key(&keys[i], &resolvers, &queue, err, errlen) != 0) {
             *bad = i;
             return -1;
         }
-        resolvers = (unsigned)v;
     }
-    ps_pool_opts opts = {.workers = resolvers, .queue_capacity = 1024};
+    ps_pool_opts opts = {.workers = resolvers, .queue_capacity = queue};
     ps_pool *pool;
     int rc = ps_pool_create(&pool, &opts);
     if (rc != 0) {

@@ -74,6 +74,7 @@ typedef struct ps_config {
     ps_proxy_mode proxy_protocol; /* off | v1 | v2 | any */
     char proxy_trusted[PS_CONFIG_CIDRS_MAX]; /* CIDR ranges allowed to send a header */
     unsigned proxy_timeout;       /* seconds for the whole header, 1..60 */
+    unsigned proxy_max_pending;   /* connections waiting for a header at once, 1..1000000 */
     /* [pool] */
     unsigned workers;             /* 1..4096 */
     size_t queue_capacity;        /* 1..1048576 */

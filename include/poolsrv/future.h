@@ -45,12 +45,17 @@ typedef void (*ps_future_cb)(ps_future *f, void *state);
 /* Queues fn(arg) on the pool, blocking while the queue is full. cb may be
  * NULL. Returns 0 and sets *out, or -EINVAL, -ENOMEM, PS_ESHUTDOWN (destroy
  * has begun); *out is NULL on error. *out is set before the job can start,
- * so cb may read a handle stored through out. */
+ * so cb may read a handle stored through out. A server's handler should
+ * use ps_future_try_begin instead: blocking here holds the server's worker
+ * for as long as the other pool stays full. */
 int ps_future_begin(ps_future **out, ps_pool *pool, ps_async_fn fn, void *arg,
                     ps_future_cb cb, void *state);
 
-/* Like ps_future_begin but never blocks: PS_EFULL when the queue is full
- * (counted in the pool's `rejected`). */
+/* Like ps_future_begin but never blocks: returns PS_EFULL at once when the
+ * queue is full (counted in the pool's `rejected`; nothing begun, *out
+ * NULL, fn and cb never called), else as ps_future_begin. For a handler
+ * that defers its reply (ps_reply_defer): on PS_EFULL it answers an error
+ * at once (examples/lookup) instead of holding its worker. */
 int ps_future_try_begin(ps_future **out, ps_pool *pool, ps_async_fn fn,
                         void *arg, ps_future_cb cb, void *state);
 

@@ -153,7 +153,7 @@ typedef struct ps_server_stats {
     uint64_t replies_deferred;     /* ps_reply_defer calls */
     uint64_t reloads;              /* ps_server_reload that applied */
     uint64_t reload_errors;        /* ... that found the configuration broken */
-    uint64_t proxy_errors;         /* PROXY header missing, malformed, late or untrusted */
+    uint64_t proxy_errors;         /* PROXY header missing, malformed, late, cut or untrusted */
     uint64_t output_overflows;     /* closed: queued output passed limits.max_output */
     uint64_t sends_refused;        /* ps_conn_ref_send refused: 256 KiB already waiting */
     uint64_t lines;
@@ -169,6 +169,8 @@ typedef struct ps_server_stats {
     uint64_t slow_handlers;        /* handler calls longer than slow_handler_ms */
     uint64_t parked_connections;   /* event mode: waiting in epoll */
     uint64_t uptime_seconds;
+    uint64_t proxy_pending;        /* connections waiting for their PROXY header now */
+    uint64_t rejected_proxy_pending; /* closed still header-less at proxy_max_pending */
 } ps_server_stats;
 
 /*

@@ -119,6 +119,8 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT proxy_errors %llu\r\n", (unsigned long long)s.proxy_errors);
     add(r, "STAT output_overflows %llu\r\n", (unsigned long long)s.output_overflows);
     add(r, "STAT sends_refused %llu\r\n", (unsigned long long)s.sends_refused);
+    add(r, "STAT proxy_pending %llu\r\n", (unsigned long long)s.proxy_pending);
+    add(r, "STAT rejected_proxy_pending %llu\r\n", (unsigned long long)s.rejected_proxy_pending);
     add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);
     add(r, "STAT blocks %llu\r\n", (unsigned long long)s.blocks);
     add(r, "STAT bytes_in %llu\r\n", (unsigned long long)s.bytes_in);

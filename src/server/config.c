@@ -87,6 +87,7 @@ static const key_spec key_specs[] = {
     PS__OTHER("server", "proxy_protocol", proxy_protocol, PS__K_PROXY),
     PS__OTHER("server", "proxy_trusted", proxy_trusted, PS__K_CIDRS),
     PS__UINT("server", "proxy_timeout", proxy_timeout, PS__W_UNSIGNED, 1, 60),
+    PS__UINT("server", "proxy_max_pending", proxy_max_pending, PS__W_UNSIGNED, 1, 1000000),
     PS__UINT("pool", "workers", workers, PS__W_UNSIGNED, 1, 4096),
     PS__UINT("pool", "queue_capacity", queue_capacity, PS__W_SIZE, 1, 1048576),
     PS__UINT("limits", "max_connections", max_connections, PS__W_UNSIGNED, 1, 1000000),
@@ -744,6 +745,7 @@ void ps_config_defaults(ps_config *cfg)
     cfg->proxy_protocol = PS_PROXY_OFF;
     snprintf(cfg->proxy_trusted, sizeof(cfg->proxy_trusted), "%s", "127.0.0.0/8 ::1/128");
     cfg->proxy_timeout = 3;
+    cfg->proxy_max_pending = 1024;
     cfg->workers = 25;
     cfg->queue_capacity = 256;
     cfg->max_connections = 10000;

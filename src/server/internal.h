@@ -55,9 +55,15 @@ typedef struct ps__counters {
     atomic_uint_fast64_t admin_commands;
     atomic_uint_fast64_t admin_refused; /* admin clients refused: every slot busy */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
-    atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late or untrusted */
     atomic_uint_fast64_t output_overflows; /* closed past limits.max_output */
     atomic_uint_fast64_t sends_refused; /* ps_conn_ref_send's -ENOBUFS */
+    atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late, cut or untrusted */
+    /* Connections waiting for their PROXY header (a gauge): added by the
+     * acceptor, taken out by the stage (proxy_stage.c) or, once the header
+     * is read, by serve_proxied (server.c), whose release pairs with the
+     * drain's acquire in open_connections. */
+    atomic_uint_fast64_t proxy_pending;
+    atomic_uint_fast64_t rejected_proxy_pending; /* evicted at proxy_max_pending */
     /* Handler time per line, one histogram per stripe (as `stripes`):
      * summed on read (metrics). */
     ps__hist handler_time[PS__STRIPES];

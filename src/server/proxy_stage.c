@@ -5,18 +5,32 @@
  * client's own address arrives first, in a PROXY header. Reading it must
  * block neither the acceptor nor a worker (a balancer may be slow, or
  * something else may connect and send nothing), so a thread of its own
- * waits for the headers: the acceptor hands it each counted-in connection
- * from a trusted peer (an untrusted one is closed at once), it peeks at the
- * bytes as they come (edge-triggered epoll: each arrival is one wake-up),
- * and once a whole valid header is there it consumes exactly the header and
- * passes the connection on with the address the header carries; the bytes
- * after the header stay in the socket for the dispatch. A header that is
+ * waits for the headers: the acceptor hands it each connection from a
+ * trusted peer (an untrusted one is closed at once), it peeks at the bytes
+ * as they come (edge-triggered epoll: each arrival is one wake-up), and once
+ * a whole valid header is there it consumes exactly the header and passes
+ * the connection on with the address the header carries; the bytes after
+ * the header stay in the socket for the dispatch. A header that is
  * malformed, missing after proxy_timeout seconds, or cut by a close ends
- * the connection, counted in proxy_errors.
+ * the connection at once, counted in proxy_errors.
  *
- * The lock guards the list of waiting connections, which the acceptor adds
- * to and this thread takes from; each entry is touched by one thread at a
- * time: the acceptor until it is in epoll, this thread afterwards.
+ * A connection waiting here is not yet a client: it counts in proxy_pending,
+ * not in curr_connections, so header-less connections never take the slots
+ * of max_connections (the server passes it on only if one is free once its
+ * header is read). proxy_pending has its own bound, proxy_max_pending: a
+ * new connection at the bound evicts the oldest waiting one (closed, counted
+ * in rejected_proxy_pending). A balancer's header arrives in its first
+ * packet, so the oldest is the likeliest to be one that never sends; a
+ * flood of header-less connections then only churns among itself, where
+ * refusing the new one would lock every real client out until the flood's
+ * proxy_timeout.
+ *
+ * The lock guards the list of waiting connections (oldest at the tail),
+ * which the acceptor adds to and this thread takes from, and the list of
+ * evicted ones. Each entry is freed by this thread alone: the acceptor only
+ * moves an entry from one list to the other (under the lock), and this
+ * thread, before it serves or fails an entry, checks under the lock that it
+ * was not evicted meanwhile.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -37,8 +51,8 @@
 typedef struct waiting {
     struct waiting *prev, *next;
     int fd;
+    bool evicted; /* moved to the evicted list by the acceptor; under lock */
     int64_t deadline_ms;
-    uint64_t active; /* connections counted when it was accepted */
     struct sockaddr_storage peer;
 } waiting;
 
@@ -48,14 +62,26 @@ struct ps__proxy_stage {
     ps__cidr_list trusted;
     unsigned versions; /* PS__PROXY_V1 | PS__PROXY_V2 */
     unsigned timeout_s;
+    unsigned max_pending;
     int epfd;
-    int wake_fd; /* written once at stop; never read */
+    /* Written at stop (never read then: every later wait wakes at once)
+     * and by the acceptor after an eviction (read back by this thread). */
+    int wake_fd;
     pthread_t thread;
     bool started;
     atomic_bool stop;
     pthread_mutex_t lock;
-    waiting *head;
+    waiting *head, *tail; /* guarded by lock: newest at head, oldest at tail */
+    waiting *evicted;     /* guarded by lock: singly linked through next */
 };
+
+/* Closes a connection that leaves the stage unserved and counts it out of
+ * proxy_pending (pairs with the acceptor's add in ps__proxy_stage_take). */
+static void drop(ps_server *srv, int fd)
+{
+    close(fd);
+    atomic_fetch_sub_explicit(&srv->c.proxy_pending, 1, memory_order_relaxed);
+}
 
 /* Counted in proxy_errors, logged, closed, counted out. */
 static void fail(ps__proxy_stage *st, int fd, const struct sockaddr_storage *peer, const char *why)
@@ -65,8 +91,7 @@ static void fail(ps__proxy_stage *st, int fd, const struct sockaddr_storage *pee
     char addr[PS__ADDR_MAX];
     ps__format_addr((const struct sockaddr *)peer, addr, sizeof addr);
     ps_log_info("connection from %s: %s; closing", addr, why);
-    close(fd);
-    atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
+    drop(srv, fd);
 }
 
 static void unlink_waiting(ps__proxy_stage *st, waiting *w)
@@ -77,20 +102,51 @@ static void unlink_waiting(ps__proxy_stage *st, waiting *w)
         st->head = w->next;
     if (w->next != NULL)
         w->next->prev = w->prev;
+    else
+        st->tail = w->prev;
     w->prev = w->next = NULL;
 }
 
-/* Leaves the stage: out of epoll and the list. */
-static void take_out(ps__proxy_stage *st, waiting *w)
+/* Leaves the stage: out of epoll and the list. False when the acceptor has
+ * evicted it meanwhile: then the eviction sweep closes and frees it. */
+static bool take_out(ps__proxy_stage *st, waiting *w)
 {
-    epoll_ctl(st->epfd, EPOLL_CTL_DEL, w->fd, NULL);
     ps__lock(&st->lock);
-    unlink_waiting(st, w);
+    bool mine = !w->evicted;
+    if (mine)
+        unlink_waiting(st, w);
     ps__unlock(&st->lock);
+    if (mine)
+        epoll_ctl(st->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    return mine;
+}
+
+/* What the bytes peeked so far (n, or -errno) and the events say: NULL
+ * and the header's length in *len once a whole header is there; "" when
+ * more must come; else why the connection ends. A peer that has shut down
+ * its side (EPOLLRDHUP) sends nothing more: a header still incomplete then
+ * is cut, and waiting for proxy_timeout would only hold its slot. */
+static const char *judge(ps__proxy_stage *st, const char *buf, ssize_t n, uint32_t events,
+                         ps__proxy_info *info, ssize_t *len)
+{
+    if (n < 0)
+        return ps_strerror((int)n);
+    if (n == 0)
+        return "closed before sending a PROXY header";
+    *len = ps__proxy_parse(buf, (size_t)n, st->versions, info);
+    if (*len < 0)
+        return "not a valid PROXY header";
+    if (*len > 0)
+        return NULL;
+    if ((size_t)n == PS__PROXY_MAX)
+        return "PROXY header too long";
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        return "PROXY header cut by the peer's close";
+    return ""; /* more to come: the next arrival wakes this again */
 }
 
 /* New bytes (or an end) on a waiting connection. */
-static void on_input(ps__proxy_stage *st, waiting *w)
+static void on_input(ps__proxy_stage *st, waiting *w, uint32_t events)
 {
     char buf[PS__PROXY_MAX];
     ssize_t n;
@@ -99,23 +155,13 @@ static void on_input(ps__proxy_stage *st, waiting *w)
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
-    const char *why = NULL;
+    if (n < 0)
+        n = -errno;
     ps__proxy_info info;
     ssize_t len = 0;
-    if (n < 0) {
-        why = ps_strerror(-errno);
-    } else if (n == 0) {
-        why = "closed before its PROXY header was complete";
-    } else {
-        len = ps__proxy_parse(buf, (size_t)n, st->versions, &info);
-        if (len < 0)
-            why = "not a valid PROXY header";
-        else if (len == 0 && (size_t)n == sizeof buf)
-            why = "PROXY header too long";
-        else if (len == 0)
-            return; /* more to come: the next arrival wakes this again */
-    }
-    take_out(st, w);
+    const char *why = judge(st, buf, n, events, &info, &len);
+    if ((why != NULL && why[0] == '\0') || !take_out(st, w))
+        return;
     if (why == NULL) {
         /* Consume the header alone; what follows is the client's. */
         ssize_t r;
@@ -130,7 +176,7 @@ static void on_input(ps__proxy_stage *st, waiting *w)
     } else {
         const struct sockaddr *client =
             info.local ? (const struct sockaddr *)&w->peer : (const struct sockaddr *)&info.src;
-        st->serve(st->srv, w->fd, client, w->active);
+        st->serve(st->srv, w->fd, client); /* counts it out of proxy_pending */
     }
     free(w);
 }
@@ -140,13 +186,12 @@ static void expire(ps__proxy_stage *st, int64_t now)
 {
     waiting *late = NULL;
     ps__lock(&st->lock);
-    for (waiting *w = st->head, *next; w != NULL; w = next) {
-        next = w->next;
-        if (w->deadline_ms <= now) {
-            unlink_waiting(st, w);
-            w->next = late;
-            late = w;
-        }
+    /* From the oldest: the deadlines rise toward the head. */
+    while (st->tail != NULL && st->tail->deadline_ms <= now) {
+        waiting *w = st->tail;
+        unlink_waiting(st, w);
+        w->next = late;
+        late = w;
     }
     ps__unlock(&st->lock);
     while (late != NULL) {
@@ -154,6 +199,22 @@ static void expire(ps__proxy_stage *st, int64_t now)
         late = w->next;
         epoll_ctl(st->epfd, EPOLL_CTL_DEL, w->fd, NULL);
         fail(st, w->fd, &w->peer, "no PROXY header in time (proxy_timeout)");
+        free(w);
+    }
+}
+
+/* Closes the connections the acceptor evicted (already counted). */
+static void sweep_evicted(ps__proxy_stage *st)
+{
+    ps__lock(&st->lock);
+    waiting *list = st->evicted;
+    st->evicted = NULL;
+    ps__unlock(&st->lock);
+    while (list != NULL) {
+        waiting *w = list;
+        list = w->next;
+        epoll_ctl(st->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+        close(w->fd);
         free(w);
     }
 }
@@ -169,9 +230,16 @@ static void *stage_main(void *arg)
             ps_log_error("proxy stage: epoll_wait: %s", ps_strerror(-errno));
             break;
         }
-        for (int i = 0; i < n; i++)
-            if (evs[i].data.ptr != NULL)
-                on_input(st, evs[i].data.ptr);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr != NULL) {
+                on_input(st, evs[i].data.ptr, evs[i].events);
+            } else if (!atomic_load_explicit(&st->stop, memory_order_acquire)) {
+                uint64_t v;
+                (void)!read(st->wake_fd, &v, sizeof v); /* an eviction */
+            }
+        }
+        /* After the events: an entry freed here is in no later batch. */
+        sweep_evicted(st);
         expire(st, ps__now_ms());
     }
     return NULL;
@@ -188,6 +256,7 @@ int ps__proxy_stage_start(ps_server *srv, ps__serve_fn serve, char *err, size_t 
     st->serve = serve;
     st->versions = (unsigned)srv->cfg.proxy_protocol;
     st->timeout_s = srv->cfg.proxy_timeout;
+    st->max_pending = srv->cfg.proxy_max_pending;
     st->epfd = epoll_create1(EPOLL_CLOEXEC);
     st->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     atomic_init(&st->stop, false);
@@ -219,13 +288,37 @@ int ps__proxy_stage_start(ps_server *srv, ps__serve_fn serve, char *err, size_t 
     return 0;
 }
 
-void ps__proxy_stage_take(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
+/* Makes room at proxy_max_pending: moves the oldest waiting connection to
+ * the evicted list (the stage's thread closes it) and counts it. The
+ * acceptor's thread, under the lock; false when there is none to evict. */
+static bool evict_oldest(ps__proxy_stage *st)
+{
+    waiting *old = st->tail;
+    if (old == NULL)
+        return false;
+    unlink_waiting(st, old);
+    old->evicted = true;
+    old->next = st->evicted;
+    st->evicted = old;
+    ps_server *srv = st->srv;
+    atomic_fetch_add_explicit(&srv->c.rejected_proxy_pending, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&srv->c.proxy_pending, 1, memory_order_relaxed);
+    char addr[PS__ADDR_MAX];
+    ps__format_addr((const struct sockaddr *)&old->peer, addr, sizeof addr);
+    ps_log_info("connection from %s: still no PROXY header and proxy_max_pending (%u) "
+                "reached; closing it for a newer one", addr, st->max_pending);
+    return true;
+}
+
+void ps__proxy_stage_take(ps_server *srv, int fd, const struct sockaddr *peer)
 {
     ps__proxy_stage *st = srv->proxy;
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     memcpy(&ss, peer,
            peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    /* Counted first, so every path out (fail, drop) counts it out. */
+    atomic_fetch_add_explicit(&srv->c.proxy_pending, 1, memory_order_relaxed);
     if (!ps__cidr_match(&st->trusted, peer)) {
         fail(st, fd, &ss, "not in proxy_trusted, and PROXY headers are required");
         return;
@@ -237,24 +330,33 @@ void ps__proxy_stage_take(ps_server *srv, int fd, const struct sockaddr *peer, u
     }
     w->fd = fd;
     w->peer = ss;
-    w->active = active;
     w->deadline_ms = ps__now_ms() + (int64_t)st->timeout_s * 1000;
+    bool evicted = false;
     ps__lock(&st->lock);
+    /* Only this thread adds, so the count read here can only have fallen. */
+    if (atomic_load_explicit(&srv->c.proxy_pending, memory_order_relaxed) > st->max_pending)
+        evicted = evict_oldest(st);
     w->next = st->head;
     if (st->head != NULL)
         st->head->prev = w;
+    else
+        st->tail = w;
     st->head = w;
-    ps__unlock(&st->lock);
-    /* From here on the stage's thread may take it. */
+    /* Added to epoll under the lock: once it is in, the stage's thread may
+     * take it; if the add fails, nothing but this thread has seen it. */
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = w};
-    if (epoll_ctl(st->epfd, EPOLL_CTL_ADD, fd, &ev) == 0)
-        return;
-    int e = errno;
-    ps__lock(&st->lock);
-    unlink_waiting(st, w);
+    int e = epoll_ctl(st->epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : errno;
+    if (e != 0)
+        unlink_waiting(st, w);
     ps__unlock(&st->lock);
-    fail(st, fd, &ss, ps_strerror(-e));
-    free(w);
+    if (evicted) {
+        uint64_t one = 1;
+        (void)!write(st->wake_fd, &one, sizeof one);
+    }
+    if (e != 0) {
+        fail(st, fd, &ss, ps_strerror(-e));
+        free(w);
+    }
 }
 
 void ps__proxy_stage_stop(ps_server *srv)
@@ -266,11 +368,11 @@ void ps__proxy_stage_stop(ps_server *srv)
     uint64_t one = 1;
     (void)!write(st->wake_fd, &one, sizeof one);
     pthread_join(st->thread, NULL);
+    sweep_evicted(st);
     /* Still waiting for a header: never served, so owed nothing. */
     for (waiting *w = st->head, *next; w != NULL; w = next) {
         next = w->next;
-        close(w->fd);
-        atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
+        drop(srv, w->fd);
         free(w);
     }
     pthread_mutex_destroy(&st->lock);

@@ -159,14 +159,20 @@ static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint6
     }
 }
 
-/* A counted-in socket from the acceptor: first to the PROXY stage when
- * headers are required, else straight to the dispatch. */
-static void serve(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
+/* The PROXY stage's: a connection whose header has been read becomes a
+ * client now, if max_connections leaves room. It waits for no slot (the
+ * slot queue is the acceptor's alone): a balancer queues and retries. */
+static void serve_proxied(ps_server *srv, int fd, const struct sockaddr *peer)
 {
-    if (srv->proxy != NULL)
-        ps__proxy_stage_take(srv, fd, peer, active);
-    else
+    uint64_t active = count_in(srv);
+    /* Out of proxy_pending once counted in (a drain watching both never
+     * sees it in neither: open_connections) and before it is served (a
+     * client that has its greeting is no longer pending). */
+    atomic_fetch_sub_explicit(&srv->c.proxy_pending, 1, memory_order_release);
+    if (active > 0)
         serve_now(srv, fd, peer, active);
+    else
+        refuse_max(srv, fd);
 }
 
 /*
@@ -202,7 +208,7 @@ static void slot_queue_run(ps_server *srv, slot_queue *q)
         slot_waiter *w = &q->items[q->head];
         uint64_t active = count_in(srv);
         if (active > 0)
-            serve(srv, w->fd, (struct sockaddr *)&w->peer, active);
+            serve_now(srv, w->fd, (struct sockaddr *)&w->peer, active);
         else if (w->deadline_ms <= now)
             refuse_max(srv, w->fd);
         else
@@ -219,9 +225,15 @@ static void take_connection(ps_server *srv, slot_queue *q, int fd,
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     atomic_fetch_add_explicit(&srv->c.total_connections, 1, memory_order_relaxed);
+    if (srv->proxy != NULL) {
+        /* Not a client until its header is read: bounded by the stage's
+         * proxy_max_pending, counted in at max_connections after. */
+        ps__proxy_stage_take(srv, fd, (const struct sockaddr *)peer);
+        return;
+    }
     uint64_t active = q->count == 0 ? count_in(srv) : 0; /* no overtaking */
     if (active > 0) {
-        serve(srv, fd, (const struct sockaddr *)peer, active);
+        serve_now(srv, fd, (const struct sockaddr *)peer, active);
         return;
     }
     if (q->count == PS__SLOT_WAITERS || PS__LIMIT(srv, max_connections_wait_ms) == 0) {
@@ -395,7 +407,7 @@ static int start_threads(ps_server *srv, char *err, size_t errlen)
         return rc;
     }
     if (srv->cfg.proxy_protocol != PS_PROXY_OFF &&
-        (rc = ps__proxy_stage_start(srv, serve_now, err, errlen)) != 0)
+        (rc = ps__proxy_stage_start(srv, serve_proxied, err, errlen)) != 0)
         return rc;
     if (srv->admin_fd >= 0 &&
         (srv->admin = ps__admin_start(srv, srv->admin_fd, srv->stop_fd, srv->drain_fd, &rc)) ==
@@ -608,6 +620,16 @@ static bool drain_is_cut(const ps_server *srv)
     return atomic_load_explicit(&srv->drain_cut, memory_order_acquire);
 }
 
+/* What a drain waits for: the clients, and the connections still sending
+ * their PROXY header (they become clients or are closed soon).
+ * serve_proxied counts one in as a client before out of proxy_pending, so
+ * reading proxy_pending first never misses one that moves between the two. */
+static uint64_t open_connections(ps_server *srv)
+{
+    uint64_t pending = atomic_load_explicit(&srv->c.proxy_pending, memory_order_acquire);
+    return pending + atomic_load_explicit(&srv->c.curr_connections, memory_order_relaxed);
+}
+
 unsigned ps_server_drain(ps_server *srv)
 {
     if (srv == NULL || !srv->started || srv->stopped)
@@ -625,7 +647,7 @@ unsigned ps_server_drain(ps_server *srv)
     }
     unsigned timeout = PS__LIMIT(srv, shutdown_timeout);
     int64_t deadline = ps__now_ms() + (int64_t)timeout * 1000;
-    uint64_t left = atomic_load_explicit(&srv->c.curr_connections, memory_order_relaxed);
+    uint64_t left = open_connections(srv);
     ps_log_always("draining: %llu connection%s open; waiting up to %us for them to close",
                   (unsigned long long)left, left == 1 ? "" : "s", timeout);
     /* The connections end on their own, on whichever threads serve them;
@@ -634,7 +656,7 @@ unsigned ps_server_drain(ps_server *srv)
     while (left > 0 && ps__now_ms() < deadline && !drain_is_cut(srv)) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 2 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        left = atomic_load_explicit(&srv->c.curr_connections, memory_order_relaxed);
+        left = open_connections(srv);
     }
     if (left == 0)
         ps_log_always("drained: every connection closed");

@@ -9,7 +9,7 @@
  * order of the lines even when lookups finish out of order.
  *
  *   [handler]
- *   module = /path/to/lookup.so
+ *   module = lookup
  *   resolvers = 4
  */
 #define _POSIX_C_SOURCE 200809L /* getaddrinfo */

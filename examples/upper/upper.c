@@ -5,7 +5,7 @@
  *
  *   cc -shared -fPIC $(pkg-config --cflags poolsrv) upper.c -o upper.so
  *   [handler]
- *   module = /path/to/upper.so
+ *   module = /path/to/upper.so   ; or upper, installed in the module directory
  */
 #include <ctype.h>
 #include <stdlib.h>

@@ -446,6 +446,13 @@ static void test_module_errors(void **state)
         {PS_SOURCE_DIR "/conf", PS_SOURCE_DIR "/conf: handler module: not a regular file"},
         {NO_ENTRY_MODULE, NO_ENTRY_MODULE ": not a poolsrv handler module (no symbol poolsrv_module)"},
         {WRONG_ABI_MODULE, WRONG_ABI_MODULE ": handler module built for module ABI 3; this poolsrv takes ABI 1 to 2"},
+        /* Linked with the library: a second copy of it, refused, naming the fix. */
+        {OWN_COPY_MODULE, OWN_COPY_MODULE ": handler module carries its own copy of the poolsrv "
+                          "library (it defines ps_"},
+        {OWN_COPY_MODULE, "build it with poolsrv::module (CMake) or `pkg-config --cflags "
+                          "poolsrv-module`"},
+        {OWN_PART_MODULE, OWN_PART_MODULE ": handler module carries its own copy of the poolsrv "
+                          "library (it defines ps_strerror)"},
     };
     uint16_t port = t_free_port();
     char port_opt[32];

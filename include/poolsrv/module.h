@@ -18,9 +18,10 @@ extern "C" {
  *
  * A module defines one symbol, `poolsrv_module`, a ps_module whose `abi` is
  * PS_MODULE_ABI as its headers define it (PS_MODULE_DEFINE does both). It
- * links nothing of poolsrv: its calls (ps_conn_send, ps_pool_submit, ...)
- * are resolved in the poolsrv process that loads it. A module built for
- * another ABI is refused at load.
+ * links nothing of poolsrv (CMake: poolsrv::module; pkg-config:
+ * poolsrv-module): its calls (ps_conn_send, ps_pool_submit, ...) are
+ * resolved in the poolsrv process that loads it. A module built for
+ * another ABI, or carrying a copy of the library, is refused at load.
  */
 
 /* Raised whenever ps_module, ps_handler or what a module may call changes
@@ -101,10 +102,11 @@ typedef struct ps_module_instance ps_module_instance;
 
 /* Picks the module cfg names (handler.module, else the built-in
  * handler.name), loads it (dlopen) when it is a file (a path, or a name
- * in ps_module_dir), checks its ABI and runs its init on the
- * configuration's handler keys. Returns 0, or a negative code with the
- * reason in err: "PATH: ..." for a module that is missing, not a module or
- * built for another ABI; "ORIGIN: handler.KEY: ..." (ORIGIN being
+ * in ps_module_dir), checks its ABI and that it carries no copy of the
+ * library of its own, and runs its init on the configuration's handler
+ * keys. Returns 0, or a negative code with the reason in err: "PATH: ..."
+ * for a module that is missing, not a module, built for another ABI or
+ * linked with the library; "ORIGIN: handler.KEY: ..." (ORIGIN being
  * FILE:LINE or the -o option) for a key its init refused. */
 int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, size_t errlen);
 

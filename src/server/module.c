@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "poolsrv/module.h"
+#include "module_copy.h"
 #include "text.h"
 
 struct ps_module_instance {
@@ -138,6 +139,16 @@ static int load(const char *name, const char *path, const ps_module **mod, void 
     }
     if (m->handler == NULL) {
         ps__set_err(err, errlen, "%s: handler module has no handler", path);
+        dlclose(*dl);
+        return -EINVAL;
+    }
+    char sym[128];
+    if (ps__module_own_copy(*dl, path, sym, sizeof sym)) {
+        ps__set_err(err, errlen,
+                "%s: handler module carries its own copy of the poolsrv library (it defines %s): "
+                "build it with poolsrv::module (CMake) or `pkg-config --cflags poolsrv-module`, "
+                "linking nothing of poolsrv (docs/handlers.md)",
+                path, sym);
         dlclose(*dl);
         return -EINVAL;
     }

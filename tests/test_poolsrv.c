@@ -1,6 +1,7 @@
 /* The poolsrv and poolctl programs: command line, config errors, signals,
  * running out of descriptors. */
 #include <errno.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -343,6 +344,112 @@ static void test_module_keys(void **state)
     assert_non_null(strstr(out, "-o handler.colour=red: handler.colour: unknown key (red)"));
 }
 
+/* The build's module directory as /proc/self/exe-based lookup sees it. */
+static void build_module_dir(char *out, size_t len)
+{
+    char real[PATH_MAX];
+    assert_non_null(realpath(BUILD_MODULE_DIR, real));
+    snprintf(out, len, "%s", real);
+}
+
+/* [handler] module = NAME (no slash) loads NAME.so from the module
+ * directory: the build's (src/lib/poolsrv/modules beside src/bin, as in
+ * an install), or POOLSRV_MODULE_DIR's; --help says which; conf/kv.ini
+ * loads kv by name and serves. */
+static void test_module_by_name(void **state)
+{
+    (void)state;
+    unsetenv("POOLSRV_MODULE_DIR");
+    char dir[PATH_MAX], want[PATH_MAX + 64], out[8192];
+    build_module_dir(dir, sizeof dir);
+
+    assert_int_equal(t_run((char *[]){POOLSRV_BIN, "--help", NULL}, out, sizeof out, T_MS), 0);
+    snprintf(want, sizeof want, "  %s\n", dir);
+    if (strstr(out, want) == NULL || strstr(out, "POOLSRV_MODULE_DIR") == NULL)
+        fail_msg("want the module directory %s and POOLSRV_MODULE_DIR in --help:\n%s", dir, out);
+
+    static const char *const names[] = {"upper", "upper.so", "lookup", "chat", "kv"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char opt[64];
+        snprintf(opt, sizeof opt, "handler.module=%s", names[i]);
+        int rc = t_run((char *[]){POOLSRV_BIN, "-o", opt, "-t", NULL}, out, sizeof out, T_MS);
+        if (rc != 0 || strstr(out, "is valid") == NULL)
+            fail_msg("-o %s -t: exit %d:\n%s", opt, rc, out);
+    }
+
+    /* Serving, and the log names the file. */
+    t_proc p;
+    start_module(&p, "upper", 1, NULL);
+    snprintf(want, sizeof want, "handler upper from %s/upper.so", dir);
+    assert_true(t_proc_wait_log(&p, want, T_MS));
+    int fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "by name\n"), 0);
+    expect_line(fd, "BY NAME\n");
+    close(fd);
+    stop_ok(&p, SIGTERM, T_MS);
+
+    /* A missing name: the file looked for, and how to look elsewhere. */
+    assert_int_equal(t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=nosuch", "-t", NULL}, out,
+                           sizeof out, T_MS), 2);
+    snprintf(want, sizeof want, "nosuch: handler module: %s/nosuch.so: No such file", dir);
+    if (strstr(out, want) == NULL || strstr(out, "POOLSRV_MODULE_DIR") == NULL)
+        fail_msg("want \"%s\" and POOLSRV_MODULE_DIR in:\n%s", want, out);
+    /* A name is never looked up in the working directory or the library
+     * path: ./upper.so is not `upper`. */
+    char cwd[PATH_MAX];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    char tmp[] = "/tmp/poolsrv-moddir-XXXXXX";
+    assert_non_null(mkdtemp(tmp));
+    char link_path[PATH_MAX];
+    snprintf(link_path, sizeof link_path, "%s/shout.so", tmp);
+    assert_int_equal(symlink(UPPER_MODULE, link_path), 0);
+    assert_int_equal(chdir(tmp), 0);
+    int rc = t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=shout", "-t", NULL}, out,
+                   sizeof out, T_MS);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, 2);
+
+    /* POOLSRV_MODULE_DIR: another directory, for names only. */
+    assert_int_equal(setenv("POOLSRV_MODULE_DIR", tmp, 1), 0);
+    rc = t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=shout", "-t", NULL}, out, sizeof out,
+               T_MS);
+    if (rc != 0 || strstr(out, "(handler upper)") == NULL)
+        fail_msg("POOLSRV_MODULE_DIR=%s -o handler.module=shout -t: exit %d:\n%s", tmp, rc, out);
+    assert_int_equal(t_run((char *[]){POOLSRV_BIN, "--help", NULL}, out, sizeof out, T_MS), 0);
+    snprintf(want, sizeof want, "  %s\n", tmp);
+    assert_non_null(strstr(out, want));
+    rc = t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=upper", "-t", NULL}, out, sizeof out,
+               T_MS);
+    snprintf(want, sizeof want, "%s/upper.so: No such file", tmp);
+    if (rc != 2 || strstr(out, want) == NULL)
+        fail_msg("want \"%s\" in:\n%s", want, out);
+    /* A path keeps loading that path. */
+    assert_int_equal(t_run((char *[]){POOLSRV_BIN, "-o", "handler.module=" CHAT_MODULE, "-t",
+                                      NULL}, out, sizeof out, T_MS), 0);
+    unsetenv("POOLSRV_MODULE_DIR");
+    unlink(link_path);
+    rmdir(tmp);
+
+    /* conf/kv.ini as shipped: kv by name, max_line as kv asks (no warning). */
+    char kv_ini[] = PS_SOURCE_DIR "/conf/kv.ini";
+    assert_int_equal(t_proc_start(&p, (char *[]){POOLSRV_BIN, "-c", kv_ini, "-o", "server.port=0",
+                                                 "-o", "admin.port=0", NULL},
+                                  0, true, T_MS), 0);
+    fd = t_connect(p.port);
+    assert_true(fd >= 0);
+    assert_int_equal(t_send_str(fd, "set greeting 0 0 5\r\nhello\r\nget greeting\r\n"), 0);
+    expect_line(fd, "STORED\r\n");
+    expect_line(fd, "VALUE greeting 0 5\r\n");
+    expect_line(fd, "hello\r\n");
+    expect_line(fd, "END\r\n");
+    close(fd);
+    t_proc_drain(&p);
+    if (strstr(p.log, "max_line") != NULL || strstr(p.log, "WARN") != NULL)
+        fail_msg("conf/kv.ini: a warning at start:\n%s", p.log);
+    stop_ok(&p, SIGTERM, T_MS);
+}
+
 /* A module that is missing, not a module, or built for another ABI is an
  * error naming the file, with -t too; nothing is bound. */
 static void test_module_errors(void **state)
@@ -356,6 +463,13 @@ static void test_module_errors(void **state)
         {PS_SOURCE_DIR "/conf", PS_SOURCE_DIR "/conf: handler module: not a regular file"},
         {NO_ENTRY_MODULE, NO_ENTRY_MODULE ": not a poolsrv handler module (no symbol poolsrv_module)"},
         {WRONG_ABI_MODULE, WRONG_ABI_MODULE ": handler module built for module ABI 3; this poolsrv takes ABI 1 to 2"},
+        /* Linked with the library: a second copy of it, refused, naming the fix. */
+        {OWN_COPY_MODULE, OWN_COPY_MODULE ": handler module carries its own copy of the poolsrv "
+                          "library (it defines ps_"},
+        {OWN_COPY_MODULE, "build it with poolsrv::module (CMake) or `pkg-config --cflags "
+                          "poolsrv-module`"},
+        {OWN_PART_MODULE, OWN_PART_MODULE ": handler module carries its own copy of the poolsrv "
+                          "library (it defines ps_strerror)"},
     };
     uint16_t port = t_free_port();
     char port_opt[32];
@@ -963,6 +1077,7 @@ int main(void)
         cmocka_unit_test(test_metrics_parse),
         cmocka_unit_test(test_module_keys),
         cmocka_unit_test(test_module_errors),
+        cmocka_unit_test(test_module_by_name),
         cmocka_unit_test(test_handler_greeting),
         cmocka_unit_test(test_poolctl_cannot_connect),
         cmocka_unit_test(test_backlog_defaults_to_somaxconn),

@@ -6,7 +6,7 @@
  * ps_conn_ref, from whichever worker runs the sender's callback.
  *
  *   [handler]
- *   module = /path/to/chat.so
+ *   module = chat
  */
 #define _POSIX_C_SOURCE 200809L
 

@@ -3,7 +3,7 @@
  * ASCII protocol (proto.c) over a striped item store (store.c).
  *
  *   [handler]
- *   module = /path/to/kv.so
+ *   module = kv             ; kv.so in the module directory (conf/kv.ini)
  *   memory_mb = 64          ; the items' byte budget; LRU eviction past it
  *   item_size_max = 1048576 ; the largest item (header + key + value)
  *   stripes = 256           ; lock stripes of the store

@@ -16,7 +16,7 @@
  * that does not resolve.
  *
  *   [handler]
- *   module = /path/to/lookup.so
+ *   module = lookup
  *   resolvers = 4
  *   queue = 1024
  */

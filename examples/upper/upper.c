@@ -3,9 +3,9 @@
  * case. The smallest useful handler: build it as a shared object and name
  * it in the INI:
  *
- *   cc -shared -fPIC $(pkg-config --cflags poolsrv) upper.c -o upper.so
+ *   cc -shared $(pkg-config --cflags poolsrv-module) upper.c -o upper.so
  *   [handler]
- *   module = /path/to/upper.so
+ *   module = /path/to/upper.so   ; or upper, installed in the module directory
  */
 #include <ctype.h>
 #include <stdlib.h>

@@ -12,14 +12,16 @@ extern "C" {
 
 /*
  * Handler modules: a handler that the poolsrv program loads from a shared
- * object named in the INI ([handler] module = /path/to/handler.so), or one of
+ * object named in the INI ([handler] module = /path/to/handler.so, or a
+ * bare name, module = kv, for kv.so in the module directory), or one of
  * the built-in ones ([handler] name = echo | sleep).
  *
  * A module defines one symbol, `poolsrv_module`, a ps_module whose `abi` is
  * PS_MODULE_ABI as its headers define it (PS_MODULE_DEFINE does both). It
- * links nothing of poolsrv: its calls (ps_conn_send, ps_pool_submit, ...)
- * are resolved in the poolsrv process that loads it. A module built for
- * another ABI is refused at load.
+ * links nothing of poolsrv (CMake: poolsrv::module; pkg-config:
+ * poolsrv-module): its calls (ps_conn_send, ps_pool_submit, ...) are
+ * resolved in the poolsrv process that loads it. A module built for
+ * another ABI, or carrying a copy of the library, is refused at load.
  */
 
 /* Raised whenever ps_module, ps_handler or what a module may call changes
@@ -84,20 +86,35 @@ typedef struct ps_module {
 extern const ps_module ps_echo_module;
 extern const ps_module ps_sleep_module;
 
+/* The environment variable that names another module directory. */
+#define PS_MODULE_DIR_ENV "POOLSRV_MODULE_DIR"
+
+/* The module directory, where `[handler] module = NAME` (a name without a
+ * slash) finds NAME.so: $POOLSRV_MODULE_DIR when set and not empty, else
+ * the one of the installation the running program belongs to (for
+ * /usr/local/bin/poolsrv, /usr/local/lib/poolsrv/modules; the modules
+ * poolsrv ships are installed there). Writes it into buf; returns 0, or
+ * -ENAMETOOLONG when it does not fit. */
+int ps_module_dir(char *buf, size_t len);
+
 /* A module loaded and initialised from a configuration. */
 typedef struct ps_module_instance ps_module_instance;
 
 /* Picks the module cfg names (handler.module, else the built-in
- * handler.name), loads it (dlopen) when it is a file, checks its ABI and
- * runs its init on the configuration's handler keys. Returns 0, or a
- * negative code with the reason in err: "PATH: ..." for a module that is
- * missing, not a module or built for another ABI; "ORIGIN: handler.KEY:
- * ..." (ORIGIN being FILE:LINE or the -o option) for a key its init refused. */
+ * handler.name), loads it (dlopen) when it is a file (a path, or a name
+ * in ps_module_dir), checks its ABI and that it carries no copy of the
+ * library of its own, and runs its init on the configuration's handler
+ * keys. Returns 0, or a negative code with the reason in err: "PATH: ..."
+ * for a module that is missing, not a module, built for another ABI or
+ * linked with the library; "ORIGIN: handler.KEY: ..." (ORIGIN being
+ * FILE:LINE or the -o option) for a key its init refused. */
 int ps_module_open(const ps_config *cfg, ps_module_instance **out, char *err, size_t errlen);
 
 const ps_handler *ps_module_handler(const ps_module_instance *m);
 void *ps_module_ud(const ps_module_instance *m);
 const char *ps_module_name(const ps_module_instance *m);
+/* The file the module was loaded from; "" for a built-in one. */
+const char *ps_module_file(const ps_module_instance *m);
 
 /* Applies cfg's handler keys to the running module (its reload). Returns
  * 0 when applied; 1 when they cannot change while running (the module has

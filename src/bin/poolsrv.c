@@ -22,6 +22,9 @@
 
 static void usage(FILE *f)
 {
+    char dir[4096];
+    if (ps_module_dir(dir, sizeof dir) != 0)
+        snprintf(dir, sizeof dir, "(too long to show)");
     fprintf(f,
             "usage: poolsrv [-c FILE] [-o SECTION.KEY=VALUE]... [-t]\n"
             "signals: TERM, INT stop (also cutting a drain short); QUIT drains, then stops;\n"
@@ -31,7 +34,12 @@ static void usage(FILE *f)
             "  -o S.K=V  override one key, e.g. -o pool.workers=4 (repeatable)\n"
             "  -t        check the configuration and exit (0 when valid)\n"
             "  -V        print the version and exit\n"
-            "  -h        this help\n");
+            "  -h        this help\n"
+            "handler modules: [handler] module = PATH loads that file; a NAME without a\n"
+            "  slash (module = kv) loads NAME.so from the module directory,\n"
+            "  %s\n"
+            "  (environment: " PS_MODULE_DIR_ENV " names another)\n",
+            dir);
 }
 
 /* Descriptors beyond max_connections: listeners, admin clients, logs. */
@@ -354,7 +362,7 @@ static int start_server(ps_server **out, const ps_config *cfg, ps_module_instanc
         return 1;
     }
     if (cfg->handler_module[0] != '\0')
-        ps_log_always("handler %s from %s", ps_module_name(mod), cfg->handler_module);
+        ps_log_always("handler %s from %s", ps_module_name(mod), ps_module_file(mod));
     svc_notify("READY=1\nSTATUS=serving on port %u", (unsigned)ps_server_port(srv));
     upgrade_ready(); /* to the process that started this one, if one did */
     *out = srv;

@@ -17,6 +17,8 @@
  * reply is ready to go, 0 on idle timeout, -1 when the server is stopping. */
 static int wait_input(ps_conn *c, ps_server *srv, bool input)
 {
+    if (input && ps__conn_input_pending(c))
+        return 1; /* held by the transport: no event will come for it */
     int64_t deadline = PS__LIMIT(srv, idle_timeout) > 0
                            ? ps__conn_last_line(c) + (int64_t)PS__LIMIT(srv, idle_timeout) * 1000
                            : -1;
@@ -54,7 +56,7 @@ void ps__serve_blocking(ps_conn *c)
      * a client can tell a stop from a crash. */
     if (atomic_load_explicit(&srv->stopping, memory_order_acquire)) {
         atomic_fetch_add_explicit(&srv->c.rejected_shutdown, 1, memory_order_relaxed);
-        ps__write_best_effort(c->fd, "ERROR server shutting down\r\n");
+        ps__conn_refuse(c, "ERROR server shutting down\r\n");
         ps__conn_close(c);
         return;
     }

@@ -115,6 +115,7 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
         return NULL; /* fd stays the caller's */
     c->srv = srv;
     c->fd = fd;
+    c->tp = &ps__transport_tcp;
     c->id = atomic_fetch_add_explicit(&srv->next_conn_id, 1, memory_order_relaxed) + 1;
     atomic_init(&c->last_line_ms, ps__now_ms());
     ps__format_addr(peer, c->peer, sizeof c->peer);
@@ -190,6 +191,10 @@ void ps__conn_end(ps_conn *c)
 
     ps__conn_replies_close(c);
     ps__outrefs_free(&c->refs); /* the spans not written go back now */
+    if (c->tp->shutdown != NULL)
+        c->tp->shutdown(c);
+    if (c->tp->free != NULL)
+        c->tp->free(c);
     ps__linger_close(srv, c->fd);
 
     uint64_t left = atomic_fetch_sub_explicit(&srv->c.curr_connections, 1,
@@ -291,24 +296,33 @@ ssize_t ps__conn_read(ps_conn *c)
         if (ps__buf_resize(in, cap) < 0)
             return -ENOMEM;
     }
-    for (;;) {
-        size_t room = ps__buf_room(in);
-        ssize_t r = recv(c->fd, in->data + in->len, room, 0);
-        if (r > 0) {
-            in->len += (size_t)r;
-            c->drained = (size_t)r < room;
-            atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_in, (uint64_t)r,
-                                      memory_order_relaxed);
-            return r;
-        }
-        if (r == 0)
-            return 0;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return -EAGAIN;
-        return -errno;
+    bool more = false;
+    ssize_t r = c->tp->read(c, in->data + in->len, ps__buf_room(in), &more);
+    if (r > 0) {
+        in->len += (size_t)r;
+        c->drained = !more;
+        atomic_fetch_add_explicit(&ps__stripe_of(c->srv)->bytes_in, (uint64_t)r,
+                                  memory_order_relaxed);
     }
+    return r;
+}
+
+bool ps__conn_input_pending(const ps_conn *c)
+{
+    return c->tp->pending != NULL && c->tp->pending(c);
+}
+
+/* The transport's gathered write, for the output queue. */
+static ssize_t conn_writev(void *ctx, const struct iovec *iov, int iovcnt)
+{
+    ps_conn *c = ctx;
+    return c->tp->writev(c, iov, iovcnt);
+}
+
+void ps__conn_refuse(ps_conn *c, const char *msg)
+{
+    struct iovec iov = {.iov_base = (void *)msg, .iov_len = strlen(msg)};
+    (void)c->tp->writev(c, &iov, 1);
 }
 
 bool ps__conn_has_line(const ps_conn *c)
@@ -460,8 +474,7 @@ int ps__conn_flush(ps_conn *c)
         }
         if (c->overflow)
             return overflowed(c);
-        ssize_t w = c->refs.n > 0 ? ps__outrefs_write(&c->refs, &c->out, c->fd)
-                                  : ps__buf_write(&c->out, c->fd);
+        ssize_t w = ps__outrefs_write(&c->refs, &c->out, conn_writev, c);
         if (w < 0)
             return (int)w;
         if (w > 0)

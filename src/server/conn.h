@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "net.h"
 #include "outref.h"
+#include "transport.h"
 
 #define PS__OUT_MIN 4096 /* the least a connection's output buffer grows to */
 /* Output waiting (copies and references) past which a connection answers
@@ -24,7 +25,9 @@
 /* One client connection. Fields are owned by the thread serving it. */
 struct ps_conn {
     ps_server *srv;
-    int fd;
+    int fd;                   /* readiness only: bytes move through tp */
+    const ps__transport *tp;  /* set at creation, never changed */
+    void *tp_state;           /* the transport's own (TLS: its session) */
     bool opened;
     uint64_t id;
     void *data;
@@ -114,6 +117,15 @@ int ps__conn_process(ps_conn *conn);
 
 /* True when a complete line is already buffered (process stopped early). */
 bool ps__conn_has_line(const ps_conn *conn);
+
+/* True when the transport holds input no readiness event will announce
+ * (a blocking loop reads instead of waiting in poll). */
+bool ps__conn_input_pending(const ps_conn *conn);
+
+/* Writes msg to a connection the server cannot serve (server busy,
+ * shutting down), once and without waiting; through the transport, so a
+ * transport that cannot say it yet says nothing. */
+void ps__conn_refuse(ps_conn *conn, const char *msg);
 
 /* Writes queued output without blocking. Returns 0 when all is written,
  * -EAGAIN when some remains, or -errno when the socket failed. */

@@ -1,9 +1,8 @@
-/* A connection's output sent by reference (outref.h): spans of a handler's
- * memory between the connection's output bytes, written in stream order
- * with sendmsg and released once written or dropped. */
+/* A connection's output as it goes out (outref.h): its bytes and the spans
+ * of a handler's memory it sends by reference, written in stream order by
+ * gathered writes, the spans released once written or dropped. */
 #include <errno.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "outref.h"
@@ -101,7 +100,7 @@ static void consume(ps__outrefs *r, ps__buf *out, size_t w)
     }
 }
 
-ssize_t ps__outrefs_write(ps__outrefs *r, ps__buf *out, int fd)
+ssize_t ps__outrefs_write(ps__outrefs *r, ps__buf *out, ps__writev_fn *wv, void *ctx)
 {
     size_t done = 0;
     for (;;) {
@@ -109,16 +108,11 @@ ssize_t ps__outrefs_write(ps__outrefs *r, ps__buf *out, int fd)
         int k = gather(r, out, iov);
         if (k == 0)
             return (ssize_t)done;
-        struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)k};
-        /* MSG_NOSIGNAL: a vanished client is an error code, never SIGPIPE. */
-        ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return (ssize_t)done;
-            return -errno;
-        }
+        ssize_t w = wv(ctx, iov, k);
+        if (w == -EAGAIN)
+            return (ssize_t)done;
+        if (w < 0)
+            return w;
         consume(r, out, (size_t)w);
         done += (size_t)w;
     }

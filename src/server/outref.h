@@ -1,15 +1,17 @@
 #ifndef POOLSRV_SERVER_OUTREF_H
 #define POOLSRV_SERVER_OUTREF_H
 
-/* Bytes a connection sends by reference (ps_conn_send_ref): a queue of
- * spans of the handler's memory, each standing at a place in the stream of
- * the connection's output bytes, written with them by one sendmsg and
- * given back (its release) once written or dropped. A reply of large values
- * then costs the server the spans, not copies of the values. */
+/* A connection's output as it goes out: its bytes, and the bytes it sends
+ * by reference (ps_conn_send_ref), a queue of spans of the handler's memory,
+ * each standing at a place in the stream of the output bytes, written with
+ * them by one gathered write and given back (its release) once written or
+ * dropped. A reply of large values then costs the server the spans, not
+ * copies of the values. */
 
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "buf.h"
 
@@ -34,10 +36,14 @@ typedef struct ps__outrefs {
 int ps__outrefs_add(ps__outrefs *r, const ps__buf *out, const void *data, size_t len,
                     void (*release)(void *arg), void *arg);
 
-/* Writes out's bytes and the spans in stream order without blocking,
- * consuming what went and releasing the spans written. Returns the bytes
- * written (maybe 0), or a negative errno other than EAGAIN. */
-ssize_t ps__outrefs_write(ps__outrefs *r, ps__buf *out, int fd);
+/* A gathered write without blocking: the bytes taken (> 0), -EAGAIN when
+ * none could be, or -errno (a connection's transport). */
+typedef ssize_t ps__writev_fn(void *ctx, const struct iovec *iov, int iovcnt);
+
+/* Writes out's bytes and the spans in stream order through wv, consuming
+ * what went and releasing the spans written. Returns the bytes written
+ * (maybe 0), or a negative errno other than EAGAIN. */
+ssize_t ps__outrefs_write(ps__outrefs *r, ps__buf *out, ps__writev_fn *wv, void *ctx);
 
 /* Drops (releases) the spans queued after the first `keep`. */
 void ps__outrefs_truncate(ps__outrefs *r, size_t keep);

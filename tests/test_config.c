@@ -52,6 +52,16 @@ static void config_all_changed(ps_config *cfg)
     cfg->log_level = PS_LOG_DEBUG;
     cfg->handler = PS_HANDLER_SLEEP;
     strcpy(cfg->handler_module, "/changed.so");
+    cfg->tls_enabled = true;
+    strcpy(cfg->tls_cert, "/changed.crt");
+    strcpy(cfg->tls_key, "/changed.key");
+    strcpy(cfg->tls_ca, "/changed-ca.crt");
+    cfg->tls_verify_client = PS_TLS_VERIFY_REQUIRE;
+    cfg->tls_min_version = PS_TLS_1_3;
+    strcpy(cfg->tls_ciphers, "changed");
+    strcpy(cfg->tls_ciphersuites, "changed");
+    cfg->tls_handshake_timeout = 12;
+    cfg->tls_session_tickets = false;
 }
 
 static void assert_config_equal(const ps_config *a, const ps_config *b)
@@ -76,6 +86,16 @@ static void assert_config_equal(const ps_config *a, const ps_config *b)
     assert_int_equal(a->log_level, b->log_level);
     assert_int_equal(a->handler, b->handler);
     assert_string_equal(a->handler_module, b->handler_module);
+    assert_int_equal(a->tls_enabled, b->tls_enabled);
+    assert_string_equal(a->tls_cert, b->tls_cert);
+    assert_string_equal(a->tls_key, b->tls_key);
+    assert_string_equal(a->tls_ca, b->tls_ca);
+    assert_int_equal(a->tls_verify_client, b->tls_verify_client);
+    assert_int_equal(a->tls_min_version, b->tls_min_version);
+    assert_string_equal(a->tls_ciphers, b->tls_ciphers);
+    assert_string_equal(a->tls_ciphersuites, b->tls_ciphersuites);
+    assert_int_equal(a->tls_handshake_timeout, b->tls_handshake_timeout);
+    assert_int_equal(a->tls_session_tickets, b->tls_session_tickets);
     assert_int_equal(a->handler_nkeys, b->handler_nkeys);
     for (size_t i = 0; i < a->handler_nkeys; i++) {
         assert_string_equal(a->handler_keys[i].key, b->handler_keys[i].key);
@@ -197,7 +217,18 @@ static const char every_key[] =
     "[log]\n"
     "level = debug\n"
     "[handler]\n"
-    "name = sleep\n";
+    "name = sleep\n"
+    "[tls]\n"
+    "enabled = false\n"
+    "cert = /etc/poolsrv/server.crt\n"
+    "key = /etc/poolsrv/server.key\n"
+    "ca = /etc/poolsrv/clients-ca.crt\n"
+    "verify_client = require\n"
+    "min_version = 1.3\n"
+    "ciphers = ECDHE+AESGCM\n"
+    "ciphersuites = TLS_AES_256_GCM_SHA384\n"
+    "handshake_timeout = 300\n"
+    "session_tickets = off\n";
 
 static void check_every_key(const ps_config *cfg)
 {
@@ -220,6 +251,16 @@ static void check_every_key(const ps_config *cfg)
     assert_int_equal(cfg->admin_port, 65535);
     assert_int_equal(cfg->log_level, PS_LOG_DEBUG);
     assert_int_equal(cfg->handler, PS_HANDLER_SLEEP);
+    assert_false(cfg->tls_enabled);
+    assert_string_equal(cfg->tls_cert, "/etc/poolsrv/server.crt");
+    assert_string_equal(cfg->tls_key, "/etc/poolsrv/server.key");
+    assert_string_equal(cfg->tls_ca, "/etc/poolsrv/clients-ca.crt");
+    assert_int_equal(cfg->tls_verify_client, PS_TLS_VERIFY_REQUIRE);
+    assert_int_equal(cfg->tls_min_version, PS_TLS_1_3);
+    assert_string_equal(cfg->tls_ciphers, "ECDHE+AESGCM");
+    assert_string_equal(cfg->tls_ciphersuites, "TLS_AES_256_GCM_SHA384");
+    assert_int_equal(cfg->tls_handshake_timeout, 300);
+    assert_false(cfg->tls_session_tickets);
 }
 
 static void test_file_every_key(void **state)

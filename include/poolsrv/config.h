@@ -44,6 +44,19 @@ typedef enum ps_handler_kind {
                              a stand-in for slow work, for tests and benchmarks */
 } ps_handler_kind;
 
+/* [tls] verify_client: whether a client must show a certificate from ca. */
+typedef enum ps_tls_verify {
+    PS_TLS_VERIFY_OFF = 0,      /* no certificate asked for */
+    PS_TLS_VERIFY_OPTIONAL = 1, /* asked for; one that does not verify is refused */
+    PS_TLS_VERIFY_REQUIRE = 2,  /* a client without a verified one is refused */
+} ps_tls_verify;
+
+/* [tls] min_version. */
+typedef enum ps_tls_version {
+    PS_TLS_1_2 = 0,
+    PS_TLS_1_3 = 1,
+} ps_tls_version;
+
 #define PS_CONFIG_HOST_MAX 256
 #define PS_CONFIG_GREETING_MAX 1024
 #define PS_CONFIG_MODULE_MAX 1024      /* [handler] module: a path */
@@ -100,6 +113,18 @@ typedef struct ps_config {
     char handler_module[PS_CONFIG_MODULE_MAX]; /* "" = none; else a module's path */
     size_t handler_nkeys;
     ps_config_handler_key handler_keys[PS_CONFIG_HANDLER_KEYS];
+    /* [tls] (last: the fields before keep their places for modules built
+     * before them). With enabled, the data listener speaks TLS only. */
+    bool tls_enabled;
+    char tls_cert[PS_CONFIG_MODULE_MAX];    /* PEM: the certificate, then its chain */
+    char tls_key[PS_CONFIG_MODULE_MAX];     /* PEM: its private key */
+    char tls_ca[PS_CONFIG_MODULE_MAX];      /* PEM: CAs of client certificates; "" = none */
+    ps_tls_verify tls_verify_client;        /* off | optional | require (needs ca) */
+    ps_tls_version tls_min_version;         /* 1.2 | 1.3 */
+    char tls_ciphers[PS_CONFIG_MODULE_MAX];      /* TLS 1.2 cipher list; "" = OpenSSL's */
+    char tls_ciphersuites[PS_CONFIG_MODULE_MAX]; /* TLS 1.3 suites; "" = OpenSSL's */
+    unsigned tls_handshake_timeout;         /* seconds for the handshake, 1..300 */
+    bool tls_session_tickets;               /* resumption by tickets (stateless) */
 } ps_config;
 
 /* Fills *cfg with the documented defaults (those of conf/server.ini). */

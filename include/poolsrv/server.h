@@ -171,6 +171,9 @@ typedef struct ps_server_stats {
     uint64_t uptime_seconds;
     uint64_t proxy_pending;        /* connections waiting for their PROXY header now */
     uint64_t rejected_proxy_pending; /* closed still header-less at proxy_max_pending */
+    uint64_t tls_handshakes;       /* TLS handshakes done */
+    uint64_t tls_errors;           /* TLS handshakes failed: plaintext, bad hello, certificate */
+    uint64_t tls_timeouts;         /* TLS handshakes not done within tls.handshake_timeout */
 } ps_server_stats;
 
 /*

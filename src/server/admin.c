@@ -119,6 +119,9 @@ static void add_stats(ps_server *srv, reply *r)
     add(r, "STAT proxy_errors %llu\r\n", (unsigned long long)s.proxy_errors);
     add(r, "STAT output_overflows %llu\r\n", (unsigned long long)s.output_overflows);
     add(r, "STAT sends_refused %llu\r\n", (unsigned long long)s.sends_refused);
+    add(r, "STAT tls_handshakes %llu\r\n", (unsigned long long)s.tls_handshakes);
+    add(r, "STAT tls_errors %llu\r\n", (unsigned long long)s.tls_errors);
+    add(r, "STAT tls_timeouts %llu\r\n", (unsigned long long)s.tls_timeouts);
     add(r, "STAT proxy_pending %llu\r\n", (unsigned long long)s.proxy_pending);
     add(r, "STAT rejected_proxy_pending %llu\r\n", (unsigned long long)s.rejected_proxy_pending);
     add(r, "STAT lines %llu\r\n", (unsigned long long)s.lines);

@@ -47,6 +47,31 @@ static int wait_input(ps_conn *c, ps_server *srv, bool input)
     }
 }
 
+/* The transport's handshake (TLS), waiting in poll for the direction it
+ * asks, until tls.handshake_timeout or the stop. True once done. */
+static bool handshake(ps_conn *c, ps_server *srv)
+{
+    int64_t deadline = ps__conn_handshake_deadline(c);
+    for (;;) {
+        int h = ps__conn_handshake(c);
+        if (h != -EAGAIN)
+            return h == 0;
+        struct pollfd p[2] = {
+            {.fd = srv->stop_fd, .events = POLLIN},
+            {.fd = c->fd, .events = c->tp_want},
+        };
+        int n = poll(p, 2, ps__ms_until(deadline, ps__now_ms()));
+        if (n < 0 && errno != EINTR)
+            return false;
+        if (n > 0 && p[0].revents)
+            return false; /* stopping: owed nothing yet */
+        if (n == 0) {
+            ps__conn_timed_out(c, false);
+            return false;
+        }
+    }
+}
+
 void ps__serve_blocking(ps_conn *c)
 {
     ps_server *srv = c->srv;
@@ -64,6 +89,10 @@ void ps__serve_blocking(ps_conn *c)
     /* `ended`: no more lines will be read (the handler closed, or the
      * client's stream ended); the connection stays until the replies it
      * deferred have gone out. */
+    if (!handshake(c, srv)) {
+        ps__conn_close(c);
+        return;
+    }
     bool ended = ps__conn_open(c) == PS_CLOSE;
     for (;;) {
         if (ps__conn_flush_all(c) < 0)

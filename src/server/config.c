@@ -58,6 +58,8 @@ typedef enum key_kind {
     PS__K_PATH,
     PS__K_PROXY,
     PS__K_CIDRS,
+    PS__K_TLS_VERIFY,
+    PS__K_TLS_VERSION,
 } key_kind;
 
 /* C type of a PS__K_UINT field. */
@@ -106,16 +108,29 @@ static const key_spec key_specs[] = {
     PS__OTHER("log", "level", log_level, PS__K_LOG_LEVEL),
     PS__OTHER("handler", "name", handler, PS__K_HANDLER),
     PS__OTHER("handler", "module", handler_module, PS__K_PATH),
+    PS__OTHER("tls", "enabled", tls_enabled, PS__K_BOOL),
+    PS__OTHER("tls", "cert", tls_cert, PS__K_PATH),
+    PS__OTHER("tls", "key", tls_key, PS__K_PATH),
+    PS__OTHER("tls", "ca", tls_ca, PS__K_PATH),
+    PS__OTHER("tls", "verify_client", tls_verify_client, PS__K_TLS_VERIFY),
+    PS__OTHER("tls", "min_version", tls_min_version, PS__K_TLS_VERSION),
+    PS__OTHER("tls", "ciphers", tls_ciphers, PS__K_PATH),
+    PS__OTHER("tls", "ciphersuites", tls_ciphersuites, PS__K_PATH),
+    PS__UINT("tls", "handshake_timeout", tls_handshake_timeout, PS__W_UNSIGNED, 1, 300),
+    PS__OTHER("tls", "session_tickets", tls_session_tickets, PS__K_BOOL),
 };
 #define PS__NKEYS (sizeof(key_specs) / sizeof(key_specs[0]))
 
-static const char *const sections[] = {"server", "pool", "limits", "admin", "log", "handler"};
+static const char *const sections[] = {"server", "pool", "limits", "admin", "log", "handler",
+                                       "tls"};
 #define PS__NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 static const char *const dispatch_names[] = {"connection", "event", "thread"};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 static const char *const handler_names[] = {"echo", "sleep"};
 static const char *const proxy_names[] = {"off", "v1", "v2", "any"};
+static const char *const tls_verify_names[] = {"off", "optional", "require"};
+static const char *const tls_version_names[] = {"1.2", "1.3"};
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -278,7 +293,11 @@ static const enum_kind *enum_of(key_kind kind)
     static const enum_kind proxy = {proxy_names, 4, "off, v1, v2 or any"};
     static const enum_kind handler = {handler_names, 2, "echo or sleep"};
     static const enum_kind level = {log_level_names, 4, "error, warn, info or debug"};
+    static const enum_kind verify = {tls_verify_names, 3, "off, optional or require"};
+    static const enum_kind version = {tls_version_names, 2, "1.2 or 1.3"};
     switch (kind) {
+    case PS__K_TLS_VERIFY: return &verify;
+    case PS__K_TLS_VERSION: return &version;
     case PS__K_DISPATCH: return &dispatch;
     case PS__K_PROXY: return &proxy;
     case PS__K_HANDLER: return &handler;
@@ -395,7 +414,9 @@ static int set_enum(const key_spec *k, const enum_kind *e, char *field, const ch
     return 0;
 }
 
-_Static_assert(sizeof(ps_proxy_mode) == sizeof(ps_dispatch_mode) &&
+_Static_assert(sizeof(ps_tls_verify) == sizeof(ps_dispatch_mode) &&
+                   sizeof(ps_tls_version) == sizeof(ps_dispatch_mode) &&
+                   sizeof(ps_proxy_mode) == sizeof(ps_dispatch_mode) &&
                    sizeof(ps_handler_kind) == sizeof(ps_dispatch_mode) &&
                    sizeof(ps_log_level) == sizeof(ps_dispatch_mode),
                "set_enum stores every enumeration as a ps_dispatch_mode");
@@ -433,6 +454,8 @@ static int set_key(ps_config *cfg, const key_spec *k, const char *v, size_t len,
     case PS__K_PROXY:
     case PS__K_HANDLER:
     case PS__K_LOG_LEVEL:
+    case PS__K_TLS_VERIFY:
+    case PS__K_TLS_VERSION:
         break; /* enumerations: above */
     }
     abort(); /* table bug */
@@ -746,6 +769,10 @@ void ps_config_defaults(ps_config *cfg)
     snprintf(cfg->proxy_trusted, sizeof(cfg->proxy_trusted), "%s", "127.0.0.0/8 ::1/128");
     cfg->proxy_timeout = 3;
     cfg->proxy_max_pending = 1024;
+    cfg->tls_verify_client = PS_TLS_VERIFY_OFF;
+    cfg->tls_min_version = PS_TLS_1_2;
+    cfg->tls_handshake_timeout = 10;
+    cfg->tls_session_tickets = true;
     cfg->workers = 25;
     cfg->queue_capacity = 256;
     cfg->max_connections = 10000;
@@ -926,6 +953,8 @@ static bool format_key(const ps_config *cfg, const key_spec *k, char *out, size_
     case PS__K_PROXY:
     case PS__K_HANDLER:
     case PS__K_LOG_LEVEL:
+    case PS__K_TLS_VERIFY:
+    case PS__K_TLS_VERSION:
         break; /* enumerations: above */
     }
     return false;
@@ -959,6 +988,29 @@ static bool hosts_overlap(const char *a, const char *b)
     if (any_b)
         return fa != AF_INET6;
     return fa && fa == fb && memcmp(aa, ab, fa == AF_INET ? 4 : 16) == 0;
+}
+
+/* The [tls] keys that depend on each other; the files themselves are read
+ * when the server starts (ps_server_start says which one is wrong). */
+static int validate_tls(const ps_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->tls_enabled && !PS__HAVE_TLS) {
+        ps__set_err(err, errlen, "tls.enabled: this poolsrv was built without OpenSSL "
+                                 "(libssl-dev), so TLS is unavailable");
+        return PS_ECONFIG;
+    }
+    if (cfg->tls_enabled && (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0')) {
+        ps__set_err(err, errlen, "tls.%s: a file is needed with tls.enabled = true",
+                    cfg->tls_cert[0] == '\0' ? "cert" : "key");
+        return PS_ECONFIG;
+    }
+    if (cfg->tls_verify_client != PS_TLS_VERIFY_OFF && cfg->tls_ca[0] == '\0') {
+        ps__set_err(err, errlen, "tls.verify_client: %s needs tls.ca (the CAs of client "
+                                 "certificates)",
+                    tls_verify_names[cfg->tls_verify_client]);
+        return PS_ECONFIG;
+    }
+    return 0;
 }
 
 int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
@@ -998,6 +1050,10 @@ int ps_config_validate(const ps_config *cfg, char *err, size_t errlen)
             return PS_ECONFIG;
         }
     }
+
+    int rc = validate_tls(cfg, err, errlen);
+    if (rc != 0)
+        return rc;
 
     if (cfg->admin_enabled && cfg->admin_port != 0 && cfg->admin_port == cfg->port &&
         hosts_overlap(cfg->bind, cfg->admin_bind)) {

@@ -121,6 +121,7 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
     ps__format_addr(peer, c->peer, sizeof c->peer);
     c->created_ms = ps__now_ms();
     atomic_init(&c->lines, 0);
+    atomic_init(&c->tp_ready, false);
     ps__registry *r = &srv->registry[c->id % PS__STRIPES];
     ps__lock(&r->lock);
     c->reg_next = r->head;
@@ -129,6 +130,35 @@ ps_conn *ps__conn_new(ps_server *srv, int fd, const struct sockaddr *peer)
     r->head = c;
     ps__unlock(&r->lock);
     return c;
+}
+
+int ps__conn_handshake(ps_conn *c)
+{
+    if (!ps__conn_handshaking(c))
+        return 0;
+    if (c->tp->handshake == NULL) {
+        atomic_store_explicit(&c->tp_ready, true, memory_order_relaxed);
+        return 0;
+    }
+    int64_t began = ps__now_ns();
+    handler_started(began);
+    int rc = c->tp->handshake(c);
+    if (handler_watch != NULL)
+        atomic_store_explicit(handler_watch, 0, memory_order_relaxed);
+    if (rc == 0) {
+        atomic_store_explicit(&c->tp_ready, true, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->srv->c.tls_handshakes, 1, memory_order_relaxed);
+    } else if (rc != -EAGAIN) {
+        atomic_fetch_add_explicit(&c->srv->c.tls_errors, 1, memory_order_relaxed);
+        ps_log_debug("connection %llu from %s: %s handshake failed", (unsigned long long)c->id,
+                     c->peer, c->tp->name);
+    }
+    return rc;
+}
+
+int64_t ps__conn_handshake_deadline(const ps_conn *c)
+{
+    return c->created_ms + (int64_t)c->srv->cfg.tls_handshake_timeout * 1000;
 }
 
 int ps__conn_open(ps_conn *c)
@@ -149,6 +179,13 @@ int ps__conn_open(ps_conn *c)
 void ps__conn_timed_out(ps_conn *c, bool send)
 {
     ps_server *srv = c->srv;
+    if (ps__conn_handshaking(c)) {
+        atomic_fetch_add_explicit(&srv->c.tls_timeouts, 1, memory_order_relaxed);
+        ps_log_info("connection %llu from %s: no %s handshake in %us, closing",
+                    (unsigned long long)c->id, c->peer, c->tp->name,
+                    srv->cfg.tls_handshake_timeout);
+        return;
+    }
     atomic_fetch_add_explicit(send ? &srv->c.send_timeouts : &srv->c.idle_timeouts, 1,
                               memory_order_relaxed);
     ps_log_info("connection %llu from %s: %s for %us, closing", (unsigned long long)c->id,
@@ -474,6 +511,7 @@ int ps__conn_flush(ps_conn *c)
         }
         if (c->overflow)
             return overflowed(c);
+        c->tp_want = POLLOUT;
         ssize_t w = ps__outrefs_write(&c->refs, &c->out, conn_writev, c);
         if (w < 0)
             return (int)w;
@@ -525,7 +563,7 @@ int ps__conn_flush_all(ps_conn *c)
          * stop deadline then bounds it (the signal stays readable, so it is
          * watched only before). */
         struct pollfd p[2] = {
-            {.fd = c->fd, .events = POLLOUT},
+            {.fd = c->fd, .events = c->tp_want}, /* TLS may want to read first */
             {.fd = srv->stop_fd, .events = POLLIN},
         };
         int n = poll(p, stop_deadline > 0 ? 1 : 2, ps__ms_until(until, now));

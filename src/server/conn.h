@@ -26,8 +26,12 @@
 struct ps_conn {
     ps_server *srv;
     int fd;                   /* readiness only: bytes move through tp */
-    const ps__transport *tp;  /* set at creation, never changed */
+    const ps__transport *tp;  /* set before it is served, never changed */
     void *tp_state;           /* the transport's own (TLS: its session) */
+    short tp_want;            /* POLLIN or POLLOUT: what tp waits for */
+    /* Its handshake is done. Atomic (relaxed) because the event sweep
+     * reads it without owning the connection, to pick its deadline. */
+    atomic_bool tp_ready;
     bool opened;
     uint64_t id;
     void *data;
@@ -101,6 +105,23 @@ void ps__conn_end(ps_conn *conn);
  * another thread can tell a handler that blocks (event mode's watch). NULL
  * stops it. */
 void ps__conn_watch_handlers(_Atomic int64_t *since);
+
+/* The transport's handshake, a step without blocking: 0 once done (at
+ * once for plain TCP), -EAGAIN while it waits for the socket (tp_want),
+ * or a negative errno (counted in tls_errors, logged at debug): close.
+ * Its CPU counts as handler time for the watch. */
+int ps__conn_handshake(ps_conn *conn);
+
+/* Whether the connection's handshake is still to finish by its deadline
+ * (created_ms + tls.handshake_timeout) rather than the idle one; any
+ * thread. */
+static inline bool ps__conn_handshaking(const ps_conn *c)
+{
+    return !atomic_load_explicit(&c->tp_ready, memory_order_relaxed);
+}
+
+/* Monotonic ms by which the handshake must be done. */
+int64_t ps__conn_handshake_deadline(const ps_conn *conn);
 
 /* Calls the handler's on_open. Returns PS_CONTINUE or PS_CLOSE. */
 int ps__conn_open(ps_conn *conn);

@@ -315,6 +315,8 @@ static void event_close(ps_server *srv, ps_conn *c)
  * calls it on connections it does not own. */
 static bool deadline_passed(const ps_server *srv, const ps_conn *c, int64_t now)
 {
+    if (ps__conn_handshaking(c))
+        return now >= ps__conn_handshake_deadline(c);
     if (atomic_load_explicit(&ec(c)->want_write, memory_order_relaxed))
         return now - atomic_load_explicit(&ec(c)->write_wait_ms, memory_order_relaxed) >=
                (int64_t)PS__LIMIT(srv, send_timeout) * 1000;
@@ -424,6 +426,13 @@ enum { SERVE_READ, SERVE_WRITE, SERVE_BUDGET, SERVE_CLOSE, SERVE_REPLY };
 static int serve(ps_server *srv, ps_conn *c)
 {
     if (ec(c)->open_pending) {
+        /* The transport's handshake first (TLS): a step at a time, parked
+         * between steps like a read, so no worker waits for the client. */
+        int h = ps__conn_handshake(c);
+        if (h == -EAGAIN)
+            return SERVE_READ;
+        if (h < 0)
+            return SERVE_CLOSE;
         ec(c)->open_pending = false;
         if (ps__conn_open(c) != PS_CONTINUE)
             c->closing = true;

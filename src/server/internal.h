@@ -56,6 +56,9 @@ typedef struct ps__counters {
     atomic_uint_fast64_t admin_refused; /* admin clients refused: every slot busy */
     atomic_uint_fast64_t slow_handlers; /* handler calls past slow_handler_ms */
     atomic_uint_fast64_t output_overflows; /* closed past limits.max_output */
+    atomic_uint_fast64_t tls_handshakes;   /* TLS handshakes done */
+    atomic_uint_fast64_t tls_errors;       /* handshakes refused (plaintext, bad hello, cert) */
+    atomic_uint_fast64_t tls_timeouts;     /* handshakes not done in tls.handshake_timeout */
     atomic_uint_fast64_t sends_refused; /* ps_conn_ref_send's -ENOBUFS */
     atomic_uint_fast64_t proxy_errors; /* PROXY header missing, bad, late, cut or untrusted */
     /* Connections waiting for their PROXY header (a gauge): added by the
@@ -147,6 +150,9 @@ typedef struct ps__limits {
 
 struct ps_server {
     ps__limits limits;
+    /* The data listener's TLS context (tls.enabled), made at start; its
+     * connections hold references of their own. */
+    struct ps__tls *tls;
     ps_config cfg;
     const ps_handler *handler;
     void *ud;

@@ -22,6 +22,7 @@
 #include "linger.h"
 #include "net.h"
 #include "proxy_stage.h"
+#include "tls.h"
 
 /* How long accepting pauses when the process is out of descriptors: long
  * enough not to spin, short enough to resume quickly once some free up. */
@@ -124,7 +125,8 @@ static void refuse(ps_server *srv, int fd, atomic_uint_fast64_t *counter, const 
 {
     /* Count first: whoever reads the reply may look at the counters. */
     atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
-    ps__write_best_effort(fd, reply);
+    if (srv->tls == NULL) /* a TLS client gets nothing in the clear */
+        ps__write_best_effort(fd, reply);
     ps__linger_close(srv, fd); /* so the error is not lost to a reset */
 }
 
@@ -140,6 +142,11 @@ static void refuse_max(ps_server *srv, int fd)
 static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint64_t active)
 {
     ps_conn *c = ps__conn_new(srv, fd, peer);
+    if (c != NULL && srv->tls != NULL && ps__tls_attach(srv->tls, c) != 0) {
+        ps__conn_close(c); /* never opened: closes fd, counts it out */
+        ps_log_error("out of memory for a new TLS session");
+        return;
+    }
     if (c == NULL) {
         atomic_fetch_sub_explicit(&srv->c.curr_connections, 1, memory_order_relaxed);
         ps_log_error("out of memory for a new connection");
@@ -152,7 +159,7 @@ static void serve_now(ps_server *srv, int fd, const struct sockaddr *peer, uint6
     int rc = srv->dispatch->take(srv, c);
     if (rc != 0) {
         atomic_fetch_add_explicit(&srv->c.rejected_busy, 1, memory_order_relaxed);
-        ps__write_best_effort(fd, "ERROR server busy\r\n");
+        ps__conn_refuse(c, "ERROR server busy\r\n");
         ps_log_info("connection %llu rejected: %s (%s)", (unsigned long long)ps_conn_id(c),
                     srv->dispatch->busy_why, ps_strerror(rc));
         ps__conn_close(c);
@@ -449,14 +456,17 @@ static void undo_start(ps_server *srv)
     close_fd(&srv->inherited_admin_fd);
     close_fd(&srv->stop_fd);
     close_fd(&srv->drain_fd);
+    ps__tls_destroy(srv->tls);
+    srv->tls = NULL;
     atomic_store(&srv->stopping, false);
     srv->port = srv->admin_port = 0;
 }
 
 static void log_started(const ps_server *srv)
 {
-    ps_log_always("listening on %s%s (dispatch %s, %u workers, queue %zu, backlog %d)",
+    ps_log_always("listening on %s%s%s (dispatch %s, %u workers, queue %zu, backlog %d)",
                   srv->listen_addr, srv->listen_inherited ? " (inherited)" : "",
+                  srv->tls != NULL ? " (TLS)" : "",
                   ps_dispatch_name(srv->cfg.dispatch), srv->cfg.workers, srv->cfg.queue_capacity,
                   srv->backlog);
     if (srv->admin_fd < 0)
@@ -487,6 +497,8 @@ int ps_server_start(ps_server *srv, char *err, size_t errlen)
         rc = -errno;
         snprintf(err, errlen, "eventfd: %s", ps_strerror(rc));
     }
+    if (rc == 0 && srv->cfg.tls_enabled)
+        rc = ps__tls_create(&srv->tls, &srv->cfg, err, errlen);
     if (rc == 0)
         rc = open_listeners(srv, err, errlen);
     if (rc == 0)
@@ -705,6 +717,8 @@ void ps_server_stop(ps_server *srv)
     if (d->teardown != NULL)
         d->teardown(srv);
     ps__linger_stop(srv); /* last: every connection has handed its socket over */
+    ps__tls_destroy(srv->tls);
+    srv->tls = NULL;
     close_fd(&srv->stop_fd);
     close_fd(&srv->drain_fd);
     ps_log_info("stopped: %llu connections served",

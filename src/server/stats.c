@@ -47,6 +47,9 @@ void ps_server_get_stats(const ps_server *srv, ps_server_stats *st)
     st->proxy_errors = atomic_load_explicit(&c->proxy_errors, memory_order_relaxed);
     st->output_overflows = atomic_load_explicit(&c->output_overflows, memory_order_relaxed);
     st->sends_refused = atomic_load_explicit(&c->sends_refused, memory_order_relaxed);
+    st->tls_handshakes = atomic_load_explicit(&c->tls_handshakes, memory_order_relaxed);
+    st->tls_errors = atomic_load_explicit(&c->tls_errors, memory_order_relaxed);
+    st->tls_timeouts = atomic_load_explicit(&c->tls_timeouts, memory_order_relaxed);
     st->proxy_pending = atomic_load_explicit(&c->proxy_pending, memory_order_relaxed);
     st->rejected_proxy_pending =
         atomic_load_explicit(&c->rejected_proxy_pending, memory_order_relaxed);

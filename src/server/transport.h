@@ -16,7 +16,11 @@
 #include "poolsrv/server.h"
 
 typedef struct ps__transport {
-    const char *name; /* "tcp" */
+    const char *name; /* "tcp", "tls" */
+    /* Before anything is read or written: 0 once done (NULL: nothing to
+     * do), -EAGAIN while it waits for the socket (conn->tp_want says which
+     * way), or another negative errno: the client is refused. */
+    int (*handshake)(ps_conn *conn);
     /* Reads up to len bytes: > 0, 0 at the end of the stream, -EAGAIN, or
      * -errno. *more: bytes may be there at once that no readiness event
      * will announce (the read filled buf, or the transport holds some). */

@@ -17,6 +17,8 @@ another CA. Checked, in the given dispatch mode:
   counted in tls_timeouts, while other TLS clients are served meanwhile;
 - verify_client = require: a client certificate from ca is let in, none or
   one from another CA is refused (TLS 1.3: at the client's first read);
+- a PROXY v1 or v2 header, then the handshake (HAProxy's pass-through): the
+  header's address is the client's;
 - a key that does not match the certificate: poolsrv refuses to start,
   naming the file.
 
@@ -234,6 +236,30 @@ def client_certs(binary, dispatch, d):
     srv.stop()
 
 
+def proxy_then_tls(binary, dispatch, d):
+    """HAProxy's TCP pass-through: a PROXY header, then the ClientHello; the
+    header's address is the client's, the handshake timer starts after it."""
+    srv = Server(binary, dispatch, d, "server.proxy_protocol=any", "log.level=debug")
+    for header in (b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 9050\r\n",
+                   b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([192, 0, 2, 8, 127, 0, 0, 1])
+                   + (40001).to_bytes(2, "big") + (9050).to_bytes(2, "big")):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        raw.sendall(header)
+        s = client_ctx(d).wrap_socket(raw, server_hostname="127.0.0.1")
+        check(read_lines(s, 1) == b"Welcome to my server\r\n",
+              "PROXY %s then TLS: served" % ("v1" if header.startswith(b"PROXY") else "v2"))
+        s.sendall(b"through\n")
+        check(read_lines(s, 1) == b"through\n", "... and echoed")
+        s.close()
+    deadline = time.time() + 5
+    while ("192.0.2.8:40001" not in srv.text()) and time.time() < deadline:
+        time.sleep(0.05)
+    text = srv.text()
+    check("192.0.2.7:40000" in text and "192.0.2.8:40001" in text,
+          "the headers' addresses are the clients' in the log")
+    srv.stop()
+
+
 def mismatched_key(binary, dispatch, d):
     srv = Server(binary, dispatch, d, "tls.key=" + os.path.join(d, "client.key"),
                  expect_start=False)
@@ -279,6 +305,7 @@ def main():
         silent(srv, d)
         srv.stop()
         client_certs(binary, dispatch, d)
+        proxy_then_tls(binary, dispatch, d)
         mismatched_key(binary, dispatch, d)
     finally:
         shutil.rmtree(d, ignore_errors=True)

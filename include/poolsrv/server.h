@@ -74,6 +74,20 @@ uint64_t ps_conn_id(const ps_conn *conn);
 /* "host:port" of the client. */
 const char *ps_conn_peer(const ps_conn *conn);
 
+/* What a TLS connection's handshake settled: strings owned by the
+ * connection, valid until it closes. peer is the client's verified
+ * identity (its certificate's subject CN, else its first DNS name), ""
+ * when it showed none (tls.verify_client off or optional). */
+typedef struct ps_conn_tls_info {
+    const char *version; /* "TLSv1.3" */
+    const char *cipher;  /* "TLS_AES_256_GCM_SHA384" */
+    const char *peer;
+} ps_conn_tls_info;
+
+/* From a callback of conn: 0 with *info for a TLS connection, -ENOTSUP for
+ * one that is not (plain TCP). */
+int ps_conn_tls(const ps_conn *conn, ps_conn_tls_info *info);
+
 /* Handler's per-connection pointer; NULL until set. */
 void ps_conn_set_data(ps_conn *conn, void *data);
 void *ps_conn_get_data(const ps_conn *conn);

@@ -211,10 +211,14 @@ static bool add_conn(const ps_conn *c, void *arg)
     }
     const char *state = ps__server_conn_parked(w->srv, c) ? "parked" : "serving";
     int64_t last = atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
-    add(w->r, "CONN %llu %s age=%lld idle=%lld state=%s lines=%llu\r\n",
+    add(w->r, "CONN %llu %s age=%lld idle=%lld state=%s lines=%llu",
         (unsigned long long)c->id, c->peer, (long long)(w->now - c->created_ms) / 1000,
         (long long)(w->now > last ? w->now - last : 0) / 1000, state,
         (unsigned long long)atomic_load_explicit(&c->lines, memory_order_relaxed));
+    ps_conn_tls_info tls;
+    if (ps__conn_tls_info(c, &tls))
+        add(w->r, " tls=%s peer=%s", tls.version, tls.peer[0] ? tls.peer : "-");
+    add(w->r, "\r\n");
     w->listed++;
     return true;
 }

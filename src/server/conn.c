@@ -146,8 +146,13 @@ int ps__conn_handshake(ps_conn *c)
     if (handler_watch != NULL)
         atomic_store_explicit(handler_watch, 0, memory_order_relaxed);
     if (rc == 0) {
-        atomic_store_explicit(&c->tp_ready, true, memory_order_relaxed);
+        atomic_store_explicit(&c->tp_ready, true, memory_order_release);
         atomic_fetch_add_explicit(&c->srv->c.tls_handshakes, 1, memory_order_relaxed);
+        ps_conn_tls_info info;
+        if (ps__conn_tls_info(c, &info))
+            ps_log_debug("connection %llu from %s: %s %s%s%s", (unsigned long long)c->id,
+                         c->peer, info.version, info.cipher, info.peer[0] ? " peer " : "",
+                         info.peer);
     } else if (rc != -EAGAIN) {
         atomic_fetch_add_explicit(&c->srv->c.tls_errors, 1, memory_order_relaxed);
         ps_log_debug("connection %llu from %s: %s handshake failed", (unsigned long long)c->id,
@@ -303,6 +308,11 @@ int ps_conn_unsend(ps_conn *c)
     ps__buf_truncate(&c->out, c->mark.out);
     ps__outrefs_truncate(&c->refs, c->mark.refs);
     return 0;
+}
+
+int ps_conn_tls(const ps_conn *c, ps_conn_tls_info *info)
+{
+    return ps__conn_tls_info(c, info) ? 0 : -ENOTSUP;
 }
 
 uint64_t ps_conn_id(const ps_conn *c) { return c->id; }

@@ -29,8 +29,9 @@ struct ps_conn {
     const ps__transport *tp;  /* set before it is served, never changed */
     void *tp_state;           /* the transport's own (TLS: its session) */
     short tp_want;            /* POLLIN or POLLOUT: what tp waits for */
-    /* Its handshake is done. Atomic (relaxed) because the event sweep
-     * reads it without owning the connection, to pick its deadline. */
+    /* Its handshake is done: set with release once what it settled is
+     * written (ps__conn_tls_info); read by the event sweep (relaxed, for
+     * the deadline) and the admin thread without owning the connection. */
     atomic_bool tp_ready;
     bool opened;
     uint64_t id;
@@ -118,6 +119,18 @@ int ps__conn_handshake(ps_conn *conn);
 static inline bool ps__conn_handshaking(const ps_conn *c)
 {
     return !atomic_load_explicit(&c->tp_ready, memory_order_relaxed);
+}
+
+/* A TLS connection's settled handshake, from any thread that keeps the
+ * connection alive (its owner; the admin thread under its registry
+ * stripe's lock): true with *info once the handshake is done. The acquire
+ * pairs with the release that marks it done. */
+static inline bool ps__conn_tls_info(const ps_conn *c, ps_conn_tls_info *info)
+{
+    if (c->tp->describe == NULL || !atomic_load_explicit(&c->tp_ready, memory_order_acquire))
+        return false;
+    c->tp->describe(c, info);
+    return true;
 }
 
 /* Monotonic ms by which the handshake must be done. */

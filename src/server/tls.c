@@ -30,6 +30,8 @@
 #if PS__HAVE_TLS
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
 
 #define PS__TLS_RECORD 16384 /* the most plaintext one record carries */
 
@@ -40,6 +42,9 @@ struct ps__tls {
 typedef struct tls_conn {
     SSL *ssl;
     bool handshaken;
+    /* What the handshake settled, written before it is marked done and
+     * never after (read by other threads through ps__conn_tls_info). */
+    char version[16], cipher[64], peer[256];
 } tls_conn;
 
 static SSL *ssl_of(const ps_conn *c) { return ((const tls_conn *)c->tp_state)->ssl; }
@@ -147,6 +152,44 @@ static int failed(void)
     return -EPROTO;
 }
 
+/* The client's verified identity: its certificate's subject CN, else its
+ * first DNS name; "" without a verified certificate. */
+static void verified_peer(SSL *ssl, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (cert == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+        return;
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, out,
+                                  (int)outlen) > 0)
+        return;
+    out[0] = '\0';
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *n = sk_GENERAL_NAME_value(names, i);
+        if (n->type == GEN_DNS) {
+            snprintf(out, outlen, "%.*s", ASN1_STRING_length(n->d.dNSName),
+                     (const char *)ASN1_STRING_get0_data(n->d.dNSName));
+            break;
+        }
+    }
+    GENERAL_NAMES_free(names);
+}
+
+static void settled(tls_conn *t)
+{
+    snprintf(t->version, sizeof t->version, "%s", SSL_get_version(t->ssl));
+    snprintf(t->cipher, sizeof t->cipher, "%s", SSL_get_cipher_name(t->ssl));
+    verified_peer(t->ssl, t->peer, sizeof t->peer);
+    ERR_clear_error();
+}
+
+static void tls_describe(const ps_conn *c, ps_conn_tls_info *info)
+{
+    const tls_conn *t = c->tp_state;
+    *info = (ps_conn_tls_info){t->version, t->cipher, t->peer};
+}
+
 static int tls_handshake(ps_conn *c)
 {
     tls_conn *t = c->tp_state;
@@ -156,6 +199,7 @@ static int tls_handshake(ps_conn *c)
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
         t->handshaken = true;
+        settled(t);
         return 0;
     }
     switch (SSL_get_error(t->ssl, r)) {
@@ -269,6 +313,7 @@ static const ps__transport transport_tls = {
     .pending = tls_pending,
     .shutdown = tls_shutdown,
     .free = tls_free,
+    .describe = tls_describe,
 };
 
 int ps__tls_attach(ps__tls *tls, ps_conn *c)

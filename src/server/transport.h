@@ -36,6 +36,10 @@ typedef struct ps__transport {
     void (*shutdown)(ps_conn *conn);
     /* Frees the transport's state (NULL: none). */
     void (*free)(ps_conn *conn);
+    /* What the handshake settled (NULL: a transport without one); called
+     * only once it is done, and then from any thread: what it reads was
+     * written before the handshake was marked done. */
+    void (*describe)(const ps_conn *conn, ps_conn_tls_info *info);
 } ps__transport;
 
 /* Plain TCP (and any stream socket): recv and sendmsg. */

@@ -100,15 +100,19 @@ class Server:
         self.log.seek(0)
         return self.log.read()
 
-    def stat(self, name):
+    def admin_command(self, cmd):
         with socket.create_connection(("127.0.0.1", self.admin), timeout=5) as s:
-            s.sendall(b"stats\r\n")
+            s.sendall(cmd)
             data = b""
             while not data.endswith(b"END\r\n"):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
+        return data
+
+    def stat(self, name):
+        data = self.admin_command(b"stats\r\n")
         m = re.search(rb"STAT " + name.encode() + rb" (\d+)", data)
         return int(m.group(1)) if m else -1
 
@@ -221,6 +225,9 @@ def client_certs(binary, dispatch, d):
                  "tls.verify_client=require")
     s = tls_connect(srv.port, client_ctx(d, cert="client"))
     check(read_lines(s, 1) == b"Welcome to my server\r\n", "a client certificate from ca: let in")
+    conns = srv.admin_command(b"stats conns\r\n")
+    check(re.search(rb"CONN \d+ 127\.0\.0\.1:\d+ .* tls=TLSv1\.3 peer=client\r\n", conns) is not None,
+          "stats conns shows the TLS version and the verified identity (%r)" % conns[:200])
     s.close()
     for who, cert in (("no client certificate", None), ("a certificate of another CA", "stranger")):
         refused = False

@@ -540,6 +540,31 @@ static void needs_restart(const char *key, const char *was, const char *now, voi
         ps_log_warn("reload: %s needs restart (stays %s)", key, was);
 }
 
+/* TLS: the files are read again on every reload (a certificate renewed in
+ * place keeps its path), and a new context replaces the old for the next
+ * clients. What the context is made of applies with it; tls.enabled and
+ * handshake_timeout (read by the workers) need a restart. A file that is
+ * broken fails the reload and keeps the context that runs. */
+static int reload_tls(ps_server *srv, const ps_config *next, char *err, size_t errlen)
+{
+    if (srv->tls == NULL || !next->tls_enabled)
+        return 0;
+    int rc = ps__tls_reload(srv->tls, next, err, errlen);
+    if (rc != 0)
+        return rc;
+    ps_config *cfg = &srv->cfg;
+    memcpy(cfg->tls_cert, next->tls_cert, sizeof cfg->tls_cert);
+    memcpy(cfg->tls_key, next->tls_key, sizeof cfg->tls_key);
+    memcpy(cfg->tls_ca, next->tls_ca, sizeof cfg->tls_ca);
+    memcpy(cfg->tls_ciphers, next->tls_ciphers, sizeof cfg->tls_ciphers);
+    memcpy(cfg->tls_ciphersuites, next->tls_ciphersuites, sizeof cfg->tls_ciphersuites);
+    cfg->tls_verify_client = next->tls_verify_client;
+    cfg->tls_min_version = next->tls_min_version;
+    cfg->tls_session_tickets = next->tls_session_tickets;
+    ps_log_always("reload: TLS certificate %s and settings applied to new clients", cfg->tls_cert);
+    return 0;
+}
+
 /* Whether the handler's keys (its [handler] keys, or server.greeting) differ. */
 static bool handler_keys_changed(const ps_config *a, const ps_config *b)
 {
@@ -581,6 +606,11 @@ int ps_server_reload(ps_server *srv, const ps_config *next, char *err, size_t er
             memcpy(srv->cfg.handler_keys, next->handler_keys, sizeof srv->cfg.handler_keys);
             ps_log_always("reload: the handler's keys applied");
         }
+    }
+    rc = reload_tls(srv, next, err, errlen);
+    if (rc != 0) {
+        atomic_fetch_add_explicit(&srv->c.reload_errors, 1, memory_order_relaxed);
+        return rc;
     }
     int restart = 0;
     ps__config_diff(&srv->cfg, next, needs_restart, &restart);

@@ -35,8 +35,13 @@
 
 #define PS__TLS_RECORD 16384 /* the most plaintext one record carries */
 
+/* The context new sessions are made from. A reload builds a whole new
+ * one and swaps it in under lock, never changing one in use: SSL_new takes
+ * a reference under the same lock, and the old context lives on in the
+ * sessions made from it. */
 struct ps__tls {
-    SSL_CTX *ctx;
+    pthread_mutex_t lock;
+    SSL_CTX *ctx; /* guarded by lock */
 };
 
 typedef struct tls_conn {
@@ -116,24 +121,53 @@ static int configure(SSL_CTX *ctx, const ps_config *cfg, char *err, size_t errle
     return set_verify(ctx, cfg, err, errlen);
 }
 
+/* A whole context from cfg, or NULL with err set. */
+static SSL_CTX *context_new(const ps_config *cfg, char *err, size_t errlen, int *rc)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        *rc = ctx_error(err, errlen, "enabled", NULL);
+        return NULL;
+    }
+    *rc = configure(ctx, cfg, err, errlen);
+    if (*rc != 0) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 int ps__tls_create(ps__tls **out, const ps_config *cfg, char *err, size_t errlen)
 {
     *out = NULL;
     ps__tls *t = calloc(1, sizeof *t);
     if (t == NULL)
         return -ENOMEM;
-    ERR_clear_error();
-    t->ctx = SSL_CTX_new(TLS_server_method());
-    if (t->ctx == NULL) {
+    int rc;
+    t->ctx = context_new(cfg, err, errlen, &rc);
+    if (t->ctx == NULL || pthread_mutex_init(&t->lock, NULL) != 0) {
+        if (t->ctx != NULL)
+            rc = -ENOMEM;
+        SSL_CTX_free(t->ctx);
         free(t);
-        return ctx_error(err, errlen, "enabled", NULL);
-    }
-    int rc = configure(t->ctx, cfg, err, errlen);
-    if (rc != 0) {
-        ps__tls_destroy(t);
         return rc;
     }
     *out = t;
+    return 0;
+}
+
+int ps__tls_reload(ps__tls *t, const ps_config *cfg, char *err, size_t errlen)
+{
+    int rc;
+    SSL_CTX *ctx = context_new(cfg, err, errlen, &rc);
+    if (ctx == NULL)
+        return rc;
+    ps__lock(&t->lock);
+    SSL_CTX *old = t->ctx;
+    t->ctx = ctx;
+    ps__unlock(&t->lock);
+    SSL_CTX_free(old); /* its sessions keep it until they end */
     return 0;
 }
 
@@ -142,6 +176,7 @@ void ps__tls_destroy(ps__tls *t)
     if (t == NULL)
         return;
     SSL_CTX_free(t->ctx); /* sessions hold references of their own */
+    pthread_mutex_destroy(&t->lock);
     free(t);
 }
 
@@ -321,7 +356,9 @@ int ps__tls_attach(ps__tls *tls, ps_conn *c)
     tls_conn *t = calloc(1, sizeof *t);
     if (t == NULL)
         return -ENOMEM;
+    ps__lock(&tls->lock);
     t->ssl = SSL_new(tls->ctx);
+    ps__unlock(&tls->lock);
     if (t->ssl == NULL || SSL_set_fd(t->ssl, c->fd) != 1) {
         SSL_free(t->ssl);
         free(t);
@@ -340,6 +377,14 @@ int ps__tls_create(ps__tls **out, const ps_config *cfg, char *err, size_t errlen
 {
     (void)cfg;
     *out = NULL;
+    ps__set_err(err, errlen, "tls.enabled: built without OpenSSL");
+    return -ENOTSUP;
+}
+
+int ps__tls_reload(ps__tls *tls, const ps_config *cfg, char *err, size_t errlen)
+{
+    (void)tls;
+    (void)cfg;
     ps__set_err(err, errlen, "tls.enabled: built without OpenSSL");
     return -ENOTSUP;
 }

@@ -19,6 +19,14 @@ typedef struct ps__tls ps__tls;
  * FILE: reason" in err; -ENOTSUP when built without TLS. */
 int ps__tls_create(ps__tls **out, const ps_config *cfg, char *err, size_t errlen);
 
+/* Builds a new context from cfg's [tls] files and settings and puts it in
+ * place of the old for the connections to come; connected clients keep
+ * their sessions (each holds its context). A file that is missing, broken
+ * or a key that does not match its certificate changes nothing: PS_ECONFIG
+ * with "tls.KEY: FILE: reason" in err. From the thread that owns the
+ * server. */
+int ps__tls_reload(ps__tls *tls, const ps_config *cfg, char *err, size_t errlen);
+
 /* Frees the context (connections keep their own reference). NULL: no-op. */
 void ps__tls_destroy(ps__tls *tls);
 

@@ -151,11 +151,19 @@ ps_reply *ps_reply_defer(ps_conn *c)
     return r;
 }
 
-/* Whether len more held bytes stay within limits.max_output. Under
- * rs->lock, with rs->conn set. */
-static bool may_hold(const ps__replies *rs, size_t len)
+/* Appends n bytes to one of the held buffers (a reply's, or what is sent
+ * behind one), within limits.max_output for all of them: 0, -ENOMEM, or
+ * -ENOBUFS past the bound (nothing appended). Under rs->lock, with
+ * rs->conn set. */
+static int hold(ps__replies *rs, char **buf, size_t *len, size_t *cap, const void *data,
+                size_t n)
 {
-    return rs->held + len <= PS__LIMIT(rs->conn->srv, max_output);
+    if (rs->held + n > PS__LIMIT(rs->conn->srv, max_output))
+        return -ENOBUFS;
+    int rc = append(buf, len, cap, data, n);
+    if (rc == 0)
+        rs->held += n;
+    return rc;
 }
 
 int ps_reply_send(ps_reply *r, const void *data, size_t len)
@@ -165,13 +173,10 @@ int ps_reply_send(ps_reply *r, const void *data, size_t len)
     int rc;
     if (rs->conn == NULL) {
         rc = PS_ECLOSED;
-    } else if (r->overflow || !may_hold(rs, len)) {
-        r->overflow = true;
-        rc = -ENOBUFS;
     } else {
-        rc = append(&r->buf, &r->len, &r->cap, data, len);
-        if (rc == 0)
-            rs->held += len;
+        rc = r->overflow ? -ENOBUFS : hold(rs, &r->buf, &r->len, &r->cap, data, len);
+        if (rc == -ENOBUFS)
+            r->overflow = true;
     }
     ps__unlock(&rs->lock);
     return rc;
@@ -251,15 +256,10 @@ int ps__conn_hold(ps_conn *c, const void *data, size_t len)
     ps__lock(&rs->lock);
     int rc = 1;
     if (rs->tail != NULL) { /* behind a reply not written yet */
-        if (!may_hold(rs, len)) {
+        ps_reply *t = rs->tail;
+        rc = hold(rs, &t->after, &t->after_len, &t->after_cap, data, len);
+        if (rc == -ENOBUFS)
             c->overflow = true;
-            rc = -ENOBUFS;
-        } else {
-            rc = append(&rs->tail->after, &rs->tail->after_len, &rs->tail->after_cap, data,
-                        len);
-            if (rc == 0)
-                rs->held += len;
-        }
     }
     ps__unlock(&rs->lock);
     return rc;

@@ -27,76 +27,13 @@ import sys
 import time
 
 BOUND_MB = 48  # the old code grew by 500 MB to 1.4 GB in these cases
-failures = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from poolsrv_proc import Server as Proc, check, failures  # noqa: E402
 
 
-def check(cond, what):
-    print(("ok:   " if cond else "FAIL: ") + what)
-    if not cond:
-        failures.append(what)
-
-
-class Server:
-    def __init__(self, binary, dispatch, module, *overrides):
-        self.log = open("/tmp/bounds_check.%d.%d.log" % (os.getpid(), time.time_ns()), "w+")
-        argv = [binary, "-o", "server.port=0", "-o", "admin.port=0",
-                "-o", "server.dispatch=" + dispatch, "-o", "log.level=warn",
-                "-o", "handler.module=" + module]
-        for o in overrides:
-            argv += ["-o", o]
-        # A sanitizer build keeps freed memory in quarantine (256 MB by
-        # default): kept small, RSS measures what the server holds.
-        env = dict(os.environ)
-        env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8").lstrip(":")
-        self.p = subprocess.Popen(argv, stderr=self.log, stdout=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            self.log.seek(0)
-            text = self.log.read()
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
-            a = re.search(r"admin on 127\.0\.0\.1:(\d+)", text)
-            if m and a:
-                self.port, self.admin = int(m.group(1)), int(a.group(1))
-                return
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.log.seek(0)
-        print("poolsrv did not start:", self.log.read())
-        self.p.kill()
-        sys.exit(1)
-
-    def rss_mb(self):
-        with open("/proc/%d/status" % self.p.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        return -1
-
-    def stat(self, name):
-        with socket.create_connection(("127.0.0.1", self.admin), timeout=5) as s:
-            s.sendall(b"stats\r\n")
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        m = re.search(rb"STAT " + name.encode() + rb" (\d+)", data)
-        return int(m.group(1)) if m else -1
-
-    def stop(self):
-        self.p.terminate()
-        try:
-            rc = self.p.wait(20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = -9
-        check(rc == 0, "poolsrv exited 0 on SIGTERM (got %s)" % rc)
-        self.log.seek(0)
-        text = self.log.read()
-        bad = [l for l in text.splitlines() if "ERROR" in l or "Sanitizer" in l or "runtime error" in l]
-        check(not bad, "a clean log (%s)" % (bad[:3],))
+def Server(binary, dispatch, module, *overrides):
+    return Proc(binary, ["server.dispatch=" + dispatch, "log.level=warn",
+                         "handler.module=" + module] + list(overrides))
 
 
 def connect(port, rcvbuf=0):

@@ -39,13 +39,8 @@ import sys
 import tempfile
 import time
 
-failures = []
-
-
-def check(cond, what):
-    print(("ok:   " if cond else "FAIL: ") + what)
-    if not cond:
-        failures.append(what)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from poolsrv_proc import Server as Proc, check, failures  # noqa: E402
 
 
 def openssl(*args, cwd):
@@ -72,66 +67,13 @@ def make_certs(d):
         openssl(*args, cwd=d)
 
 
-class Server:
-    def __init__(self, binary, dispatch, d, *overrides, expect_start=True):
-        self.log = open(os.path.join(d, "poolsrv.%d.log" % time.time_ns()), "w+")
-        argv = [binary, "-o", "server.port=0", "-o", "admin.port=0",
-                "-o", "server.dispatch=" + dispatch, "-o", "log.level=info",
-                "-o", "tls.enabled=true", "-o", "tls.cert=" + os.path.join(d, "server.crt"),
-                "-o", "tls.key=" + os.path.join(d, "server.key")]
-        for o in overrides:
-            argv += ["-o", o]
-        self.p = subprocess.Popen(argv, stderr=self.log, stdout=subprocess.DEVNULL)
-        self.port = self.admin = None
-        if not expect_start:
-            return
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            text = self.text()
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+) \(TLS\)", text)
-            a = re.search(r"admin on 127\.0\.0\.1:(\d+)", text)
-            if m and a:
-                self.port, self.admin = int(m.group(1)), int(a.group(1))
-                return
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        print("poolsrv did not start:", self.text())
-        self.p.kill()
-        sys.exit(1)
-
-    def text(self):
-        self.log.seek(0)
-        return self.log.read()
-
-    def admin_command(self, cmd):
-        with socket.create_connection(("127.0.0.1", self.admin), timeout=5) as s:
-            s.sendall(cmd)
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data
-
-    def stat(self, name):
-        data = self.admin_command(b"stats\r\n")
-        m = re.search(rb"STAT " + name.encode() + rb" (\d+)", data)
-        return int(m.group(1)) if m else -1
-
-    def stop(self, allow=None):
-        self.p.terminate()
-        try:
-            rc = self.p.wait(20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = -9
-        check(rc == 0, "poolsrv exited 0 on SIGTERM (got %s)" % rc)
-        bad = [l for l in self.text().splitlines()
-               if (" ERROR " in l and (allow is None or allow not in l))
-               or "Sanitizer" in l or "runtime error" in l]
-        check(not bad, "a clean log %s" % bad[:3])
+def Server(binary, dispatch, d, *overrides, expect_start=True):
+    """poolsrv speaking TLS with the test's server certificate."""
+    return Proc(binary, ["server.dispatch=" + dispatch, "log.level=info", "tls.enabled=true",
+                         "tls.cert=" + os.path.join(d, "server.crt"),
+                         "tls.key=" + os.path.join(d, "server.key")] + list(overrides),
+                log_dir=d, listening=r"listening on 127\.0\.0\.1:(\d+) \(TLS\)",
+                expect_start=expect_start)
 
 
 def client_ctx(d, version=None, cert=None):

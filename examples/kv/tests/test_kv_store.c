@@ -1349,6 +1349,7 @@ static void test_trim_due_once_across_threads(void **state)
     kv_store_destroy(s);
 }
 
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 static long resident_kb(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -1374,6 +1375,7 @@ static void *fill_items(void *arg)
     }
     return NULL;
 }
+#endif
 
 /* What the store frees stays in malloc's arena (here a second thread's,
  * whose free chunks between live ones glibc never hands back by itself):

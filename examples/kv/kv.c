@@ -14,7 +14,8 @@
  * the line asks the connection layer for the block (ps_conn_read_bytes)
  * and the block's callback stores it. Everything else answers at once.
  * Expired items go when touched, and a sweeper thread of the module's own
- * takes them out a batch a second.
+ * takes them out a batch a second; the same thread hands freed memory back
+ * to the system when the store says enough has been freed (kv_store_trim).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -44,10 +45,23 @@ typedef struct kv_module {
     kv_store *store;
     time_t started;
     pthread_t sweeper;
-    pthread_mutex_t lock; /* guards stop, for the sweeper's wait */
+    pthread_mutex_t lock; /* guards stop and trim, for the sweeper's wait */
     pthread_cond_t wake;
     bool stop;
+    bool trim; /* kv_store_trim_due said so: the sweeper trims */
 } kv_module;
+
+/* Wakes the sweeper to trim when the store has freed enough since the last
+ * trim: after anything that may free items. Two relaxed loads when not. */
+static void maybe_trim(kv_module *m)
+{
+    if (!kv_store_trim_due(m->store))
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->trim = true;
+    pthread_cond_signal(&m->wake);
+    pthread_mutex_unlock(&m->lock);
+}
 
 /* A connection's state: the storage command whose block is awaited (its
  * key copied: the line it came in is gone by then), and a reply buffer
@@ -132,6 +146,7 @@ static int on_block(ps_conn *conn, const void *data, size_t len, void *ud)
                 .exptime = kc->exptime, .cas = kc->cas};
     uint64_t cas;
     kv_result r = kv_store_put(m->store, &p, &cas);
+    maybe_trim(m);
     if (kc->noreply)
         return PS_CONTINUE;
     return send_str(conn, kv_proto_result_line(kc->type, r));
@@ -259,6 +274,7 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
         return retrieval(conn, m, kc, &cmd);
     case KV_CMD_DELETE:
         r = kv_store_delete(m->store, cmd.keys[0].data, cmd.keys[0].len);
+        maybe_trim(m);
         break;
     case KV_CMD_TOUCH:
         r = kv_store_touch(m->store, cmd.keys[0].data, cmd.keys[0].len, cmd.exptime);
@@ -267,6 +283,7 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
     case KV_CMD_DECR:
         r = kv_store_arith(m->store, cmd.keys[0].data, cmd.keys[0].len, cmd.type == KV_CMD_INCR,
                            cmd.delta, &value);
+        maybe_trim(m);
         if (r == KV_OK && !cmd.noreply) {
             if (kv_proto_append_number(&kc->out, value) != 0)
                 return PS_CLOSE;
@@ -282,6 +299,7 @@ static int kv_line(ps_conn *conn, const ps_line *line, void *ud)
         if (cmd.delay > KV_RELATIVE_MAX && cmd.delay <= (int64_t)m->started)
             cmd.delay = INT64_MAX;
         kv_store_flush(m->store, cmd.delay);
+        maybe_trim(m);
         return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
     case KV_CMD_VERBOSITY:
         return cmd.noreply ? PS_CONTINUE : send_str(conn, KV_REPLY_OK);
@@ -388,20 +406,39 @@ static const ps_handler kv_handler = {
     .on_close = kv_close,
 };
 
-/* Takes expired items out a batch at a time, once a second, until fini. */
+/* Takes expired items out a batch at a time, once a second, and trims
+ * when woken for it (or when the store says a trim is due), until fini. */
 static void *sweeper_main(void *arg)
 {
     kv_module *m = arg;
+    struct timespec next;
+    clock_gettime(CLOCK_REALTIME, &next);
+    next.tv_sec += 1;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&m->wake, &m->lock, &until);
+        if (!m->trim)
+            pthread_cond_timedwait(&m->wake, &m->lock, &next);
         if (m->stop)
             break;
+        bool trim = m->trim;
+        m->trim = false;
         pthread_mutex_unlock(&m->lock);
-        kv_store_sweep(m->store, KV_SWEEP_BATCH);
+        /* A sweep a second, however often a trim wakes us; the wait's
+         * clock is the wall clock, so a step back in it starts over. */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        bool sweep = now.tv_sec > next.tv_sec ||
+                     (now.tv_sec == next.tv_sec && now.tv_nsec >= next.tv_nsec);
+        if (sweep || next.tv_sec - now.tv_sec > 1) {
+            next = now;
+            next.tv_sec += 1;
+        }
+        if (sweep) {
+            kv_store_sweep(m->store, KV_SWEEP_BATCH);
+            trim |= kv_store_trim_due(m->store); /* what the sweep freed */
+        }
+        if (trim)
+            kv_store_trim(m->store);
         pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);

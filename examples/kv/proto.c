@@ -562,6 +562,8 @@ int kv_proto_append_stats(kv_buf *out, const kv_store_stats *st)
         {"reclaimed", st->reclaimed},
         {"kv_lock_waits", st->lock_waits},
         {"kv_hash_buckets", st->hash_buckets},
+        {"kv_malloc_trims", st->trims},
+        {"kv_malloc_trim_us", st->trim_us},
         {"kv_stripes", st->stripes},
     };
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {

@@ -207,9 +207,10 @@ int kv_proto_append_stat(kv_buf *out, const char *name, const char *value);
 int kv_proto_append_stat_u64(kv_buf *out, const char *name, uint64_t value);
 
 /* The store's STAT lines, in memcached's order and names (cmd_get ...
- * reclaimed), then lock_waits, hash_buckets and stripes; no END: the
- * module puts its own lines (pid, uptime, time, version, curr_connections,
- * threads, ...) before them and KV_REPLY_END after. 0 or -ENOMEM. */
+ * reclaimed), then kv_lock_waits, kv_hash_buckets, kv_malloc_trims,
+ * kv_malloc_trim_us and kv_stripes; no END: the module puts its own
+ * lines (pid, uptime, time, version, curr_connections, threads, ...)
+ * before them and KV_REPLY_END after. 0 or -ENOMEM. */
 int kv_proto_append_stats(kv_buf *out, const kv_store_stats *st);
 
 #ifdef __cplusplus

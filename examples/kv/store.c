@@ -14,12 +14,22 @@
  * each); it never exceeds `limit`. A store charges before it links (reserve:
  * a CAS loop, evicting LRU items until the charge fits) and an unlink
  * uncharges, so concurrent stores cannot push it past the limit.
+ *
+ * Returning memory. glibc keeps what an item's free gives back in the arena
+ * it came from, and gives it only to threads that use that arena: with
+ * workers spread over several arenas, each grows to its own high-water
+ * mark of items, and the process to a multiple of the budget. `freed`
+ * counts the bytes of items unlinked since the last kv_store_trim; past
+ * trim_step (a sixteenth of the budget, at least KV_TRIM_STEP_MIN) the
+ * module is told (kv_store_trim_due) to hand the free pages back
+ * (malloc_trim), so resident memory follows the items that live.
  */
 #define _GNU_SOURCE /* CLOCK_REALTIME_COARSE */
 
 #include "store.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -78,6 +88,14 @@ struct kv_store {
     kv_clock_fn *clock;
     void *clock_arg;
     _Atomic size_t used;
+    /* Bytes of items unlinked since the last trim (relaxed: a hint), how
+     * many make a trim due, and whether one was asked for and not yet done
+     * (the caller that sets it wakes the trimmer; kv_store_trim clears it). */
+    _Atomic size_t freed;
+    size_t trim_step;
+    _Atomic bool trim_asked;
+    _Atomic uint64_t trims;   /* kv_store_trim calls, */
+    _Atomic uint64_t trim_us; /* and the microseconds they took */
     /* Flush markers, written under flush_lock, read by every access with
      * relaxed loads (an access racing with flush_all may see either). Items
      * stored before dead_before are invalid; items stored before pending_at
@@ -329,6 +347,36 @@ static void item_unref(kv_item *it)
         free(it);
 }
 
+/* Counts an unlinked item's bytes toward the next trim. A held item is
+ * freed later, by its last holder: counted now all the same. */
+static void note_freed(kv_store *s, size_t n)
+{
+    atomic_fetch_add_explicit(&s->freed, n, memory_order_relaxed);
+}
+
+bool kv_store_trim_due(kv_store *s)
+{
+    if (atomic_load_explicit(&s->freed, memory_order_relaxed) < s->trim_step ||
+        atomic_load_explicit(&s->trim_asked, memory_order_relaxed))
+        return false;
+    return !atomic_exchange_explicit(&s->trim_asked, true, memory_order_relaxed);
+}
+
+void kv_store_trim(kv_store *s)
+{
+    /* Restart the count first: what is freed while malloc_trim runs
+     * counts toward the next one. */
+    atomic_store_explicit(&s->freed, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->trim_asked, false, memory_order_relaxed);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    malloc_trim(0);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    int64_t us = (b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000;
+    atomic_fetch_add_explicit(&s->trims, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->trim_us, us > 0 ? (uint64_t)us : 0, memory_order_relaxed);
+}
+
 bool kv_store_hold(const kv_item_info *info)
 {
     kv_item *it = info->item;
@@ -352,6 +400,7 @@ static void unlink_free(kv_store *s, stripe *st, kv_item **slot, kv_item *it)
     lru_unlink(st, it);
     st->count--;
     atomic_fetch_sub_explicit(&s->used, cost_of(it), memory_order_relaxed);
+    note_freed(s, cost_of(it));
     item_unref(it);
 }
 
@@ -496,6 +545,7 @@ int kv_store_create(kv_store **out, const kv_store_opts *opts)
         s->cas_shift++;
     s->limit = limit;
     s->item_size_max = item_max;
+    s->trim_step = limit / 16 > KV_TRIM_STEP_MIN ? limit / 16 : KV_TRIM_STEP_MIN;
     s->clock = o.clock != NULL ? o.clock : default_clock;
     s->clock_arg = o.clock_arg;
     struct timespec ts;
@@ -722,6 +772,7 @@ kv_result kv_store_put(kv_store *s, const kv_put *p, uint64_t *cas_out)
     if (old != NULL) {
         link_instead(st, slot, old, nit);
         unreserve(s, old_cost + need - cost); /* old's charge, less what nit took over */
+        note_freed(s, old_cost);
         item_unref(old);
     } else {
         link_new(st, nit);
@@ -867,6 +918,7 @@ kv_result kv_store_arith(kv_store *s, const char *key, size_t nkey, bool incr, u
             link_instead(st, slot, it, nit);
             st->c.total_items--; /* not a store of the client's */
             unreserve(s, old_cost + need - cost);
+            note_freed(s, old_cost);
             item_unref(it);
         }
     }
@@ -979,6 +1031,8 @@ void kv_store_stats_get(kv_store *s, kv_store_stats *out)
     out->bytes = atomic_load_explicit(&s->used, memory_order_relaxed);
     out->limit_maxbytes = s->limit;
     out->cmd_flush = atomic_load_explicit(&s->cmd_flush, memory_order_relaxed);
+    out->trims = atomic_load_explicit(&s->trims, memory_order_relaxed);
+    out->trim_us = atomic_load_explicit(&s->trim_us, memory_order_relaxed);
     out->stripes = s->nstripes;
     out->item_size_max = s->item_size_max;
 }

@@ -67,6 +67,25 @@ int64_t kv_store_now(const kv_store *s);
  * malloc's own header. */
 size_t kv_store_item_cost(size_t nkey, size_t nbytes);
 
+/* Freed item bytes that make a trim due: a sixteenth of the budget, at
+ * least this (a trim walks the allocator's free lists: not for every few
+ * items of a small store). */
+#define KV_TRIM_STEP_MIN ((size_t)2 << 20)
+
+/* True, to one caller, once the items freed since the last kv_store_trim
+ * add up to a sixteenth of the budget (at least KV_TRIM_STEP_MIN): that
+ * caller wakes whoever trims. False again until kv_store_trim has run.
+ * Cheap: two relaxed loads when no trim is due. */
+bool kv_store_trim_due(kv_store *s);
+
+/* Hands the allocator's free pages back to the system (glibc's
+ * malloc_trim(0): every arena's free chunks, a page at a time) and starts
+ * the count of freed bytes again. malloc's arenas keep what items free for
+ * the threads of that arena only: without this the process grew to 2 to
+ * 2.6 times the budget (kv README). It walks the free lists, so call it from a
+ * thread of the module's own, not a worker. Any thread, no store lock. */
+void kv_store_trim(kv_store *s);
+
 /* What a hit reports about the item. */
 typedef struct kv_item_info {
     uint32_t flags;
@@ -180,6 +199,8 @@ typedef struct kv_store_stats {
     /* Not memcached's: lock acquisitions of a stripe that found it held. */
     uint64_t lock_waits;
     uint64_t hash_buckets; /* bucket slots of all stripes' tables */
+    uint64_t trims;        /* kv_store_trim calls */
+    uint64_t trim_us;      /* microseconds they took */
     uint64_t stripes, item_size_max;
 } kv_store_stats;
 

@@ -694,6 +694,7 @@ static void test_stats_lines(void **state)
     const char *lines[] = {"STAT get_hits 1\r\n", "STAT get_misses 1\r\n",
                            "STAT curr_items 1\r\n", "STAT total_items 1\r\n",
                            "STAT limit_maxbytes 8388608\r\n", "STAT evictions 0\r\n",
+                           "STAT kv_malloc_trims 0\r\nSTAT kv_malloc_trim_us 0\r\n",
                            "STAT kv_stripes 256\r\n"};
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
         assert_non_null(strstr(b.data, lines[i]));

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store.h"
 
@@ -1244,6 +1245,169 @@ static int bench(double seconds)
     return 0;
 }
 
+/* --- giving memory back --------------------------------------------------- */
+
+/* Replacements, deletes, flushes and evictions count the bytes they free;
+ * a trim becomes due at a sixteenth of the budget (at least 2 MiB), once. */
+static void test_trim_due_counts_freed_bytes(void **state)
+{
+    (void)state;
+    enum { VAL = 100000 };
+    static char v[VAL];
+    fill_value(v, VAL, 3);
+    size_t cost = kv_store_item_cost(1, VAL);
+    const size_t budgets[] = {(size_t)8 << 20, (size_t)32 << 20, (size_t)64 << 20};
+    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+        size_t step = budgets[b] / 16 > KV_TRIM_STEP_MIN ? budgets[b] / 16 : KV_TRIM_STEP_MIN;
+        size_t n = (step + cost - 1) / cost; /* replacements that reach it */
+        kv_store *s = make_store(budgets[b], 0, 4);
+        kv_put p = {KV_SET, "k", 1, v, VAL, 0, 0, 0};
+        assert_int_equal(kv_store_put(s, &p, NULL), KV_OK);
+        for (size_t i = 0; i + 1 < n; i++)
+            assert_int_equal(kv_store_put(s, &p, NULL), KV_OK);
+        assert_false(kv_store_trim_due(s)); /* n - 1 old values freed: not yet */
+        assert_int_equal(kv_store_put(s, &p, NULL), KV_OK);
+        assert_true(kv_store_trim_due(s));
+        assert_false(kv_store_trim_due(s)); /* told once, until the trim */
+        assert_int_equal(stats(s).trims, 0);
+        kv_store_trim(s);
+        assert_int_equal(stats(s).trims, 1);
+        assert_false(kv_store_trim_due(s)); /* the count starts again */
+        /* deletes */
+        char key[16];
+        for (size_t i = 0; i < n; i++) {
+            kv_put q = {KV_SET, key, (size_t)snprintf(key, sizeof key, "d%zu", i), v, VAL,
+                        0, 0, 0};
+            assert_int_equal(kv_store_put(s, &q, NULL), KV_OK);
+        }
+        assert_false(kv_store_trim_due(s));
+        for (size_t i = 0; i < n; i++) {
+            assert_false(kv_store_trim_due(s));
+            assert_int_equal(kv_store_delete(s, key, (size_t)snprintf(key, sizeof key, "d%zu", i)),
+                             KV_OK);
+        }
+        assert_true(kv_store_trim_due(s));
+        kv_store_trim(s);
+        /* a flush frees everything */
+        for (size_t i = 0; i < n; i++) {
+            kv_put q = {KV_SET, key, (size_t)snprintf(key, sizeof key, "f%zu", i), v, VAL,
+                        0, 0, 0};
+            assert_int_equal(kv_store_put(s, &q, NULL), KV_OK);
+        }
+        assert_false(kv_store_trim_due(s));
+        kv_store_flush(s, 0);
+        assert_true(kv_store_trim_due(s));
+        kv_store_trim(s);
+        /* evictions: new keys past the budget */
+        size_t evicted_before = stats(s).evictions;
+        for (size_t i = 0; !kv_store_trim_due(s); i++) {
+            assert_true(i < 2 * (budgets[b] + step) / cost);
+            kv_put q = {KV_SET, key, (size_t)snprintf(key, sizeof key, "e%zu", i), v, VAL,
+                        0, 0, 0};
+            assert_int_equal(kv_store_put(s, &q, NULL), KV_OK);
+        }
+        assert_true(stats(s).evictions - evicted_before >= n);
+        assert_int_equal(stats(s).trims, 3);
+        kv_store_destroy(s);
+    }
+}
+
+typedef struct trim_race {
+    kv_store *s;
+    atomic_int go;
+    atomic_int yes;
+} trim_race;
+
+static void *ask_trim(void *arg)
+{
+    trim_race *r = arg;
+    while (atomic_load(&r->go) == 0)
+        ;
+    for (int i = 0; i < 1000; i++)
+        if (kv_store_trim_due(r->s))
+            atomic_fetch_add(&r->yes, 1);
+    return NULL;
+}
+
+/* Of many threads asking at once, one is told (and wakes the trimmer). */
+static void test_trim_due_once_across_threads(void **state)
+{
+    (void)state;
+    kv_store *s = make_store((size_t)8 << 20, 0, 4);
+    static char v[64 * 1024];
+    kv_put p = {KV_SET, "k", 1, v, sizeof v, 0, 0, 0};
+    for (int i = 0; i < 64; i++) /* 63 replacements of 64 KiB: 4 MiB freed */
+        assert_int_equal(kv_store_put(s, &p, NULL), KV_OK);
+    trim_race r = {.s = s};
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, ask_trim, &r), 0);
+    atomic_store(&r.go, 1);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    assert_int_equal(atomic_load(&r.yes), 1);
+    kv_store_destroy(s);
+}
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+static long resident_kb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (f == NULL)
+        return -1;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = -1;
+    fclose(f);
+    return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static void *fill_items(void *arg)
+{
+    kv_store *s = arg;
+    static char v[20000];
+    char key[16];
+    for (int i = 0; i < 1600; i++) { /* about 32 MB, in this thread's arena */
+        kv_put p = {KV_SET, key, (size_t)snprintf(key, sizeof key, "r%d", i), v, sizeof v,
+                    0, 0, 0};
+        if (kv_store_put(s, &p, NULL) != KV_OK)
+            return s;
+    }
+    return NULL;
+}
+#endif
+
+/* What the store frees stays in malloc's arena (here a second thread's,
+ * whose free chunks between live ones glibc never hands back by itself):
+ * kv_store_trim gives it back. Not under a sanitizer, whose allocator is
+ * not glibc's. */
+static void test_trim_gives_pages_back(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    skip();
+#else
+    kv_store *s = make_store((size_t)64 << 20, 0, 16);
+    kv_store_trim(s); /* start from a trimmed heap */
+    pthread_t t;
+    void *failed = s;
+    assert_int_equal(pthread_create(&t, NULL, fill_items, s), 0);
+    assert_int_equal(pthread_join(t, &failed), 0);
+    assert_null(failed);
+    char key[16];
+    for (int i = 0; i < 1600; i += 2) /* every other one: holes, not a free top */
+        assert_int_equal(kv_store_delete(s, key, (size_t)snprintf(key, sizeof key, "r%d", i)),
+                         KV_OK);
+    long before = resident_kb();
+    kv_store_trim(s);
+    long after = resident_kb();
+    assert_true(before > 0 && after > 0);
+    printf("resident %ld kB -> %ld kB after freeing 800 items of 20 kB\n", before, after);
+    assert_true(before - after > 10 * 1024); /* most of the ~16 MB freed */
+    kv_store_destroy(s);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
@@ -1278,6 +1442,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_lock_waits_counted),
         cmocka_unit_test(test_hold_outlives_unlink),
         cmocka_unit_test(test_hold_saturates),
+        cmocka_unit_test(test_trim_due_counts_freed_bytes),
+        cmocka_unit_test(test_trim_due_once_across_threads),
+        cmocka_unit_test(test_trim_gives_pages_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -137,7 +137,7 @@ int ps__conn_handshake(ps_conn *c)
     if (!ps__conn_handshaking(c))
         return 0;
     if (c->tp->handshake == NULL) {
-        atomic_store_explicit(&c->tp_ready, true, memory_order_relaxed);
+        atomic_store_explicit(&c->tp_ready, true, memory_order_release);
         return 0;
     }
     int64_t began = ps__now_ns();

@@ -127,7 +127,9 @@ static inline bool ps__conn_handshaking(const ps_conn *c)
  * pairs with the release that marks it done. */
 static inline bool ps__conn_tls_info(const ps_conn *c, ps_conn_tls_info *info)
 {
-    if (c->tp->describe == NULL || !atomic_load_explicit(&c->tp_ready, memory_order_acquire))
+    /* Ready first: the transport itself is set (TLS attached) before the
+     * connection is served, which the admin thread may not see yet. */
+    if (!atomic_load_explicit(&c->tp_ready, memory_order_acquire) || c->tp->describe == NULL)
         return false;
     c->tp->describe(c, info);
     return true;

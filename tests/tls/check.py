@@ -186,6 +186,10 @@ def client_certs(binary, dispatch, d):
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             refused = True
         check(refused, "%s: refused" % who)
+    # The client may see the refusal before the server has counted it.
+    deadline = time.time() + 5
+    while srv.stat("tls_errors") < 2 and time.time() < deadline:
+        time.sleep(0.05)
     check(srv.stat("tls_errors") >= 2, "refusals counted in tls_errors")
     srv.stop()
 
